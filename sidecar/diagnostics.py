@@ -1,0 +1,113 @@
+"""Positions in rule files and the one diagnostic type every stage reports.
+
+Parse errors, semantic errors, I/O errors and internal errors are all a
+`Diagnostic`. They render like a compiler's (``file:line:col: severity: message
+[code]`` plus the source line and a caret) or as JSON. Pure: no I/O here; the
+caller hands in the source text for the caret line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Span:
+    """A 1-based region of one file: start line/column and end line/column (exclusive)."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __post_init__(self) -> None:
+        if self.line < 1 or self.column < 1:
+            raise ValueError(f"span positions are 1-based, got {self.line}:{self.column}")
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Diagnostic:
+    """One finding. `code` is kebab-case (``unknown-canary``)."""
+
+    span: Span
+    severity: Severity
+    code: str
+    message: str
+
+    def sort_key(self) -> tuple[str, int, int, str]:
+        return (self.span.file, self.span.line, self.span.column, self.code)
+
+    def headline(self) -> str:
+        s = self.span
+        return f"{s.file}:{s.line}:{s.column}: {self.severity}: {self.message} [{self.code}]"
+
+    def to_json(self) -> dict[str, object]:
+        s = self.span
+        return {
+            "file": s.file,
+            "line": s.line,
+            "column": s.column,
+            "end_line": s.end_line,
+            "end_column": s.end_column,
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+        }
+
+
+def render(diag: Diagnostic, sources: Mapping[str, str]) -> str:
+    """The headline, then the source line and a caret under the span (when known)."""
+    head = diag.headline()
+    text = sources.get(diag.span.file)
+    if text is None:
+        return head
+    lines = text.splitlines()
+    if not 1 <= diag.span.line <= len(lines):
+        return head
+    line = lines[diag.span.line - 1].expandtabs(4)
+    if len(line) > 200:  # a minified or garbage line: show a window, not a megabyte
+        line = line[:200] + "..."
+    num = str(diag.span.line)
+    col = max(1, min(diag.span.column, len(line) + 1))
+    width = 1
+    if diag.span.end_line == diag.span.line and diag.span.end_column > col:
+        width = min(diag.span.end_column - col, max(1, len(line) + 1 - col))
+    gutter = " " * len(num)
+    return f"{head}\n {num} | {line}\n {gutter} | {' ' * (col - 1)}{'^' * width}"
+
+
+def summary(diags: Sequence[Diagnostic], files: int) -> str:
+    """``2 errors, 1 warning in 3 files``."""
+    errors = sum(1 for d in diags if d.severity == "error")
+    warnings = len(diags) - errors
+    return (
+        f"{errors} error{'s' if errors != 1 else ''}, "
+        f"{warnings} warning{'s' if warnings != 1 else ''} "
+        f"in {files} file{'s' if files != 1 else ''}"
+    )
+
+
+def sort(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
+    return sorted(diags, key=Diagnostic.sort_key)
+
+
+def render_all(diags: Iterable[Diagnostic], sources: Mapping[str, str]) -> str:
+    return "\n".join(render(d, sources) for d in sort(diags))
+
+
+def to_json(diags: Iterable[Diagnostic]) -> str:
+    return json.dumps([d.to_json() for d in sort(diags)], indent=2)
+
+
+def has_errors(diags: Iterable[Diagnostic], *, strict: bool = False) -> bool:
+    return any(d.severity == "error" or strict for d in diags)
