@@ -1,0 +1,244 @@
+"""The request as the routing table sees it: built once per request, parsed lazily.
+
+The proxy builds one `RequestView` per request from the ASGI scope. Building it
+only stores references (method, raw path, raw query string, the raw header
+pairs, the peer address); everything else is computed on first use and cached
+on the view: the header map in one pass over the pairs, the host from it, the
+query parameters, the cookies and the parsed peer address. A request that no
+predicate inspects beyond its path therefore costs a handful of attribute
+stores.
+
+Decoding: header names and values are latin-1 (lossless for any byte, which is
+what HTTP allows); the path is latin-1 too (it is raw, percent escapes kept);
+query names and values are percent-decoded as UTF-8 with `+` as space, as a
+form would be; cookie values are taken as written (quotes around a value are
+removed, nothing is percent-decoded).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from urllib.parse import unquote
+
+from sidecar.asgi import Scope
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Sentinel for "not computed yet" where None is a meaningful computed value.
+_UNSET: object = object()
+
+
+class RequestView:
+    """Method, raw path, query, host, headers, cookies and peer address of one request.
+
+    `header`, `query` and `cookie` return every value of that name in arrival
+    order (an empty list when absent). The lists belong to the view: callers
+    must not mutate them. Header names are case-insensitive; query and cookie
+    names are not.
+    """
+
+    __slots__ = (
+        "_client_ip",
+        "_cookies",
+        "_headers",
+        "_host",
+        "_query",
+        "client",
+        "method",
+        "path",
+        "query_string",
+        "raw_headers",
+    )
+
+    method: str
+    path: str
+    query_string: bytes
+    raw_headers: Sequence[tuple[bytes, bytes]]
+    client: str
+    _headers: dict[str, list[str]] | None
+    _host: str | None
+    _query: dict[str, list[str]] | None
+    _cookies: dict[str, list[str]] | None
+    _client_ip: object
+
+    def __init__(
+        self,
+        *,
+        method: str = "GET",
+        path: str = "/",
+        query_string: bytes = b"",
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        client: str = "",
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.raw_headers = headers
+        self.client = client
+        self._headers = None
+        self._host = None
+        self._query = None
+        self._cookies = None
+        self._client_ip = _UNSET
+
+    @classmethod
+    def from_asgi(cls, scope: Scope) -> RequestView:
+        """A view of an ASGI http scope; stores references only."""
+        raw_path: bytes | None = scope.get("raw_path")
+        if raw_path:
+            # Servers differ on whether raw_path keeps the query; the path never includes it.
+            q = raw_path.find(b"?")
+            path = (raw_path if q < 0 else raw_path[:q]).decode("latin-1")
+        else:
+            path = scope.get("path", "/")
+        peer = scope.get("client")
+        return cls(
+            method=scope.get("method", "GET"),
+            path=path,
+            query_string=scope.get("query_string", b""),
+            headers=scope.get("headers", ()),
+            client=peer[0] if peer else "",
+        )
+
+    def __repr__(self) -> str:
+        return f"RequestView(method={self.method!r}, path={self.path!r}, client={self.client!r})"
+
+    # --- headers ----------------------------------------------------------------
+
+    def _build_headers(self) -> dict[str, list[str]]:
+        # One pass; each header line is one value (commas are not split: a value such as
+        # a date or a quoted string may contain them, and SPEC tests "any value").
+        h: dict[str, list[str]] = {}
+        for name, value in self.raw_headers:
+            key = name.decode("latin-1").lower()
+            values = h.get(key)
+            if values is None:
+                h[key] = [value.decode("latin-1")]
+            else:
+                values.append(value.decode("latin-1"))
+        self._headers = h
+        return h
+
+    def header(self, name: str) -> list[str]:
+        """Every value of header `name` (any case), one per header line."""
+        h = self._headers
+        if h is None:
+            h = self._build_headers()
+        return h.get(name.lower()) or []
+
+    def header_lc(self, lname: str) -> list[str]:
+        """`header()` for a name that is already lower case (the compiled predicates' path)."""
+        h = self._headers
+        if h is None:
+            h = self._build_headers()
+        return h.get(lname) or []
+
+    @property
+    def headers(self) -> dict[str, list[str]]:
+        """Lower-case name -> values. Read-only by convention."""
+        h = self._headers
+        return h if h is not None else self._build_headers()
+
+    @property
+    def host(self) -> str:
+        """The Host header without its port, lower case; IPv6 without brackets; "" if absent."""
+        host = self._host
+        if host is None:
+            host = self._host = _strip_port(self.header_lc("host"))
+        return host
+
+    # --- query --------------------------------------------------------------------
+
+    def query(self, name: str) -> list[str]:
+        """Every value of query parameter `name`; `?debug` gives `[""]`."""
+        q = self._query
+        if q is None:
+            q = self._query = _parse_query(self.query_string)
+        return q.get(name) or []
+
+    # --- cookies ------------------------------------------------------------------
+
+    def cookie(self, name: str) -> list[str]:
+        """Every value of cookie `name`, across all Cookie header lines."""
+        c = self._cookies
+        if c is None:
+            c = self._cookies = _parse_cookies(self.header_lc("cookie"))
+        return c.get(name) or []
+
+    # --- peer ---------------------------------------------------------------------
+
+    @property
+    def client_ip(self) -> IPAddress | None:
+        """The peer address parsed (IPv4-mapped IPv6 unwrapped to IPv4); None if not an IP."""
+        ip = self._client_ip
+        if ip is _UNSET:
+            ip = self._client_ip = _parse_ip(self.client)
+        return ip  # type: ignore[return-value]
+
+
+def _strip_port(values: list[str]) -> str:
+    if not values:
+        return ""
+    host = values[0].strip()
+    if host.startswith("["):
+        end = host.find("]")
+        host = host[1:end] if end > 0 else host[1:]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    # Several colons without brackets: a bare IPv6 address (not valid HTTP, but unambiguous).
+    return host.lower()
+
+
+def _parse_query(qs: bytes) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    if not qs:
+        return out
+    # UTF-8 with replacement: raw non-ASCII bytes are rare in query strings, and a
+    # predicate should see text rather than fail on them.
+    for part in qs.decode("utf-8", "replace").split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "+" in name or "%" in name:
+            name = unquote(name.replace("+", " "))
+        if "+" in value or "%" in value:
+            value = unquote(value.replace("+", " "))
+        values = out.get(name)
+        if values is None:
+            out[name] = [value]
+        else:
+            values.append(value)
+    return out
+
+
+def _parse_cookies(lines: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        for part in line.split(";"):
+            name, _, value = part.partition("=")
+            name = name.strip()
+            if not name:
+                continue
+            value = value.strip()
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                value = value[1:-1]
+            values = out.get(name)
+            if values is None:
+                out[name] = [value]
+            else:
+                values.append(value)
+    return out
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    if not text:
+        return None
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None  # a Unix socket path or a server that reports something else
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; rules name IPv4 nets.
+        return ip.ipv4_mapped
+    return ip
