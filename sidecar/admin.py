@@ -1,0 +1,94 @@
+"""The admin listener: `GET /metrics`, `/healthz`, `/readyz`, `/rules`.
+
+A plain ASGI app served by its own hypercorn listener (loopback by default; `admin off`
+removes it). `/metrics` renders prometheus-client's default registry, or, when
+PROMETHEUS_MULTIPROC_DIR is set (`serve --workers N`), a fresh registry with a
+MultiProcessCollector over every worker's samples, so any worker answers for the whole.
+`/readyz` is 200 only while the runtime says the rules are loaded and the proxy listens
+(503 before that and while shutting down); `/healthz` is 200 while the process runs.
+`/rules` is the current snapshot's `table.to_json()` plus the source files and hash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from sidecar.asgi import Receive, Scope, Send
+from sidecar.runtime import Runtime
+
+_JSON = (b"content-type", b"application/json")
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+
+
+class AdminApp:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        if method not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed\n", _TEXT, extra=[(b"allow", b"GET")])
+            return
+        if path == "/metrics":
+            body, ctype = render_metrics()
+            await _respond(send, 200, body, (b"content-type", ctype.encode("latin-1")))
+        elif path == "/healthz":
+            await _respond(send, 200, b"ok\n", _TEXT)
+        elif path == "/readyz":
+            if self.runtime.ready:
+                await _respond(send, 200, b"ready\n", _TEXT)
+            else:
+                await _respond(send, 503, b"not ready\n", _TEXT)
+        elif path == "/rules":
+            doc = rules_json(self.runtime)
+            await _respond(send, 200, json.dumps(doc, indent=2).encode() + b"\n", _JSON)
+        else:
+            await _respond(send, 404, b"not found\n", _TEXT)
+
+
+def rules_json(runtime: Runtime) -> dict[str, Any]:
+    """The loaded routing table, its source files (with their sha256) and the overall hash."""
+    config = runtime.current.config
+    doc = dict(runtime.current.table.to_json())
+    doc.setdefault("sha256", config.sha256)
+    doc.setdefault("files", [{"path": s.path, "sha256": s.sha256} for s in config.sources])
+    return doc
+
+
+def render_metrics() -> tuple[bytes, str]:
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
+    from prometheus_client import generate_latest as generate
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate(registry), CONTENT_TYPE_LATEST
+    return generate(REGISTRY), CONTENT_TYPE_LATEST
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    ctype: tuple[bytes, bytes],
+    *,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [ctype, (b"content-length", str(len(body)).encode("ascii")), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

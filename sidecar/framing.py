@@ -1,0 +1,119 @@
+"""Request framing the proxy refuses itself, before anything is forwarded or mirrored.
+
+hypercorn 0.18 on h11 0.16 already answers some malformed requests (a bad request line,
+two different `Content-Length`s, a `Transfer-Encoding` other than `chunked`, a missing
+`Host`), but it lets these through to the application (measured; see tests/test_framing.py):
+
+- `Content-Length` together with `Transfer-Encoding` (h11 silently prefers chunked: the
+  classic request-smuggling ambiguity when another hop prefers the length);
+- `Transfer-Encoding` on an HTTP/1.0 request (RFC 9112 section 6.1: the framing is faulty);
+- a header section larger than h11's limit when it arrives in one read;
+- `CONNECT` and authority-form targets (a reverse proxy is never a tunnel).
+
+Absolute-form targets (`GET http://host/p HTTP/1.1`) are accepted as an origin server must
+(RFC 9112 section 3.2.2): the path and query are used and the target's authority replaces
+`Host`. The primary stays the only destination, so this never makes an open proxy.
+
+Pure: no I/O. `inspect()` runs once per request on the hot path, so it is one pass over
+the headers with no allocation on the common path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# One limit for the whole request head (request line and headers), whatever the
+# packetization: h11's own limit (hypercorn's h11_max_incomplete_size) applies only while
+# the head is incomplete, so a large head arriving in one read would pass without this.
+# 16 KiB is h11's default and nginx's order of magnitude (4 x 8 KiB buffers).
+MAX_HEADER_SECTION_BYTES = 16 * 1024
+
+# inspect() returns the request body's framing as an int: a length, or one of these.
+NO_BODY = 0
+CHUNKED = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the proxy answers itself with `status` and a short plain-text `reason`."""
+
+    status: int
+    reason: str
+
+    def body(self) -> bytes:
+        return f"{self.reason}\n".encode()
+
+
+CL_AND_TE = Refusal(400, "Bad Request: Content-Length with Transfer-Encoding")
+CONFLICTING_CL = Refusal(400, "Bad Request: conflicting Content-Length")
+INVALID_CL = Refusal(400, "Bad Request: invalid Content-Length")
+TE_NOT_CHUNKED = Refusal(400, "Bad Request: unsupported Transfer-Encoding")
+TE_IN_HTTP10 = Refusal(400, "Bad Request: Transfer-Encoding in HTTP/1.0")
+HEADERS_TOO_LARGE = Refusal(431, "Request Header Fields Too Large")
+BAD_TARGET = Refusal(400, "Bad Request: invalid request target")
+CONNECT_REFUSED = Refusal(405, "Method Not Allowed: CONNECT is not proxied")
+
+# Per-header framing overhead in the head: ": " and CRLF.
+_HEADER_OVERHEAD_BYTES = 4
+
+
+def inspect(
+    method: str, raw_path: bytes, http_version: str, headers: Iterable[tuple[bytes, bytes]]
+) -> int | Refusal:
+    """The body framing (a Content-Length, NO_BODY or CHUNKED) or why the request is refused.
+
+    `headers` are ASGI pairs (names lower-case). The target is checked too: origin-form,
+    `*` for OPTIONS, or absolute-form (see `origin_form`).
+    """
+    size = len(method) + len(raw_path) + 16  # request line: spaces, version, CRLF
+    length: bytes | None = None
+    te: bytes | None = None
+    for name, value in headers:
+        size += len(name) + len(value) + _HEADER_OVERHEAD_BYTES
+        if name == b"content-length":
+            if length is not None and value != length:
+                return CONFLICTING_CL
+            length = value
+        elif name == b"transfer-encoding":
+            te = value if te is None else te + b"," + value
+    if size > MAX_HEADER_SECTION_BYTES:
+        return HEADERS_TOO_LARGE
+    if method == "CONNECT":
+        return CONNECT_REFUSED
+    if raw_path[:1] != b"/" and not (raw_path == b"*" and method == "OPTIONS"):
+        if origin_form(raw_path) is None:
+            return BAD_TARGET
+    if te is not None:
+        if length is not None:
+            return CL_AND_TE
+        if http_version == "1.0":
+            return TE_IN_HTTP10
+        if te.strip().lower() != b"chunked":
+            return TE_NOT_CHUNKED
+        return CHUNKED
+    if length is None:
+        return NO_BODY
+    # h11 has validated the digits already on HTTP/1.1; HTTP/2 scopes come from h2.
+    if not length.isdigit() or len(length) > 18:
+        return INVALID_CL
+    return int(length)
+
+
+def origin_form(raw_path: bytes) -> tuple[bytes, bytes] | None:
+    """For an absolute-form target: (path, authority); None when it is not a usable one.
+
+    `raw_path` is hypercorn's (the query already split off). A target without a path
+    (`http://host`) means `/`.
+    """
+    lower = raw_path[:8].lower()
+    if lower.startswith(b"http://"):
+        rest = raw_path[7:]
+    elif lower.startswith(b"https://"):
+        rest = raw_path[8:]
+    else:
+        return None
+    authority, slash, path = rest.partition(b"/")
+    if not authority or b"@" in authority:
+        return None
+    return (slash + path) or b"/", authority

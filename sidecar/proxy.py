@@ -1,0 +1,318 @@
+"""The ASGI reverse proxy to the primary, teeing chosen requests to canary pools.
+
+How this works
+--------------
+One call per request (`ProxyApp.__call__`), all on the request's own task:
+
+1. Take the runtime's current `Snapshot` once; the request uses it to the end (so a reload
+   never mixes two tables) and counts itself in `snapshot.active` meanwhile.
+2. `framing.inspect()` refuses what must not be forwarded (CL + TE, conflicting lengths,
+   an oversized head, CONNECT, a bad target) with a 4xx before anything is forwarded or
+   mirrored, and tells the body's framing: a length, none, or chunked.
+3. `RequestView` is built once and `table.decide(view)` names the tees (pure). When there
+   are any, `RequestTees.begin()` admits what it can at once (`body off`, no body, a known
+   length over a cap) and keeps the rest pending on the body.
+4. The body: when the first `http.request` message is the whole body (the common case for
+   small bodies), it is sent as bytes (one write, retryable on a stale connection);
+   otherwise an async generator streams it chunk by chunk, `Content-Length` passed through
+   when known, else chunked, feeding each chunk object to the tees as it goes. The body is
+   never buffered: hypercorn's bounded app queue and the client's write flow control
+   give backpressure both ways. Body whole -> `tees.finish()` (admission, never awaits);
+   client gone mid-upload -> `tees.abort()`.
+5. The primary exchange runs on the snapshot's pooled keep-alive `ConnectionPool` under
+   the primary `timeout` (the whole round trip). No response head: 502 (unreachable or
+   broken) or 504 (timeout), short plain text, counted, logged. The response's hop-by-hop
+   headers are dropped; status, headers (repeats in order) and body bytes pass as they
+   are. The body streams back chunk by chunk; the chunk that completes a known length is
+   sent with `more_body=False`, so a small response is one write. A response of several
+   chunks watches for the client's disconnect and stops reading the primary then.
+
+Nothing here awaits a canary: the tees only ever call synchronous pool admission.
+Hot-path rules: no per-request logging, metric children resolved once (`_Metrics`),
+no copies of body chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from sidecar import framing
+from sidecar.asgi import Message, Receive, Scope, Send
+from sidecar.client import ClientError, ConnectError, Response
+from sidecar.headers import forward_request_headers, response_headers
+from sidecar.request import RequestView
+from sidecar.runtime import Runtime, Snapshot
+from sidecar.tees import RequestTees
+
+log = logging.getLogger("sidecar.proxy")
+
+# Errors to the primary are logged at most this often (a dead primary under load must not
+# turn the log into the bottleneck); the count of suppressed lines is reported with the next.
+ERROR_LOG_INTERVAL_S = 1.0
+
+_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+_CLOSE = (b"connection", b"close")
+_CONTENT_LENGTH = b"content-length"
+
+
+class UploadAborted(Exception):
+    """The client's upload broke off before the body was whole."""
+
+
+class _Metrics:
+    """The primary's metric children, resolved once (labels() costs a lock and a dict)."""
+
+    __slots__ = ("by_class", "duration")
+
+    def __init__(self) -> None:
+        from sidecar import prom
+
+        self.by_class = tuple(prom.primary_requests(f"{n}xx") for n in range(6))
+        self.duration = prom.primary_duration()
+
+    def record(self, status: int, started: float) -> None:
+        self.by_class[min(status // 100, 5)].inc()
+        self.duration.observe(time.perf_counter() - started)
+
+
+class ProxyApp:
+    """The ASGI application hypercorn serves on the proxy listener."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.metrics = _Metrics()
+        self._last_error_log = 0.0
+        self._suppressed = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            snap = self.runtime.current
+            snap.active += 1
+            try:
+                await self._http(snap, scope, receive, send)
+            finally:
+                snap.active -= 1
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        elif kind == "websocket":
+            # Not proxied: hypercorn answers 403 to a close before accept.
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def _http(self, snap: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        raw_path: bytes = scope["raw_path"]
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        framed = framing.inspect(method, raw_path, scope["http_version"], headers)
+        if isinstance(framed, framing.Refusal):
+            await _plain(send, framed.status, framed.body(), close=True)
+            self.metrics.record(framed.status, started)
+            return
+        if raw_path[:1] != b"/" and raw_path != b"*":
+            raw_path, headers = _absolute_to_origin(raw_path, headers)
+        query: bytes = scope["query_string"]
+        peer = scope.get("client")
+        client = peer[0] if peer else None
+        scheme: str = scope["scheme"]
+
+        view = RequestView(
+            method=method,
+            path=raw_path.decode("latin-1"),
+            query_string=query,
+            headers=headers,
+            client=client or "",
+        )
+        chosen = snap.table.decide(view)
+        tees: RequestTees | None = None
+        if chosen:
+            pools = snap.canary_pools
+            tees = RequestTees.begin(
+                [(pools[t.canary], t.rule) for t in chosen],
+                method,
+                raw_path,
+                query,
+                headers,
+                client,
+                scheme,
+                None if framed == framing.CHUNKED else framed,
+            )
+
+        out_headers = forward_request_headers(headers, client=client, scheme=scheme)
+        body: bytes | AsyncIterator[bytes] = b""
+        if framed != framing.NO_BODY:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if tees is not None:
+                    tees.abort()
+                return
+            first: bytes = message.get("body", b"")
+            if not message.get("more_body", False):
+                body = first
+                if tees is not None:
+                    tees.feed(first)
+                    tees.finish()
+                    tees = None
+            else:
+                body = _stream_body(first, receive, tees)
+            if framed == framing.CHUNKED:
+                # The chunked framing was hop-by-hop: the primary gets a length when the body
+                # is already whole, else chunked again (h11 adds nothing by itself).
+                if isinstance(body, bytes):
+                    out_headers.append((_CONTENT_LENGTH, str(len(body)).encode("ascii")))
+                else:
+                    out_headers.append((b"transfer-encoding", b"chunked"))
+        target = raw_path + b"?" + query if query else raw_path
+        try:
+            status = await self._exchange(snap, method, target, out_headers, body, receive, send)
+        finally:
+            if tees is not None and tees.pending:
+                tees.abort()  # the upload never completed (client or primary broke it off)
+        if status:
+            self.metrics.record(status, started)
+
+    async def _exchange(
+        self,
+        snap: Snapshot,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterator[bytes],
+        receive: Receive,
+        send: Send,
+    ) -> int:
+        """Forward and relay; returns the status sent to the client (0: none, client gone)."""
+        response_started = False
+        try:
+            async with asyncio.timeout(snap.primary_timeout_s):
+                resp = await snap.primary.request(method.encode("ascii"), target, headers, body)
+                status = resp.status
+                try:
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": status,
+                            "headers": response_headers(resp.headers),
+                        }
+                    )
+                    response_started = True
+                    await _relay(resp, method, receive, send)
+                finally:
+                    await resp.aclose()
+            return status
+        except UploadAborted:
+            return 0
+        except TimeoutError:
+            if response_started:
+                self._log_error("primary timed out mid-response after %gs", snap.primary_timeout_s)
+                return 0
+            self._log_error("primary timed out after %gs: 504", snap.primary_timeout_s)
+            await _plain(send, 504, b"Gateway Timeout: the primary did not answer in time\n")
+            return 504
+        except ClientError as exc:
+            if response_started:
+                self._log_error("primary broke off mid-response: %s", exc)
+                return 0
+            what = "unreachable" if isinstance(exc, ConnectError) else "failed"
+            self._log_error("primary %s: %s: 502", what, exc)
+            await _plain(send, 502, f"Bad Gateway: the primary {what}\n".encode())
+            return 502
+
+    def _log_error(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log < ERROR_LOG_INTERVAL_S:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += f" ({self._suppressed} similar errors not logged)"
+            self._suppressed = 0
+        self._last_error_log = now
+        log.warning(msg, *args)
+
+
+async def _relay(resp: Response, method: str, receive: Receive, send: Send) -> None:
+    """Stream the primary's body to the client; see step 5 of the module docstring."""
+    remaining = -1
+    if method != "HEAD":
+        for name, value in resp.headers:
+            if name == _CONTENT_LENGTH:
+                remaining = int(value) if value.isdigit() else -1
+                break
+    held = b""
+    watch: asyncio.Future[Message] | None = None
+    sent_chunks = 0
+    try:
+        async for chunk in resp.aiter_bytes():
+            if remaining >= 0:
+                remaining -= len(chunk)
+                if remaining <= 0:
+                    held = chunk  # the last one: sent with more_body=False below
+                    continue
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent_chunks += 1
+            if watch is None:
+                if sent_chunks > 1:
+                    watch = asyncio.ensure_future(receive())
+            elif watch.done() and watch.result()["type"] == "http.disconnect":
+                return  # the client is gone: stop reading the primary (resp.aclose aborts)
+        await send({"type": "http.response.body", "body": held, "more_body": False})
+    finally:
+        if watch is not None and not watch.done():
+            watch.cancel()
+
+
+async def _stream_body(
+    first: bytes, receive: Receive, tees: RequestTees | None
+) -> AsyncIterator[bytes]:
+    """The request body as it arrives, each chunk fed to the tees; raises UploadAborted."""
+    feed = tees.feed if tees is not None else None
+    if first:
+        if feed is not None:
+            feed(first)
+        yield first
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if tees is not None:
+                tees.abort()
+            raise UploadAborted
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            if feed is not None:
+                feed(chunk)
+            yield chunk
+        if not message.get("more_body", False):
+            break
+    if tees is not None:
+        tees.finish()
+
+
+def _absolute_to_origin(
+    raw_path: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """`GET http://a/p` -> `/p` with `Host: a` (RFC 9112 3.2.2); inspect() vetted it."""
+    parsed = framing.origin_form(raw_path)
+    assert parsed is not None
+    path, authority = parsed
+    return path, [(b"host", authority), *((n, v) for n, v in headers if n != b"host")]
+
+
+async def _plain(send: Send, status: int, body: bytes, *, close: bool = False) -> None:
+    head = [_TEXT_PLAIN, (_CONTENT_LENGTH, str(len(body)).encode("ascii"))]
+    if close:
+        head.append(_CLOSE)
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

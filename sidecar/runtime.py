@@ -1,0 +1,177 @@
+"""The live state of `serve`: one routing table, its canary pools and the primary client.
+
+How this works
+--------------
+Everything a request needs is one immutable-by-convention `Snapshot`: the compiled
+`RoutingTable`, the `CanaryPool`s keyed by canary name (exactly the table's canaries), the
+primary's `ConnectionPool` and timeout. `Runtime.current` is the one reference to the live
+snapshot. The proxy reads it once when a request starts and uses that snapshot until the
+request ends, so a request never mixes two tables. Replacing the snapshot is one attribute
+store on the event loop's thread, hence atomic for every request.
+
+`swap(config)` (the reload path) builds the next snapshot: a canary whose `CanarySpec` is
+equal keeps its pool (queue, workers, connections); a changed or new canary gets a new pool;
+the primary client is kept when the primary endpoint is unchanged. The new snapshot is
+published with one store, then the retired pools (changed or removed canaries) are closed
+in the background once every request that started on an older snapshot has finished
+(`Snapshot.active` counts them): they may still take tees from those requests, then finish
+the jobs they hold, each within its own deadline.
+
+Nothing here is on the hot path except `current` and the `active` counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+
+from sidecar.client import ConnectionPool
+from sidecar.config import CanarySpec, Config, Endpoint
+from sidecar.pool import CanaryPool
+from sidecar.routing import RoutingTable, compile_table
+
+log = logging.getLogger("sidecar.runtime")
+
+# Connections to the primary per process: a bound on sockets and on the primary's load.
+# Requests beyond it wait for a free connection (as nginx's upstream keepalive pool, but
+# bounded in total). 1024 in-flight primary requests per process is far past what one
+# event loop proxies at once.
+PRIMARY_MAX_CONNECTIONS = 1024
+# Connect timeout to the primary; the whole round trip is bounded by the primary `timeout`.
+PRIMARY_CONNECT_TIMEOUT_S = 5.0
+# Idle primary connections are dropped after this (below common servers' keep-alive, e.g.
+# nginx's 75 s and uvicorn's 5 s... so the pool re-checks on checkout as well).
+PRIMARY_IDLE_TIMEOUT_S = 30.0
+# How often a retirement task checks whether older requests have all finished.
+RETIRE_POLL_S = 0.05
+
+
+class Snapshot:
+    """One table with everything needed to serve a request by it."""
+
+    __slots__ = ("active", "canary_pools", "config", "primary", "primary_timeout_s", "table")
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        canary_pools: Mapping[str, CanaryPool],
+        primary: ConnectionPool,
+        primary_timeout_s: float,
+    ) -> None:
+        self.table = table
+        self.config: Config = table.config
+        self.canary_pools = canary_pools
+        self.primary = primary
+        self.primary_timeout_s = primary_timeout_s
+        self.active = 0  # requests that started on this snapshot and have not ended
+
+
+class Runtime:
+    """The current snapshot plus what outlives it (readiness, the source description)."""
+
+    def __init__(self, config: Config, *, files: int, paths: Sequence[str]) -> None:
+        self._initial = config
+        self.files = files
+        self.paths = tuple(paths)
+        self.ready = False
+        self.current: Snapshot
+        self._primary_endpoint: Endpoint | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def config(self) -> Config:
+        return self.current.config
+
+    async def start(self) -> None:
+        """Compile the initial table and start its pools (inside the running loop)."""
+        self.current = self._build(self._initial, previous=None)
+        _publish_rules_info(self.current.config)
+
+    def swap(self, config: Config) -> Snapshot:
+        """Publish a snapshot for `config` (already validated); retire what it replaces."""
+        old = self.current
+        new = self._build(config, previous=old)
+        self.current = new  # the atomic swap: requests from now on use `new`
+        _publish_rules_info(config)
+        retired = [
+            pool
+            for name, pool in old.canary_pools.items()
+            if new.canary_pools.get(name) is not pool
+        ]
+        old_primary = old.primary if old.primary is not new.primary else None
+        if retired or old_primary is not None:
+            task = asyncio.get_running_loop().create_task(self._retire(old, retired, old_primary))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return new
+
+    async def close(self) -> None:
+        """Shutdown: abandon queued mirrors, close every pool and the primary client."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        snap = self.current
+        await asyncio.gather(
+            *(pool.aclose(drain=None) for pool in snap.canary_pools.values()),
+            return_exceptions=True,
+        )
+        with contextlib.suppress(Exception):
+            await snap.primary.aclose()
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _build(self, config: Config, *, previous: Snapshot | None) -> Snapshot:
+        from sidecar import prom
+
+        primary_spec = config.primary
+        if primary_spec is None:
+            raise ValueError("a configuration without a primary cannot be served")
+        table = compile_table(config)
+        kept: Mapping[str, CanaryPool] = previous.canary_pools if previous else {}
+        pools: dict[str, CanaryPool] = {}
+        for name, spec in table.canaries.items():
+            pool = kept.get(name)
+            if pool is None or not _same_spec(pool.spec, spec):
+                pool = CanaryPool(spec, observe=prom.observe)
+                pool.start()
+                prom.track_pool(pool)
+            pools[name] = pool
+        if previous is not None and self._primary_endpoint == primary_spec.endpoint:
+            primary = previous.primary
+        else:
+            primary = ConnectionPool(
+                primary_spec.endpoint,
+                max_connections=PRIMARY_MAX_CONNECTIONS,
+                connect_timeout_s=PRIMARY_CONNECT_TIMEOUT_S,
+                idle_timeout_s=PRIMARY_IDLE_TIMEOUT_S,
+            )
+            self._primary_endpoint = primary_spec.endpoint
+        return Snapshot(table, pools, primary, primary_spec.timeout_s)
+
+    async def _retire(
+        self, old: Snapshot, pools: list[CanaryPool], primary: ConnectionPool | None
+    ) -> None:
+        # Requests that started on `old` may still hand tees to these pools; wait for them.
+        while old.active > 0:
+            await asyncio.sleep(RETIRE_POLL_S)
+        drain = max((p.spec.timeout_s for p in pools), default=0.0)
+        await asyncio.gather(*(p.aclose(drain=drain) for p in pools), return_exceptions=True)
+        if primary is not None:
+            with contextlib.suppress(Exception):
+                await primary.aclose()
+
+
+def _same_spec(a: CanarySpec, b: CanarySpec) -> bool:
+    return a == b
+
+
+def _publish_rules_info(config: Config) -> None:
+    from sidecar import prom
+
+    prom.set_rules_info(config.sha256, rules=len(config.rules), canaries=len(config.canaries))

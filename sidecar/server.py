@@ -1,0 +1,449 @@
+"""`sidecar serve`: hypercorn listeners, signals, graceful shutdown and `--workers N`.
+
+One process (the default): load and validate the rules (diagnostics exactly as `check`
+prints them; any error exits 1 before anything listens), bind the proxy and admin sockets,
+start the runtime (routing table, primary client, canary pools), then serve the proxy and
+the admin app with two `hypercorn.asyncio.serve` calls on one event loop (uvloop when
+installed). SIGTERM/SIGINT: the proxy stops accepting, idle keep-alive connections close,
+in-flight requests get up to `--grace` seconds (hypercorn's `graceful_timeout`), then the
+canary pools are closed without draining (queued mirrors are shadow traffic and may be
+abandoned) and the process exits 0.
+
+`--workers N` (N > 1): the parent validates the rules, binds N proxy sockets with
+SO_REUSEPORT on the one address (the kernel spreads connections across them) and one admin
+socket, and starts N worker processes (multiprocessing, spawn), each serving its own
+proxy socket and sharing the admin socket, each with its own primary client and canary
+pools. Per-canary concurrency (`workers`, in requests and TCP connections) is therefore
+N x the canary's `workers` across the whole sidecar. Metrics use prometheus-client's
+multiprocess mode: the parent makes a private PROMETHEUS_MULTIPROC_DIR before any worker
+imports prometheus-client, every worker writes its samples there, and `/metrics` in any
+worker aggregates all of them with a MultiProcessCollector (gauges declare how they
+aggregate). The parent forwards SIGTERM/SIGINT to the workers, waits for them, removes the
+directory and exits 0 when every worker did. A single process keeps the plain in-memory
+registry (faster: no mmap writes on the hot path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from sidecar.config import Config, Endpoint, PrimarySpec
+
+if TYPE_CHECKING:
+    from sidecar.runtime import Runtime
+
+log = logging.getLogger("sidecar")
+
+DEFAULT_RULES = "rules/"
+DEFAULT_GRACE_S = 10.0
+# Listen backlog: enough to absorb a burst of connects while the loop is busy (SOMAXCONN).
+LISTEN_BACKLOG = 1024
+# Idle keep-alive connections are closed after this long: above the 60 s idle timeout of
+# common load balancers, so the balancer, not us, closes first (nginx uses 75 s too).
+KEEP_ALIVE_TIMEOUT_S = 75.0
+# Requests per client connection before it is closed (nginx: 1000); high, since a
+# reconnect is pure overhead for a reverse proxy's few long-lived clients.
+KEEP_ALIVE_MAX_REQUESTS = 10_000
+# The admin listener's own shutdown grace: its requests are tiny.
+ADMIN_GRACE_S = 1.0
+# How long the parent of `--workers N` waits for a worker beyond --grace before killing it.
+WORKER_EXIT_SLACK_S = 5.0
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class ServeError(Exception):
+    """A start-up problem with a message for the operator (exit 1)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """What a worker needs to start: picklable for `--workers N`."""
+
+    paths: tuple[str, ...]
+    listen: str | None
+    admin: str | None
+    primary: str | None
+    grace_s: float
+    workers: int
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help=f"rule files or directories forming one configuration (default {DEFAULT_RULES})",
+    )
+    parser.add_argument("--listen", metavar="ADDR", help="proxy address host:port (overrides)")
+    parser.add_argument(
+        "--admin", metavar="ADDR", help="admin address host:port (overrides, even `admin off`)"
+    )
+    parser.add_argument(
+        "--primary", metavar="URL", help="primary URL (replaces only the URL of `primary`)"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        metavar="SECONDS",
+        help=f"on SIGTERM/SIGINT, time for in-flight requests (default {DEFAULT_GRACE_S:g})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes sharing the listen address (default 1)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    _setup_logging()
+    if args.workers < 1:
+        print("sidecar serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.grace < 0:
+        print("sidecar serve: --grace must be >= 0", file=sys.stderr)
+        return 2
+    opts = Options(
+        paths=tuple(args.paths) or (DEFAULT_RULES,),
+        listen=args.listen,
+        admin=args.admin,
+        primary=args.primary,
+        grace_s=args.grace,
+        workers=args.workers,
+    )
+    try:
+        loaded = load_config(opts)
+    except ServeError as exc:
+        print(f"sidecar serve: {exc}", file=sys.stderr)
+        return 1
+    if loaded is None:
+        return 1
+    config, files = loaded
+    try:
+        if opts.workers == 1:
+            proxy_sock = bind(config.listen, reuse_port=False)
+            admin_sock = bind(config.admin, reuse_port=False) if config.admin else None
+            return run_worker(opts, config, files, proxy_sock, admin_sock)
+        return _supervise(opts, config)
+    except ServeError as exc:
+        print(f"sidecar serve: {exc}", file=sys.stderr)
+        return 1
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger("sidecar")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+def load_config(opts: Options, *, quiet: bool = False) -> tuple[Config, int] | None:
+    """Load, validate and apply the flags; print diagnostics as `check` does.
+
+    None: the rules have errors (already printed). Raises ServeError for a usage problem.
+    """
+    from sidecar import diagnostics
+    from sidecar.dsl import load
+
+    result = load(list(opts.paths))
+    if result.usage_error:
+        raise ServeError(result.usage_error)
+    if result.diagnostics and not quiet:
+        print(diagnostics.render_all(result.diagnostics, result.sources), file=sys.stderr)
+        print(diagnostics.summary(result.diagnostics, len(result.files)), file=sys.stderr)
+    if result.config is None:
+        return None
+    return apply_overrides(result.config, opts), len(result.files)
+
+
+def apply_overrides(config: Config, opts: Options) -> Config:
+    """Flags win over files: `--listen`, `--admin` (even over `admin off`), `--primary` URL."""
+    changes: dict[str, Any] = {}
+    if opts.listen is not None:
+        parse_address(opts.listen)
+        changes["listen"] = opts.listen
+    if opts.admin is not None:
+        parse_address(opts.admin)
+        changes["admin"] = opts.admin
+    if opts.primary is not None:
+        try:
+            endpoint = Endpoint.parse(opts.primary)
+        except ValueError as exc:
+            raise ServeError(f"--primary {opts.primary}: {exc}") from None
+        base = config.primary or PrimarySpec(endpoint=endpoint)
+        changes["primary"] = replace(base, endpoint=endpoint)
+    config = replace(config, **changes) if changes else config
+    if config.primary is None:
+        raise ServeError(
+            "no primary: add a `primary http://host:port { ... }` block or pass --primary URL"
+        )
+    return config
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); raises ServeError."""
+    host, sep, port_text = addr.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ServeError(f"invalid address {addr!r}: expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+def bind(addr: str, *, reuse_port: bool) -> socket.socket:
+    """A listening TCP socket on `addr` (SO_REUSEADDR; SO_REUSEPORT for worker groups)."""
+    host, port = parse_address(addr)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot resolve {addr}: {exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+    return sock
+
+
+def address_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- one process ----------------------------------------------------------------------------
+
+
+def run_worker(
+    opts: Options,
+    config: Config,
+    files: int,
+    proxy_sock: socket.socket,
+    admin_sock: socket.socket | None,
+) -> int:
+    """Serve until SIGTERM/SIGINT; exit status 0 after a graceful shutdown."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve(opts, config, files, proxy_sock, admin_sock))
+
+
+def _hypercorn_config(sock: socket.socket, *, grace_s: float, proxy: bool) -> Any:
+    from hypercorn.config import Config as HyperConfig
+
+    from sidecar.framing import MAX_HEADER_SECTION_BYTES
+
+    hc = HyperConfig()
+    # hypercorn owns the socket from here: it closes it when it stops accepting.
+    hc.bind = [f"fd://{sock.detach()}"]
+    hc.graceful_timeout = grace_s
+    hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
+    hc.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
+    hc.backlog = LISTEN_BACKLOG
+    hc.h11_max_incomplete_size = MAX_HEADER_SECTION_BYTES
+    hc.loglevel = "WARNING"
+    hc.accesslog = None
+    if proxy:
+        # The primary's Date and Server reach the client as they are.
+        hc.include_date_header = False
+        hc.include_server_header = False
+    return hc
+
+
+async def _serve(
+    opts: Options,
+    config: Config,
+    files: int,
+    proxy_sock: socket.socket,
+    admin_sock: socket.socket | None,
+) -> int:
+    from hypercorn.asyncio import serve
+
+    from sidecar.admin import AdminApp
+    from sidecar.proxy import ProxyApp
+    from sidecar.runtime import Runtime
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    listen_addr = address_of(proxy_sock)
+    admin_addr = address_of(admin_sock) if admin_sock is not None else None
+    runtime = Runtime(config, files=files, paths=opts.paths)
+    await runtime.start()
+    proxy_done = asyncio.Event()
+    admin_task: asyncio.Task[None] | None = None
+    try:
+        if admin_sock is not None:
+            admin_cfg = _hypercorn_config(admin_sock, grace_s=ADMIN_GRACE_S, proxy=False)
+            admin_task = asyncio.create_task(
+                serve(AdminApp(runtime), admin_cfg, shutdown_trigger=proxy_done.wait)  # type: ignore[arg-type]
+            )
+        proxy_cfg = _hypercorn_config(proxy_sock, grace_s=opts.grace_s, proxy=True)
+        proxy_task = asyncio.create_task(
+            serve(ProxyApp(runtime), proxy_cfg, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        )
+        # The sockets were listening before serve() began: connections made now wait in
+        # the backlog, so the proxy is reachable and /readyz may say so.
+        runtime.ready = True
+        _log_start(runtime, listen_addr, admin_addr)
+        await stop.wait()
+        runtime.ready = False
+        log.info("shutting down: finishing in-flight requests (grace %gs)", opts.grace_s)
+        await proxy_task
+    finally:
+        proxy_done.set()
+        if admin_task is not None:
+            await admin_task
+        await runtime.close()
+    log.info("stopped")
+    return 0
+
+
+def _log_start(runtime: Runtime, listen: str, admin: str | None) -> None:
+    config = runtime.config
+    assert config.primary is not None
+    log.info(
+        "serving http://%s -> primary %s; admin %s; %d rules, %d canaries from %d files "
+        "(sha256 %s); pid %d",
+        listen,
+        config.primary.endpoint.url,
+        f"http://{admin}" if admin else "off",
+        len(config.rules),
+        len(config.canaries),
+        runtime.files,
+        config.sha256[:12],
+        os.getpid(),
+    )
+
+
+# --- --workers N ----------------------------------------------------------------------------
+
+
+def _worker_main(
+    opts: Options, proxy_sock: socket.socket, admin_sock: socket.socket | None
+) -> None:
+    """A worker process: reload the configuration (quietly: the parent printed it) and serve."""
+    _setup_logging()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # until the loop installs its handlers
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        loaded = load_config(opts, quiet=True)
+    except ServeError as exc:
+        print(f"sidecar serve: {exc}", file=sys.stderr)
+        sys.exit(1)
+    if loaded is None:
+        sys.exit(1)
+    config, files = loaded
+    sys.exit(run_worker(opts, config, files, proxy_sock, admin_sock))
+
+
+def _supervise(opts: Options, config: Config) -> int:
+    import multiprocessing
+
+    tmp = tempfile.mkdtemp(prefix="sidecar-metrics-")
+    os.environ[MULTIPROC_ENV] = tmp
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[Any] = []
+    first = bind(config.listen, reuse_port=True)
+    # Later sockets bind the port the first one got (matters for port 0).
+    listen_addr = address_of(first)
+    socks = [first] + [bind(listen_addr, reuse_port=True) for _ in range(opts.workers - 1)]
+    admin_sock = bind(config.admin, reuse_port=False) if config.admin else None
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        for sock in socks:
+            p = ctx.Process(target=_worker_main, args=(opts, sock, admin_sock), daemon=False)
+            p.start()
+            procs.append(p)
+        for sock in socks:
+            sock.close()
+        if admin_sock is not None:
+            admin_sock.close()
+        status = 0
+        from multiprocessing.connection import wait
+
+        pending = list(procs)
+        while pending:
+            ready = wait([p.sentinel for p in pending])
+            for p in [p for p in pending if p.sentinel in ready]:
+                p.join()
+                pending.remove(p)
+                _mark_dead(p.pid)
+                if p.exitcode != 0:
+                    status = 1
+                    if not stopping:  # one worker failing brings the group down
+                        log.error("worker %d exited with %s; stopping", p.pid, p.exitcode)
+                        forward(signal.SIGTERM, None)
+        return status
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.join(opts.grace_s + WORKER_EXIT_SLACK_S)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is None:
+        return
+    with contextlib.suppress(Exception):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sidecar.server` (handy before cli.py registers `serve`)."""
+    parser = argparse.ArgumentParser(prog="sidecar serve")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
