@@ -1,0 +1,276 @@
+"""A lean pooled HTTP/1.1 client for the hot path (the primary and the canary workers).
+
+How this works
+--------------
+A `ConnectionPool` talks to one `Endpoint`. A semaphore of `max_connections` permits bounds the
+exchanges in flight; each permit holder owns at most one connection, and a new connection is
+opened only when no idle one is left, so idle + busy + connecting never exceeds the limit.
+Idle connections sit on a LIFO stack (the most recently used is the one most likely still open
+and warm); on checkout, one that is too old or that the server closed meanwhile is dropped.
+
+`request()` returns a `Response` as soon as the head is in; the response keeps its permit and
+connection until the body has been read to the end (then the connection goes back on the stack,
+if h11 says both sides are DONE and keep-alive) or until `aclose()` (then it is closed unless it
+was complete). Any exception on the way, including cancellation by the caller's
+`asyncio.timeout`, aborts the connection, frees the permit and propagates unchanged.
+
+A reused connection can turn out to be closed by the server only when we write to it; if no
+response byte arrived and the body is bytes (so it can be sent again), the request is retried
+once on a fresh connection. A streamed body is never retried.
+
+The wire work (h11, the protocol, the error tree and its translation) is in `client_conn`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+
+from sidecar.client_conn import (
+    Body,
+    ClientError,
+    ConnectError,
+    Connection,
+    LocalProtocolError,
+    ReadError,
+    RemoteProtocolError,
+    WriteError,
+    open_connection,
+)
+from sidecar.config import Endpoint
+
+__all__ = [
+    "ClientError",
+    "ConnectError",
+    "ConnectionPool",
+    "LocalProtocolError",
+    "ReadError",
+    "RemoteProtocolError",
+    "Response",
+    "WriteError",
+]
+
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+# Servers commonly drop idle keep-alive connections after 60-75 s (nginx 75 s, hypercorn 5 s);
+# 30 s keeps us under most of them, and a stale one is detected and retried anyway.
+DEFAULT_IDLE_TIMEOUT_S = 30.0
+
+
+class Response:
+    """A response whose body has not been read yet; it holds a pool slot until read or closed."""
+
+    __slots__ = ("_conn", "_pool", "headers", "http_version", "reason", "status")
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        conn: Connection,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http_version: bytes,
+    ) -> None:
+        self._pool = pool
+        self._conn: Connection | None = conn
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # names lower-case, as h11 (and ASGI) have them
+        self.http_version = http_version
+
+    @property
+    def is_closed(self) -> bool:
+        return self._conn is None
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive; the connection is released after the last one."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while (chunk := await conn.receive_data()) is not None:
+                yield chunk
+        except BaseException:
+            self._release(conn, complete=False)
+            raise
+        self._release(conn, complete=True)
+
+    async def aread(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            return b""
+        chunks: list[bytes] = []
+        try:
+            while (chunk := await conn.receive_data()) is not None:
+                chunks.append(chunk)
+        except BaseException:
+            self._release(conn, complete=False)
+            raise
+        self._release(conn, complete=True)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def drain(self) -> int:
+        """Read the body to the end, discarding it; returns its length in bytes."""
+        conn = self._conn
+        if conn is None:
+            return 0
+        size = 0
+        try:
+            while (chunk := await conn.receive_data()) is not None:
+                size += len(chunk)
+        except BaseException:
+            self._release(conn, complete=False)
+            raise
+        self._release(conn, complete=True)
+        return size
+
+    async def aclose(self) -> None:
+        """Give the slot back; an unread body means the connection is closed, not reused."""
+        conn = self._conn
+        if conn is not None:
+            self._release(conn, complete=conn.reusable)
+
+    def _release(self, conn: Connection, *, complete: bool) -> None:
+        if self._conn is None:
+            return
+        self._conn = None
+        self._pool._release(conn, reuse=complete)
+
+
+class ConnectionPool:
+    """Keep-alive connections to one endpoint, at most `max_connections` at any time."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        max_connections: int,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.endpoint = endpoint
+        self.max_connections = max_connections
+        self._connect_timeout_s = connect_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: list[Connection] = []  # LIFO: append on release, pop on checkout
+        self._conns: set[Connection] = set()  # every open connection, idle or busy
+        self._ssl = ssl.create_default_context() if endpoint.scheme == "https" else None
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    async def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes] = b"",
+    ) -> Response:
+        """Send the request; return once the final response head is in (see module doc)."""
+        if self._closed:
+            raise ClientError("connection pool is closed", reason="closed")
+        await self._slots.acquire()
+        conn: Connection | None = None
+        try:
+            conn = self._checkout()
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect()
+            try:
+                conn.send_request(method, target, headers, body)
+                head = await conn.receive_head()
+            except (ReadError, WriteError):
+                if not (reused and isinstance(body, bytes) and not conn.received_any):
+                    raise
+                # The server closed the idle connection as we reused it: once more, fresh.
+                self._discard(conn, abort=True)
+                conn = None
+                conn = await self._connect()
+                conn.send_request(method, target, headers, body)
+                head = await conn.receive_head()
+        except BaseException:
+            if conn is not None:
+                self._discard(conn, abort=True)
+            self._slots.release()
+            raise
+        return Response(
+            self, conn, head.status_code, head.reason, list(head.headers), head.http_version
+        )
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body = b"",
+    ) -> AsyncIterator[Response]:
+        """`request()` as a context manager that always closes the response."""
+        response = await self.request(method, target, headers, body)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection, idle or busy, and wait until their sockets are closed."""
+        self._closed = True
+        conns = list(self._conns)
+        self._conns.clear()
+        self._idle.clear()
+        for conn in conns:
+            conn.close(abort=True)
+        if conns:
+            await asyncio.wait([conn.closed for conn in conns])
+
+    async def __aenter__(self) -> ConnectionPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _checkout(self) -> Connection | None:
+        idle = self._idle
+        if not idle:
+            return None
+        deadline = asyncio.get_running_loop().time() - self._idle_timeout_s
+        while idle:
+            conn = idle.pop()
+            if conn.idle_since >= deadline and not conn.is_stale:
+                return conn
+            self._discard(conn, abort=False)
+        return None
+
+    async def _connect(self) -> Connection:
+        conn = await open_connection(
+            self.endpoint, timeout_s=self._connect_timeout_s, ssl_context=self._ssl
+        )
+        if self._closed:  # aclose() ran while we were connecting
+            conn.close(abort=True)
+            raise ClientError("connection pool is closed", reason="closed")
+        self._conns.add(conn)
+        return conn
+
+    def _release(self, conn: Connection, *, reuse: bool) -> None:
+        if reuse and not self._closed and conn.reusable:
+            conn.start_next_cycle(asyncio.get_running_loop().time())
+            self._idle.append(conn)
+        else:
+            self._discard(conn, abort=not reuse)
+        self._slots.release()
+
+    def _discard(self, conn: Connection, *, abort: bool) -> None:
+        self._conns.discard(conn)
+        conn.close(abort=abort)

@@ -1,0 +1,368 @@
+"""One HTTP/1.1 client connection: an asyncio Protocol driving an h11 state machine.
+
+How this works
+--------------
+The protocol callbacks do no parsing: `data_received` appends the chunk to a list and wakes the
+one coroutine that may be waiting (a connection serves one exchange at a time). That coroutine
+asks h11 for the next event and feeds it the pending chunks only when h11 says NEED_DATA, so h11
+never buffers more than what the transport delivered since the last event, and the pending list
+is bounded by pausing the transport past `READ_HIGH_WATER_BYTES` (backpressure from a slow
+consumer reaches the server through TCP).
+
+A bytes body goes out with the request head in one `write`. A streamed body is written by a
+small sender task, so the coroutine waiting for the response head also sees a response that
+arrives before the upload ends (say a 413): the sender is then cancelled and h11 leaves the
+connection in a state that is never reused.
+
+The error tree lives here because this is the one place foreign exceptions are translated:
+`_translate` maps OSError (connect, transport) and h11's errors to `ClientError` subclasses,
+each carrying the short `reason` the engine reports as a failure reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterable, Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import h11
+
+from sidecar.config import Endpoint
+
+# Pause reading once this much unread response data is pending: enough for a few large reads
+# (the transport reads up to 64-256 KiB at a time), small enough to bound memory per connection.
+READ_HIGH_WATER_BYTES = 256 * 1024
+# A bytes body up to this size is copied into the head's buffer so both leave in one write; a
+# larger one is handed to the transport as a separate buffer instead of being copied.
+COALESCE_BODY_BYTES = 64 * 1024
+# Largest response head we accept (h11's default is 16 KiB; some upstreams send big cookies).
+MAX_HEAD_BYTES = 64 * 1024
+
+Body = bytes | AsyncIterable[bytes]
+
+
+class ClientError(Exception):
+    """Base of every error the client raises; `reason` is a short failure reason."""
+
+    reason: str = "client"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class ConnectError(ClientError):
+    """The TCP (or TLS) connection could not be opened within the connect timeout."""
+
+    reason = "connect"
+
+
+class ReadError(ClientError):
+    """The connection was reset or closed before the response was complete."""
+
+    reason = "reset"
+
+
+class WriteError(ClientError):
+    """The request could not be written: the connection is gone."""
+
+    reason = "reset"
+
+
+class RemoteProtocolError(ClientError):
+    """The server sent something that is not valid HTTP/1.1."""
+
+    reason = "protocol"
+
+
+class LocalProtocolError(ClientError):
+    """The request itself is invalid HTTP/1.1 (bad header, framing mismatch)."""
+
+    reason = "protocol"
+
+
+@contextmanager
+def _translate(phase: Literal["connect", "read", "write"]) -> Iterator[None]:
+    """The one boundary where OSError and h11 exceptions become `ClientError`s."""
+    try:
+        yield
+    except h11.LocalProtocolError as exc:
+        raise LocalProtocolError(str(exc)) from exc
+    except h11.RemoteProtocolError as exc:
+        raise RemoteProtocolError(str(exc)) from exc
+    except OSError as exc:  # includes TimeoutError (connect), ssl.SSLError, socket.gaierror
+        message = f"{type(exc).__name__}: {exc}"
+        if phase == "connect":
+            raise ConnectError(message) from exc
+        if phase == "write":
+            raise WriteError(message) from exc
+        raise ReadError(message) from exc
+
+
+async def open_connection(
+    endpoint: Endpoint, *, timeout_s: float, ssl_context: ssl.SSLContext | None
+) -> Connection:
+    loop = asyncio.get_running_loop()
+    with _translate("connect"):
+        async with asyncio.timeout(timeout_s):
+            _, conn = await loop.create_connection(
+                lambda: Connection(loop),
+                endpoint.host,
+                endpoint.port,
+                ssl=ssl_context,
+                server_hostname=endpoint.host if ssl_context is not None else None,
+            )
+    return conn
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; owned by at most one exchange at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._eof = False  # the server closed its side (or the connection is gone)
+        self._eof_fed = False  # h11 has been told about the EOF
+        self._lost_exc: Exception | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.received_any = False  # any byte since the current request began (retry rule)
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol callbacks: record and wake, nothing else ------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self.received_any = True
+        if self._buffered > READ_HIGH_WATER_BYTES and not self._reading_paused:
+            assert self.transport is not None
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # let the transport close: HTTP/1.1 has no use for a half-open socket
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._lost_exc = exc
+        self._wake()
+        self._wake_drain()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_drain()
+
+    def _wake(self, _task: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def is_stale(self) -> bool:
+        """An idle connection the server closed or wrote to meanwhile: not usable."""
+        return (
+            self._eof
+            or bool(self._chunks)
+            or self.transport is None
+            or (self.transport.is_closing())
+        )
+
+    @property
+    def reusable(self) -> bool:
+        h = self.h11
+        return h.our_state is h11.DONE and h.their_state is h11.DONE and not self.is_stale
+
+    def start_next_cycle(self, now: float) -> None:
+        self.h11.start_next_cycle()
+        self.idle_since = now
+
+    def close(self, *, abort: bool) -> None:
+        """Close now; `abort` resets the connection (an exchange broke off mid-way)."""
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+        transport = self.transport
+        if transport is not None:
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+
+    # -- one exchange -------------------------------------------------------------------
+
+    def send_request(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: Body
+    ) -> None:
+        """Write the head and, for a bytes body, the whole body; start the sender otherwise."""
+        assert self.transport is not None
+        self.received_any = False
+        h = self.h11
+        with _translate("write"):
+            head = h.send(h11.Request(method=method, target=target, headers=headers))
+            assert head is not None
+            if self._eof:
+                raise ConnectionResetError("connection closed by the server")
+            if isinstance(body, bytes):
+                if not body:
+                    end = h.send(h11.EndOfMessage())  # b"" or the empty chunked terminator
+                    self.transport.write(head + end if end else head)
+                elif len(body) <= COALESCE_BODY_BYTES:
+                    data = h.send(h11.Data(data=body))
+                    end = h.send(h11.EndOfMessage())
+                    assert data is not None and end is not None
+                    self.transport.write(b"".join((head, data, end)))
+                else:
+                    parts = h.send_with_data_passthrough(h11.Data(data=body))
+                    end = h.send(h11.EndOfMessage())
+                    assert parts is not None and end is not None
+                    self.transport.writelines([head, *parts, end])
+                return
+            self.transport.write(head)
+        self._sender = self._loop.create_task(self._send_stream(body))
+        self._sender.add_done_callback(self._wake)
+
+    async def _send_stream(self, body: AsyncIterable[bytes]) -> None:
+        """The sender task: h11 frames each chunk; stops quietly if the connection is gone."""
+        transport = self.transport
+        assert transport is not None
+        h = self.h11
+        with _translate("write"):
+            async for chunk in body:
+                if self._eof:
+                    return  # the reader reports what happened (a response, or a reset)
+                if not chunk:
+                    continue
+                parts = h.send_with_data_passthrough(h11.Data(data=chunk))
+                assert parts is not None
+                transport.writelines(parts)
+                if self._writing_paused:
+                    await self._drain()
+            if not self._eof:
+                end = h.send(h11.EndOfMessage())
+                assert end is not None
+                transport.write(end)
+
+    async def _drain(self) -> None:
+        while self._writing_paused and not self._eof:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    async def receive_head(self) -> h11.Response:
+        """The final response head (1xx skipped). A sender still running is cancelled."""
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.Response):
+                break
+            if not isinstance(event, h11.InformationalResponse):  # pragma: no cover - h11 rule
+                raise RemoteProtocolError(f"unexpected {type(event).__name__} before response")
+        sender = self._sender
+        if sender is not None:
+            self._sender = None
+            if not sender.done():
+                # The server answered before the upload ended: stop sending. h11 still has us in
+                # SEND_BODY, so the connection will be closed rather than reused.
+                sender.cancel()
+                await asyncio.wait((sender,))
+            failure = None if sender.cancelled() else sender.exception()
+            if failure is not None and not isinstance(failure, ClientError):
+                raise failure  # the caller's body iterator failed: the caller's own exception
+        return event
+
+    async def receive_data(self) -> bytes | None:
+        """The next body chunk as it arrives, or None at the end of the response."""
+        event = await self._next_event()
+        if isinstance(event, h11.Data):
+            data = event.data
+            return data if type(data) is bytes else bytes(data)
+        if isinstance(event, h11.EndOfMessage):
+            return None
+        raise RemoteProtocolError(f"unexpected {type(event).__name__} in response body")
+
+    async def _next_event(self) -> h11.Event:
+        h = self.h11
+        with _translate("read"):
+            while True:
+                try:
+                    event = h.next_event()
+                except h11.RemoteProtocolError as exc:
+                    if self._eof_fed:  # the server hung up mid-response: a reset, not garbage
+                        raise ReadError(f"server closed the connection: {exc}") from exc
+                    raise
+                if event is not h11.NEED_DATA:
+                    if isinstance(event, h11.ConnectionClosed):
+                        raise ReadError("server closed the connection")
+                    if event is h11.PAUSED:  # only after a complete response; a caller bug
+                        raise RemoteProtocolError("read past the end of the response")
+                    assert not isinstance(event, type)
+                    return event
+                if self._chunks:
+                    self._feed()
+                    continue
+                if self._eof:
+                    if self._eof_fed:
+                        raise ReadError("server closed the connection")
+                    self._eof_fed = True
+                    if self._lost_exc is not None and not self.received_any:
+                        raise self._lost_exc
+                    h.receive_data(b"")
+                    continue
+                sender = self._sender
+                if sender is not None and sender.done() and not sender.cancelled():
+                    failure = sender.exception()
+                    if failure is not None:
+                        self._sender = None
+                        raise failure  # the body iterator's exception, or a WriteError
+                await self._wait()
+
+    def _feed(self) -> None:
+        chunks = self._chunks
+        if len(chunks) == 1:
+            self.h11.receive_data(chunks[0])
+            chunks.clear()
+        else:
+            self.h11.receive_data(b"".join(chunks))
+            chunks.clear()
+        self._buffered = 0
+        if self._reading_paused:
+            assert self.transport is not None
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    async def _wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
