@@ -1,0 +1,495 @@
+"""One canary's worker pool: bounded queue, workers, deadlines, outcomes.
+
+How this works
+--------------
+Admission (`try_admit`) runs on the request path and never awaits. It checks, in order,
+the rate bucket (`dropped_rate`), then room: a worker idle right now takes the job by
+hand-off (its waiting future is resolved directly), else the job goes to the queue if it
+holds fewer than `queue` jobs, else `dropped_full`. `queue 0` therefore admits only when a
+worker is idle. The job's deadline (`loop.time() + timeout_s`) is set here, at dispatch,
+and covers queue wait plus round trip.
+
+`workers` tasks loop forever: take a job (or park a future in `_idle` and wait for a
+hand-off), skip it as `failed` ("deadline expired in queue") when its deadline passed,
+otherwise run the chain under `asyncio.timeout_at(deadline)`. The default chain picks a
+server by smooth weighted round-robin (nginx's algorithm: deterministic), sends the shadow
+request with that server's `ConnectionPool`, and reads the response to the end. A response
+is `completed` (any status); a client error or the deadline is `failed` with a short
+reason; anything else is a bug in the chain: logged once with its traceback, `panicked`,
+and the worker carries on, so the pool never loses a worker.
+
+TCP connections: only `workers` jobs run at once. With one server its pool holds at most
+`workers` connections. With several, each server's pool gets a share of `workers`
+(proportional to weight, at least one, summing to `workers`), so idle connections to one
+server can never push the total above `workers`. With more servers than workers each
+request uses a throw-away pool closed right after it (correct, just slower).
+
+Counters are plain ints bumped before `observe` is called; `observe` errors are logged,
+never re-counted. Once settled, dispatched == completed + failed + panicked, also across
+`aclose()`: abandoned jobs end as `failed` ("abandoned at shutdown").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from sidecar.client import ClientError, ConnectionPool
+from sidecar.config import CanarySpec, Endpoint, RateSpec
+from sidecar.headers import Headers, ShadowTemplate
+
+log = logging.getLogger("sidecar.mirror")
+
+
+class Outcome(enum.Enum):
+    DISPATCHED = "dispatched"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PANICKED = "panicked"
+    DROPPED_FULL = "dropped_full"
+    DROPPED_OVERSIZE = "dropped_oversize"
+    DROPPED_RATE = "dropped_rate"
+    DROPPED_ABORTED = "dropped_aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorInfo:
+    """One outcome of one tee. `status`/`duration` when completed; `error` when failed/panicked."""
+
+    outcome: Outcome
+    canary: str
+    rule: str | None
+    status: int | None = None
+    duration: float | None = None
+    error: str | None = None
+
+
+class Stats(NamedTuple):
+    dispatched: int = 0
+    completed: int = 0
+    failed: int = 0
+    panicked: int = 0
+    dropped_full: int = 0
+    dropped_oversize: int = 0
+    dropped_rate: int = 0
+    dropped_aborted: int = 0
+
+
+Observe = Callable[[MirrorInfo], None]
+
+# Failure reasons (MirrorInfo.error for `failed`).
+ERR_EXPIRED = "deadline expired in queue"
+ERR_TIMEOUT = "timeout"
+ERR_CONNECT = "connect"
+ERR_RESET = "reset"
+ERR_PROTOCOL = "protocol"
+ERR_ABANDONED = "abandoned at shutdown"
+
+
+class Body:
+    """A request body copy shared by all tees of one request: chunk objects, joined once."""
+
+    __slots__ = ("_joined", "chunks", "length")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.length = 0
+        self._joined: bytes | None = None
+
+    def bytes(self) -> bytes:
+        if self._joined is None:
+            self._joined = b"".join(self.chunks)
+            self.chunks = [self._joined]
+        return self._joined
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientRequest:
+    """The client's request as the tees need it; shared by all tees, never mutated."""
+
+    method: str
+    raw_path: bytes
+    query_string: bytes
+    headers: Sequence[tuple[bytes, bytes]]
+    client: str | None
+    scheme: str
+
+
+class Job:
+    """One admitted tee: the request, its body copy (None: no body), rule and deadline."""
+
+    __slots__ = ("body", "deadline", "request", "rule")
+
+    def __init__(self, request: ClientRequest, body: Body | None, rule: str | None) -> None:
+        self.request = request
+        self.body = body
+        self.rule = rule
+        self.deadline = 0.0  # loop time; set by try_admit at dispatch
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRequest:
+    """What a chain receives: the shadow request as it goes on the wire (SPEC 4)."""
+
+    method: bytes
+    target: bytes
+    headers: Headers
+    body: bytes
+    canary: str
+    rule: str | None
+
+
+# A custom destination (library `Mirror.use(callable)`): returns the response status.
+Chain = Callable[[ShadowRequest], Awaitable[int | None]]
+
+
+class SmoothWeightedRoundRobin:
+    """nginx's smooth weighted round-robin: deterministic, spreads picks evenly."""
+
+    __slots__ = ("_current", "_total", "_weights")
+
+    def __init__(self, weights: Sequence[int]) -> None:
+        self._weights = list(weights)
+        self._current = [0] * len(weights)
+        self._total = sum(weights)
+
+    def pick(self) -> int:
+        best = 0
+        current = self._current
+        for i, w in enumerate(self._weights):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= self._total
+        return best
+
+
+class TokenBucket:
+    """At most `burst` tokens, full at start, refilled continuously at `per_second`."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, spec: RateSpec, now: float) -> None:
+        self._burst = spec.burst
+        self._rate = spec.per_second
+        self._tokens = spec.burst
+        self._last = now
+
+    def has_token(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        return self._tokens >= 1.0
+
+    def take(self) -> None:
+        self._tokens -= 1.0
+
+
+def connection_shares(weights: Sequence[int], workers: int) -> list[int] | None:
+    """Per-server connection caps summing to `workers` (largest remainder by weight, each
+    at least 1); None when there are more servers than workers."""
+    n = len(weights)
+    if n > workers:
+        return None
+    shares = [1] * n
+    spare = workers - n
+    total = sum(weights)
+    exact = [spare * w / total for w in weights]
+    floors = [math.floor(x) for x in exact]
+    rest = spare - sum(floors)
+    order = sorted(range(n), key=lambda i: (floors[i] - exact[i], i))
+    for i in range(n):
+        shares[i] += floors[i] + (1 if i in order[:rest] else 0)
+    return shares
+
+
+class _Server:
+    __slots__ = ("endpoint", "host", "max_connections", "pool")
+
+    def __init__(self, endpoint: Endpoint, max_connections: int | None) -> None:
+        self.endpoint = endpoint
+        self.host = endpoint.authority.encode("ascii")
+        self.max_connections = max_connections  # None: a throw-away pool per request
+        self.pool: ConnectionPool | None = None
+
+
+class CanaryPool:
+    """One canary's bounded queue and workers (see the module docstring)."""
+
+    def __init__(
+        self, spec: CanarySpec, *, observe: Observe | None = None, chain: Chain | None = None
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._observe = observe
+        self._chain = chain
+        self._template = ShadowTemplate.compile(spec)
+        self._jobs: deque[Job] = deque()
+        self._idle: deque[asyncio.Future[Job]] = deque()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bucket: TokenBucket | None = None
+        self._closing = False
+        self._running = 0  # jobs taken by a worker and not yet settled
+        self._ephemeral_open = 0  # throw-away pools' connections (more servers than workers)
+        self._counts: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self._rule_counts: dict[tuple[str | None, Outcome], int] = {}
+        weights = [s.weight for s in spec.servers]
+        shares = connection_shares(weights, spec.workers)
+        self._servers = [
+            _Server(s.endpoint, None if shares is None else shares[i])
+            for i, s in enumerate(spec.servers)
+        ]
+        self._wrr = SmoothWeightedRoundRobin(weights)
+        self._idle_event: asyncio.Event | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers; call inside the running loop. Idempotent."""
+        if self._loop is not None:
+            return
+        self._loop = loop = asyncio.get_running_loop()
+        if self.spec.rate is not None:
+            self._bucket = TokenBucket(self.spec.rate, loop.time())
+        self._idle_event = asyncio.Event()
+        self._idle_event.set()
+        self._tasks = [
+            loop.create_task(self._worker(), name=f"sidecar-mirror-{self.name}-{i}")
+            for i in range(self.spec.workers)
+        ]
+
+    @property
+    def started(self) -> bool:
+        return self._loop is not None
+
+    async def aclose(self, drain: float | None = None) -> None:
+        """Stop admitting (later tees: `dropped_full`); finish queued and running jobs for
+        up to `drain` seconds (None: none), abandon the rest as `failed`; close connections."""
+        self._closing = True
+        if self._loop is None:
+            return
+        if drain and self._idle_event is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(drain):
+                    await self._idle_event.wait()
+        while self._jobs:
+            job = self._jobs.popleft()
+            self._settle(Outcome.FAILED, job.rule, error=ERR_ABANDONED)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for server in self._servers:
+            if server.pool is not None:
+                pool = server.pool
+                server.pool = None
+                with contextlib.suppress(Exception):
+                    await pool.aclose()
+
+    # --- request path (synchronous) ----------------------------------------------------
+
+    def try_admit(self, job: Job) -> Outcome:
+        """Admit `job` or drop it, without awaiting; returns (and counts) the outcome."""
+        loop = self._loop
+        if loop is None:
+            self.start()
+            loop = self._loop
+            assert loop is not None
+        if self._closing:
+            return self.record(Outcome.DROPPED_FULL, job.rule)
+        now = loop.time()
+        bucket = self._bucket
+        if bucket is not None and not bucket.has_token(now):
+            return self.record(Outcome.DROPPED_RATE, job.rule)
+        job.deadline = now + self.spec.timeout_s
+        idle = self._idle
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():  # a cancelled worker leaves a cancelled future behind
+                waiter.set_result(job)
+                break
+        else:
+            if len(self._jobs) >= self.spec.queue:
+                return self.record(Outcome.DROPPED_FULL, job.rule)
+            self._jobs.append(job)
+        if bucket is not None:
+            bucket.take()
+        self._running += 1
+        assert self._idle_event is not None
+        self._idle_event.clear()
+        return self.record(Outcome.DISPATCHED, job.rule)
+
+    def record(
+        self,
+        outcome: Outcome,
+        rule: str | None,
+        *,
+        status: int | None = None,
+        duration: float | None = None,
+        error: str | None = None,
+    ) -> Outcome:
+        """Count one outcome and report it to `observe` (errors there are logged only)."""
+        self._counts[outcome] += 1
+        key = (rule, outcome)
+        self._rule_counts[key] = self._rule_counts.get(key, 0) + 1
+        observe = self._observe
+        if observe is not None:
+            try:
+                observe(MirrorInfo(outcome, self.name, rule, status, duration, error))
+            except Exception:
+                log.exception("observe hook failed for %s (%s)", self.name, outcome.value)
+        return outcome
+
+    # --- metrics -----------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        c = self._counts
+        return Stats(*(c[o] for o in Outcome))
+
+    def rule_stats(self) -> dict[tuple[str | None, Outcome], int]:
+        """Counts per (rule, outcome), for the metrics."""
+        return dict(self._rule_counts)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def busy_workers(self) -> int:
+        return len(self._tasks) - len(self._idle)
+
+    @property
+    def alive_workers(self) -> int:
+        return sum(1 for t in self._tasks if not t.done())
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections currently open toward this canary (all servers)."""
+        return (
+            sum(int(getattr(s.pool, "open_connections", 0)) for s in self._servers if s.pool)
+            + self._ephemeral_open
+        )
+
+    # --- workers -----------------------------------------------------------------------
+
+    def _settle(
+        self,
+        outcome: Outcome,
+        rule: str | None,
+        *,
+        status: int | None = None,
+        duration: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._running -= 1
+        self.record(outcome, rule, status=status, duration=duration, error=error)
+        if self._running == 0 and self._idle_event is not None:
+            self._idle_event.set()
+
+    async def _worker(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            if self._jobs:
+                job = self._jobs.popleft()
+            else:
+                waiter: asyncio.Future[Job] = loop.create_future()
+                self._idle.append(waiter)
+                try:
+                    job = await waiter
+                except asyncio.CancelledError:
+                    if waiter.done() and not waiter.cancelled():
+                        self._settle(Outcome.FAILED, waiter.result().rule, error=ERR_ABANDONED)
+                    raise
+            await self._run(job, loop)
+
+    async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        if loop.time() >= job.deadline:
+            self._settle(Outcome.FAILED, job.rule, error=ERR_EXPIRED)
+            return
+        start = loop.time()
+        try:
+            async with asyncio.timeout_at(job.deadline):
+                status = await self._send(job)
+        except TimeoutError:
+            self._settle(Outcome.FAILED, job.rule, error=ERR_TIMEOUT)
+        except asyncio.CancelledError:
+            self._settle(Outcome.FAILED, job.rule, error=ERR_ABANDONED)
+            raise
+        except Exception as exc:
+            reason = _failure_reason(exc)
+            if reason is not None:
+                self._settle(Outcome.FAILED, job.rule, error=reason)
+            else:
+                log.error(
+                    "mirror chain for canary %s raised; counted as panicked",
+                    self.name,
+                    exc_info=exc,
+                )
+                self._settle(Outcome.PANICKED, job.rule, error=f"{type(exc).__name__}: {exc}")
+        else:
+            self._settle(Outcome.COMPLETED, job.rule, status=status, duration=loop.time() - start)
+
+    def _shadow(self, job: Job, default_host: bytes | None) -> tuple[bytes, Headers, bytes]:
+        body = job.body.bytes() if job.body is not None else b""
+        r = job.request
+        target, headers = self._template.build(
+            raw_path=r.raw_path,
+            query_string=r.query_string,
+            headers=r.headers,
+            client=r.client,
+            scheme=r.scheme,
+            body_length=len(body),
+            default_host=default_host,
+        )
+        return target, headers, body
+
+    async def _send(self, job: Job) -> int | None:
+        if self._chain is not None:
+            target, headers, body = self._shadow(job, None)
+            request = ShadowRequest(
+                method=job.request.method.encode("ascii"),
+                target=target,
+                headers=headers,
+                body=body,
+                canary=self.name,
+                rule=job.rule,
+            )
+            return await self._chain(request)
+        server = self._servers[self._wrr.pick() if len(self._servers) > 1 else 0]
+        target, headers, body = self._shadow(job, server.host)
+        if server.max_connections is None:
+            pool = ConnectionPool(server.endpoint, max_connections=1)
+            self._ephemeral_open += 1
+            try:
+                return await _exchange(pool, job.request.method, target, headers, body)
+            finally:
+                self._ephemeral_open -= 1
+                await pool.aclose()
+        if server.pool is None:
+            server.pool = ConnectionPool(server.endpoint, max_connections=server.max_connections)
+        return await _exchange(server.pool, job.request.method, target, headers, body)
+
+
+async def _exchange(pool: object, method: str, target: bytes, headers: Headers, body: bytes) -> int:
+    resp = await pool.request(method.encode("ascii"), target, headers, body)  # type: ignore[attr-defined]
+    try:
+        await resp.drain()
+    except BaseException:
+        await resp.aclose()
+        raise
+    return int(resp.status)
+
+
+def _failure_reason(exc: Exception) -> str | None:
+    """The `failed` reason for a client error (connect, reset, protocol); None otherwise."""
+    if isinstance(exc, ClientError):
+        return exc.reason
+    return None

@@ -1,0 +1,112 @@
+"""One request's tees: the shared body copy and admission to the canary pools.
+
+How this works
+--------------
+`RequestTees.begin()` runs once per request that has tees (after routing chose them). For
+each (pool, rule) it decides at once what it can: `body off` is admitted immediately with no
+body; a known `Content-Length` above that canary's `max_body` is `dropped_oversize`
+immediately; a request known to have no body (`content_length == 0`) is admitted
+immediately. The rest are *pending* and share ONE `Body`: the list of the very chunk objects
+the primary receives (no copies), kept only up to the largest pending `max_body`.
+
+`feed(chunk)` appends the chunk and drops, as `dropped_oversize`, every pending tee whose
+`max_body` the body has now outgrown (the pending list is sorted by `max_body`, so this is
+a pop from the front); past the largest cap nothing more is kept. `finish()` admits every
+remaining tee (a body of exactly `max_body` bytes is mirrored) through the pools'
+synchronous `try_admit`; `abort()` ends them as `dropped_aborted`. Nothing here awaits: the
+primary request never waits for a canary. Headers and body bytes of each shadow request are
+built later by the pool's worker (the body joined once, shared by all its canaries).
+
+Callers pass `content_length=0` when the request has neither `Content-Length` nor
+`Transfer-Encoding` (HTTP/1.1: no body), so that bodiless requests need no `finish()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sidecar.pool import Body, CanaryPool, ClientRequest, Job, Outcome
+
+
+class RequestTees:
+    """The pending tees of one request (see the module docstring)."""
+
+    __slots__ = ("_body", "_cap", "_pending", "_request")
+
+    def __init__(
+        self, pending: list[tuple[int, CanaryPool, str | None]], request: ClientRequest
+    ) -> None:
+        self._pending = pending  # (max_body, pool, rule), ascending max_body
+        self._cap = pending[-1][0]
+        self._body = Body()
+        self._request = request
+
+    @classmethod
+    def begin(
+        cls,
+        targets: Sequence[tuple[CanaryPool, str | None]],
+        method: str,
+        raw_path: bytes,
+        query_string: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        client: str | None,
+        scheme: str,
+        content_length: int | None,
+    ) -> RequestTees | None:
+        """Decide what can be decided now; None when no tee waits for the body."""
+        request = ClientRequest(
+            method=method,
+            raw_path=raw_path,
+            query_string=query_string,
+            headers=headers,
+            client=client,
+            scheme=scheme,
+        )
+        pending: list[tuple[int, CanaryPool, str | None]] = []
+        for pool, rule in targets:
+            spec = pool.spec
+            if not spec.body or content_length == 0:
+                pool.try_admit(Job(request, None, rule))
+            elif content_length is not None and content_length > spec.max_body_bytes:
+                pool.record(Outcome.DROPPED_OVERSIZE, rule)
+            else:
+                pending.append((spec.max_body_bytes, pool, rule))
+        if not pending:
+            return None
+        pending.sort(key=lambda p: p[0])
+        return cls(pending, request)
+
+    @property
+    def pending(self) -> bool:
+        """True while some tee still waits for the body."""
+        return bool(self._pending)
+
+    def feed(self, chunk: bytes) -> None:
+        """One body chunk, as the primary receives it (kept by reference, not copied)."""
+        if not chunk or not self._pending:
+            return
+        body = self._body
+        body.length += len(chunk)
+        pending = self._pending
+        while pending and pending[0][0] < body.length:
+            _, pool, rule = pending.pop(0)
+            pool.record(Outcome.DROPPED_OVERSIZE, rule)
+        if pending:
+            body.chunks.append(chunk)
+        else:
+            body.chunks.clear()
+
+    def finish(self) -> None:
+        """The body is whole: admit every pending tee (never awaits)."""
+        pending, self._pending = self._pending, []
+        request = self._request
+        body = self._body if self._body.length else None
+        for _, pool, rule in pending:
+            pool.try_admit(Job(request, body, rule))
+
+    def abort(self) -> None:
+        """The client's upload broke off: every pending tee ends as `dropped_aborted`."""
+        pending, self._pending = self._pending, []
+        self._body.chunks.clear()
+        for _, pool, rule in pending:
+            pool.record(Outcome.DROPPED_ABORTED, rule)

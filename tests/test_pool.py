@@ -1,0 +1,458 @@
+"""CanaryPool and RequestTees against real loopback canaries (tests/servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+import pytest
+
+from sidecar.config import CanarySpec, Endpoint, RateSpec, ServerSpec
+from sidecar.pool import (
+    ERR_ABANDONED,
+    ERR_EXPIRED,
+    CanaryPool,
+    ClientRequest,
+    Job,
+    MirrorInfo,
+    Outcome,
+    ShadowRequest,
+    SmoothWeightedRoundRobin,
+    connection_shares,
+)
+from sidecar.tees import RequestTees
+from tests.servers import RecordingCanary, wait_until
+
+PLACEHOLDER = (ServerSpec(endpoint=Endpoint.parse("http://127.0.0.1:9")),)
+
+
+def canary_spec(
+    *canaries: RecordingCanary, weights: tuple[int, ...] = (), **kw: object
+) -> CanarySpec:
+    servers = tuple(
+        ServerSpec(endpoint=c.endpoint, weight=weights[i] if weights else 1)
+        for i, c in enumerate(canaries)
+    )
+    return CanarySpec(name="c", servers=servers or PLACEHOLDER, **kw)  # type: ignore[arg-type]
+
+
+def job(rule: str | None = "r", body: bytes = b"", method: str = "GET") -> Job:
+    from sidecar.pool import Body
+
+    b = None
+    if body:
+        b = Body()
+        b.chunks.append(body)
+        b.length = len(body)
+    request = ClientRequest(
+        method=method,
+        raw_path=b"/p",
+        query_string=b"",
+        headers=[(b"host", b"app")],
+        client="10.0.0.1",
+        scheme="http",
+    )
+    return Job(request, b, rule)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.infos: list[MirrorInfo] = []
+
+    def __call__(self, info: MirrorInfo) -> None:
+        self.infos.append(info)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for i in self.infos if i.outcome is outcome)
+
+
+def settled(pool: CanaryPool) -> bool:
+    s = pool.stats()
+    return s.dispatched == s.completed + s.failed + s.panicked
+
+
+# --- pure parts ---------------------------------------------------------------------------
+
+
+def test_smooth_weighted_round_robin_is_nginx_sequence() -> None:
+    wrr = SmoothWeightedRoundRobin([5, 1, 1])
+    assert [wrr.pick() for _ in range(7)] == [0, 0, 1, 0, 2, 0, 0]
+    wrr = SmoothWeightedRoundRobin([3, 1])
+    assert Counter(wrr.pick() for _ in range(400)) == {0: 300, 1: 100}
+
+
+@pytest.mark.parametrize(
+    ("weights", "workers", "shares"),
+    [
+        ([1], 8, [8]),
+        ([1, 1], 8, [4, 4]),
+        ([2, 1], 8, [5, 3]),
+        ([1, 1, 1], 3, [1, 1, 1]),
+        ([10, 1], 4, [3, 1]),
+        ([1, 1, 1], 2, None),
+    ],
+)
+def test_connection_shares_sum_to_workers(
+    weights: list[int], workers: int, shares: list[int] | None
+) -> None:
+    got = connection_shares(weights, workers)
+    assert got == shares
+    if got is not None:
+        assert sum(got) == workers
+
+
+# --- pool with a custom chain --------------------------------------------------------------
+
+
+async def test_rate_cap_drops_excess_as_dropped_rate() -> None:
+    async def chain(req: ShadowRequest) -> int:
+        return 200
+
+    events = Events()
+    spec = canary_spec(rate=RateSpec(burst=5, per_second=0.001), queue=100)
+    pool = CanaryPool(spec, observe=events, chain=chain)
+    outcomes = Counter(pool.try_admit(job()) for _ in range(20))
+    assert outcomes == {Outcome.DISPATCHED: 5, Outcome.DROPPED_RATE: 15}
+    await wait_until(lambda: pool.stats().completed == 5)
+    assert pool.rule_stats()[("r", Outcome.DROPPED_RATE)] == 15
+    await pool.aclose()
+
+
+async def test_rate_bucket_refills_continuously() -> None:
+    async def chain(req: ShadowRequest) -> int:
+        return 200
+
+    pool = CanaryPool(canary_spec(rate=RateSpec(burst=1, per_second=50.0)), chain=chain)
+    assert pool.try_admit(job()) is Outcome.DISPATCHED
+    assert pool.try_admit(job()) is Outcome.DROPPED_RATE
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await wait_until(lambda: loop.time() - t0 > 0.03)  # > 1 token at 50/s
+    assert pool.try_admit(job()) is Outcome.DISPATCHED
+    await pool.aclose(drain=5)
+
+
+async def test_queue_zero_admits_only_when_a_worker_is_idle() -> None:
+    gate = asyncio.Event()
+
+    async def chain(req: ShadowRequest) -> int:
+        await gate.wait()
+        return 200
+
+    pool = CanaryPool(canary_spec(workers=2, queue=0), chain=chain)
+    pool.start()
+    await wait_until(lambda: pool.busy_workers == 0, what="workers parked")
+    assert pool.try_admit(job()) is Outcome.DISPATCHED
+    assert pool.try_admit(job()) is Outcome.DISPATCHED
+    assert pool.try_admit(job()) is Outcome.DROPPED_FULL
+    assert pool.busy_workers == 2 and pool.queue_depth == 0
+    gate.set()
+    await wait_until(lambda: pool.stats().completed == 2)
+    await wait_until(lambda: pool.busy_workers == 0)
+    assert pool.try_admit(job()) is Outcome.DISPATCHED
+    await pool.aclose(drain=5)
+    assert pool.stats().completed == 3
+
+
+async def test_full_queue_drops_and_counts() -> None:
+    gate = asyncio.Event()
+
+    async def chain(req: ShadowRequest) -> int:
+        await gate.wait()
+        return 200
+
+    pool = CanaryPool(canary_spec(workers=1, queue=3), chain=chain)
+    pool.start()
+    await wait_until(lambda: pool.busy_workers == 0)
+    outcomes = Counter(pool.try_admit(job()) for _ in range(10))
+    assert outcomes == {Outcome.DISPATCHED: 4, Outcome.DROPPED_FULL: 6}
+    assert pool.queue_depth == 3
+    gate.set()
+    await pool.aclose(drain=5)
+    assert pool.stats().completed == 4
+
+
+async def test_job_expired_in_queue_is_not_sent() -> None:
+    sent: list[ShadowRequest] = []
+
+    async def chain(req: ShadowRequest) -> int:
+        sent.append(req)
+        return 200
+
+    events = Events()
+    pool = CanaryPool(canary_spec(workers=1, queue=5, timeout_s=0.05), observe=events, chain=chain)
+    for _ in range(3):
+        assert pool.try_admit(job()) is Outcome.DISPATCHED
+    # The loop is stalled (as under heavy load) past every job's deadline before any
+    # worker runs: the jobs sat in the queue too long.
+    time.sleep(0.1)
+    await wait_until(lambda: pool.stats().failed == 3)
+    assert sent == []
+    assert {i.error for i in events.infos if i.outcome is Outcome.FAILED} == {ERR_EXPIRED}
+    await pool.aclose()
+
+
+async def test_chain_exception_is_panicked_logged_and_worker_survives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def chain(req: ShadowRequest) -> int:
+        if req.rule == "boom":
+            raise RuntimeError("chain bug")
+        return 201
+
+    events = Events()
+    pool = CanaryPool(canary_spec(workers=2), observe=events, chain=chain)
+    with caplog.at_level(logging.ERROR, logger="sidecar.mirror"):
+        for _ in range(5):
+            pool.try_admit(job("boom"))
+        await wait_until(lambda: pool.stats().panicked == 5)
+    assert pool.alive_workers == 2
+    for _ in range(4):
+        pool.try_admit(job("ok"))
+    await wait_until(lambda: pool.stats().completed == 4)
+    assert len([r for r in caplog.records if r.exc_info]) == 5  # once each, with traceback
+    panics = [i for i in events.infos if i.outcome is Outcome.PANICKED]
+    assert all(i.error == "RuntimeError: chain bug" for i in panics)
+    assert {i.status for i in events.infos if i.outcome is Outcome.COMPLETED} == {201}
+    await pool.aclose()
+    assert settled(pool)
+
+
+async def test_observe_errors_are_logged_not_counted_twice(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def chain(req: ShadowRequest) -> int:
+        return 200
+
+    def observe(info: MirrorInfo) -> None:
+        raise ValueError("hook bug")
+
+    pool = CanaryPool(canary_spec(), observe=observe, chain=chain)
+    with caplog.at_level(logging.ERROR, logger="sidecar.mirror"):
+        for _ in range(3):
+            pool.try_admit(job())
+        await wait_until(lambda: pool.stats().completed == 3)
+    s = pool.stats()
+    assert (s.dispatched, s.completed, s.panicked) == (3, 3, 0)
+    assert len(caplog.records) == 6
+    await pool.aclose()
+
+
+async def test_aclose_drains_or_abandons_and_invariant_holds() -> None:
+    gate = asyncio.Event()
+
+    async def chain(req: ShadowRequest) -> int:
+        await gate.wait()
+        return 200
+
+    pool = CanaryPool(canary_spec(workers=1, queue=10), chain=chain)
+    for _ in range(5):
+        pool.try_admit(job())
+    asyncio.get_running_loop().call_soon(gate.set)
+    await pool.aclose(drain=5.0)
+    assert pool.stats().completed == 5
+
+    gate2 = asyncio.Event()
+
+    async def stuck(req: ShadowRequest) -> int:
+        await gate2.wait()
+        return 200
+
+    events = Events()
+    pool = CanaryPool(canary_spec(workers=1, queue=10), observe=events, chain=stuck)
+    for _ in range(5):
+        pool.try_admit(job())
+    await wait_until(lambda: pool.queue_depth == 4)
+    await pool.aclose(drain=0.05)
+    s = pool.stats()
+    assert (s.dispatched, s.failed) == (5, 5)
+    assert {i.error for i in events.infos if i.outcome is Outcome.FAILED} == {ERR_ABANDONED}
+    assert pool.try_admit(job()) is Outcome.DROPPED_FULL  # closed: counted, never lost
+
+
+# --- pool against real canaries ------------------------------------------------------------
+
+
+async def test_completed_with_status_and_duration_response_drained() -> None:
+    events = Events()
+    async with RecordingCanary(status=503, response_body=b"x" * 100_000) as canary:
+        pool = CanaryPool(canary_spec(canary), observe=events)
+        pool.try_admit(job(body=b"hello", method="POST"))
+        await wait_until(lambda: pool.stats().completed == 1)
+        req = canary.requests[0]
+        assert (req.method, req.target, req.body) == (b"POST", b"/p", b"hello")
+        assert req.header(b"content-length") == b"5"
+        done = next(i for i in events.infos if i.outcome is Outcome.COMPLETED)
+        assert done.status == 503 and done.duration is not None and done.duration > 0
+        # drained: the connection went back to the pool and is reused
+        pool.try_admit(job())
+        await wait_until(lambda: pool.stats().completed == 2)
+        assert canary.connections_total == 1
+        await pool.aclose()
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [("reset", "reset"), ("close", "reset")])
+async def test_reset_canary_ends_as_failed(behaviour: str, reason: str) -> None:
+    events = Events()
+    async with RecordingCanary(behaviour) as canary:  # type: ignore[arg-type]
+        pool = CanaryPool(canary_spec(canary), observe=events)
+        pool.try_admit(job())
+        await wait_until(lambda: pool.stats().failed == 1)
+        assert [i.error for i in events.infos if i.outcome is Outcome.FAILED] == [reason]
+        await pool.aclose()
+
+
+async def test_dead_canary_ends_as_failed_connect() -> None:
+    canary = await RecordingCanary().start()
+    await canary.aclose()  # nothing listens on that port any more
+    events = Events()
+    pool = CanaryPool(canary_spec(canary), observe=events)
+    pool.try_admit(job())
+    await wait_until(lambda: pool.stats().failed == 1)
+    assert [i.error for i in events.infos if i.outcome is Outcome.FAILED] == ["connect"]
+    await pool.aclose()
+
+
+async def test_hung_canary_ends_at_the_timeout() -> None:
+    events = Events()
+    async with RecordingCanary("hold") as canary:
+        pool = CanaryPool(canary_spec(canary, timeout_s=0.2), observe=events)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        pool.try_admit(job())
+        await wait_until(lambda: pool.stats().failed == 1)
+        elapsed = loop.time() - t0
+        assert 0.15 <= elapsed < 2.0
+        assert [i.error for i in events.infos if i.outcome is Outcome.FAILED] == ["timeout"]
+        await pool.aclose()
+
+
+async def test_weighted_round_robin_proportions_on_real_servers() -> None:
+    async with RecordingCanary() as a, RecordingCanary() as b:
+        pool = CanaryPool(canary_spec(a, b, weights=(3, 1), queue=100))
+        for _ in range(40):
+            assert pool.try_admit(job()) is Outcome.DISPATCHED
+        await wait_until(lambda: pool.stats().completed == 40)
+        assert (len(a.requests), len(b.requests)) == (30, 10)
+        await pool.aclose()
+
+
+@pytest.mark.parametrize("servers", [1, 2, 3])
+async def test_connections_and_requests_never_exceed_workers(servers: int) -> None:
+    workers = 3
+    canaries = [await RecordingCanary("delay", delay_s=0.01).start() for _ in range(servers)]
+    try:
+        pool = CanaryPool(canary_spec(*canaries, workers=workers, queue=200))
+        for _ in range(120):
+            pool.try_admit(job())
+        await wait_until(lambda: pool.stats().completed == 120)
+        assert sum(c.max_connections_open for c in canaries) <= workers
+        assert sum(c.max_in_flight for c in canaries) <= workers
+        assert pool.open_connections <= workers
+        await pool.aclose()
+        await wait_until(lambda: sum(c.connections_open for c in canaries) == 0)
+    finally:
+        for c in canaries:
+            await c.aclose()
+
+
+async def test_more_servers_than_workers_still_bounded() -> None:
+    canaries = [await RecordingCanary("delay", delay_s=0.005).start() for _ in range(3)]
+    try:
+        pool = CanaryPool(canary_spec(*canaries, workers=2, queue=100))
+        for _ in range(30):
+            pool.try_admit(job())
+        await wait_until(lambda: pool.stats().completed == 30)
+        # each canary saw at most 2 at once, and the three together never more than 2:
+        # connections are closed right after their request in this mode
+        assert all(c.max_connections_open <= 2 for c in canaries)
+        await pool.aclose()
+    finally:
+        for c in canaries:
+            await c.aclose()
+
+
+# --- RequestTees ---------------------------------------------------------------------------
+
+
+def begin(
+    targets: list[tuple[CanaryPool, str | None]], content_length: int | None
+) -> RequestTees | None:
+    return RequestTees.begin(
+        targets,
+        "POST",
+        b"/up",
+        b"",
+        [(b"host", b"app")],
+        "10.0.0.1",
+        "http",
+        content_length,
+    )
+
+
+async def test_tees_known_oversize_dropped_at_once_and_body_off_admitted_at_once() -> None:
+    async with RecordingCanary() as canary:
+        small = CanaryPool(canary_spec(canary, max_body_bytes=10))
+        nobody = CanaryPool(canary_spec(canary, body=False))
+        big = CanaryPool(canary_spec(canary, max_body_bytes=100))
+        tees = begin([(small, "r"), (nobody, "r"), (big, "r")], content_length=50)
+        assert small.stats().dropped_oversize == 1
+        assert nobody.stats().dispatched == 1
+        assert tees is not None and tees.pending
+        tees.feed(b"x" * 50)
+        tees.finish()
+        assert big.stats().dispatched == 1
+        await wait_until(lambda: len(canary.requests) == 2)
+        bodies = sorted(r.body for r in canary.requests)
+        assert bodies == [b"", b"x" * 50]
+        for p in (small, nobody, big):
+            await p.aclose()
+
+
+async def test_tees_streamed_body_shares_chunks_and_drops_when_outgrown() -> None:
+    async def chain(req: ShadowRequest) -> int:
+        return 200
+
+    p4 = CanaryPool(canary_spec(max_body_bytes=4), chain=chain)
+    p8 = CanaryPool(canary_spec(max_body_bytes=8), chain=chain)
+    tees = begin([(p8, "a"), (p4, "b")], content_length=None)
+    assert tees is not None
+    c1, c2 = b"abc", b"defg"
+    tees.feed(c1)
+    tees.feed(c2)
+    assert p4.stats().dropped_oversize == 1
+    assert tees._body.chunks[0] is c1 and tees._body.chunks[1] is c2  # no copies
+    tees.feed(b"h")  # exactly 8: still mirrored
+    tees.finish()
+    assert p8.stats().dispatched == 1
+    tees.abort()  # after finish: nothing pending, nothing counted
+    assert p8.stats().dropped_aborted == 0
+    await p4.aclose()
+    await p8.aclose(drain=5)
+
+
+async def test_tees_abort_drops_pending_as_aborted() -> None:
+    async def chain(req: ShadowRequest) -> int:
+        return 200
+
+    pool = CanaryPool(canary_spec(), chain=chain)
+    tees = begin([(pool, "r")], content_length=100)
+    assert tees is not None
+    tees.feed(b"partial")
+    tees.abort()
+    s = pool.stats()
+    assert (s.dropped_aborted, s.dispatched) == (1, 0)
+    assert not tees.pending
+    await pool.aclose()
+
+
+async def test_tees_bodiless_request_admitted_at_begin() -> None:
+    async def chain(req: ShadowRequest) -> int:
+        return 200
+
+    pool = CanaryPool(canary_spec(), chain=chain)
+    assert begin([(pool, "r")], content_length=0) is None
+    assert pool.stats().dispatched == 1
+    await pool.aclose(drain=5)
