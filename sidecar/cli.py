@@ -1,0 +1,94 @@
+"""`sidecar` command line: main(argv) -> exit code.
+
+Each command lives in its own module exposing `configure(parser)` and
+`run(args) -> int`; modules import heavy things inside `run()`, so that
+`sidecar check` starts fast. This is the process edge: argparse's exits become
+return codes (usage errors: 2), and an unexpected exception becomes one
+`internal-error` line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from sidecar import __version__
+
+# (name, module, help). Command owners add their one line here.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("check", "sidecar.check", "validate rule files, like nginx -t"),
+    ("serve", "sidecar.server", "run the proxy with the rules in PATH"),
+)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Command(Protocol):
+    def configure(self, parser: argparse.ArgumentParser) -> None: ...
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="A request-shadowing reverse proxy: tees sampled requests to canaries.",
+    )
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        cmd_parser = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = cast(_Command, importlib.import_module(module_name))
+            module.configure(cmd_parser)
+            run: Callable[[argparse.Namespace], int] = module.run
+        except Exception as exc:  # one broken command must not take the others down
+            run = _unavailable(name, exc)
+            cmd_parser.add_argument("rest", nargs=argparse.REMAINDER)
+        cmd_parser.set_defaults(_run=run)
+    return parser
+
+
+def _unavailable(name: str, exc: Exception) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(
+            f"sidecar {name}: error: internal error: {type(exc).__name__}: {exc} [internal-error]",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status (never raises, never prints a traceback)."""
+    args_list = sys.argv[1:] if argv is None else argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(args_list)
+        if getattr(args, "_run", None) is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return int(args._run(args))
+    except SystemExit as exc:  # argparse: --help/--version (0) and usage errors (2)
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        print(
+            f"sidecar: error: internal error: {type(exc).__name__}: {exc} (please report this) [internal-error]",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The syntax-error catalogue: lark's `UnexpectedInput` -> one friendly Diagnostic.
+
+Every syntax error reads "expected X, found Y" at the offending token, with
+terminal names turned into words ("a duration such as 10s", `"workers"`).
+`CATALOGUE` adds a hint for mistakes people actually make; each entry lists
+example inputs that fail in the same parser state, matched the way
+lark's `match_examples` does (tests check that every entry still fires). A word found
+where a keyword was expected gets a did-you-mean from difflib.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+
+from lark import Lark, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from sidecar.diagnostics import Diagnostic, Span
+
+CODE = "syntax-error"
+
+# hint -> inputs that fail in the parser state (and on the token type) the hint is about.
+CATALOGUE: dict[str, list[str]] = {
+    "a duration needs a unit, such as 10s or 250ms": [
+        "canary a { timeout 10 }",
+        "primary http://127.0.0.1:1 { timeout 10 }",
+    ],
+    "a size needs a unit, such as 512KiB or 1MiB": ["canary a { max_body 1024 }"],
+    "a rate is a count per second or minute, such as 200/s or 50/m": ["canary a { rate 200 }"],
+    "a server is a URL with a scheme, such as http://10.0.0.7:8080": [
+        "canary a { server 10.0.0.7:8080 }",
+        "canary a { server localhost }",
+        'canary a { server "http://10.0.0.7:8080" }',
+    ],
+    "the primary is a URL with a scheme, such as http://127.0.0.1:8081": [
+        "primary 127.0.0.1:8081",
+        'primary "http://127.0.0.1:8081"',
+    ],
+    "an address is host:port, such as 127.0.0.1:8080": [
+        "listen localhost",
+        "listen 8080",
+        "admin localhost",
+        'listen "127.0.0.1:8080"',
+    ],
+    'strings are double-quoted, such as "/api/"': [
+        "mirror a { when path == /api }",
+        "exclude when path ^= api",
+        "canary a { drop header Authorization }",
+    ],
+    "HTTP methods are bare words, such as GET (not quoted)": [
+        'mirror a { when method == "GET" }',
+        'mirror a { when method in ("GET") }',
+    ],
+    'client only takes `in ("10.0.0.0/8", ...)`': [
+        'exclude when client == "10.0.0.1"',
+        'exclude when client ^= "10."',
+    ],
+    "operators are == != ^= $= *= ~ !~ and in": [
+        'exclude when path = "/a"',
+        'exclude when path eq "/a"',
+    ],
+    "a canary needs a name, such as `canary v2 { ... }`": ["canary { }"],
+    "a mirror rule needs a name, such as `mirror api_reads { ... }`": ["mirror { }"],
+    "this statement belongs inside a canary block": [
+        "server http://127.0.0.1:1",
+        "workers 8",
+        "rate 10/s",
+    ],
+    "this statement belongs inside a mirror block": ["to v2", "sample 10%"],
+    "`exclude` is followed by `when`": ['exclude path == "/a"'],
+    "the block is not closed with `}`": [
+        "canary a {",
+        "canary a { server http://127.0.0.1:1",
+        "mirror a {",
+        "mirror a { to b",
+        "primary http://127.0.0.1:1 {",
+    ],
+    "a sample rate is a percentage (10%) or a fraction (0.1)": ["mirror a { sample all }"],
+    "canary names after `to` are separated by commas": ["mirror a { to b c }"],
+    'strings end on the same line; the only escapes are \\" and \\\\': [
+        'mirror a { when path == "/a }',
+        'mirror a { when path == "\\n" }',
+    ],
+}
+
+_DESCRIPTIONS: dict[str, str] = {
+    "NAME": "a name",
+    "STRING": "a string",
+    "NUMBER": "a number",
+    "PERCENT": "a percentage such as 10%",
+    "DURATION": "a duration such as 10s",
+    "SIZE": "a size such as 1MiB",
+    "RATE": "a rate such as 200/s",
+    "ADDRESS": "an address such as 127.0.0.1:8080",
+    "URL": "a URL such as http://127.0.0.1:8080",
+    "$END": "end of file",
+}
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+_MAX_EXPECTED_SHOWN = 14  # a canary block accepts 13 things; more than that is noise
+
+
+def _describe(name: str, parser: Lark) -> str:
+    if name in _DESCRIPTIONS:
+        return _DESCRIPTIONS[name]
+    try:
+        pattern = parser.get_terminal(name).pattern
+    except KeyError:
+        return name
+    return f'"{pattern.value}"' if pattern.type == "str" else name.lower()
+
+
+def _expected_text(names: set[str], parser: Lark) -> tuple[str, list[str]]:
+    words = sorted({_describe(n, parser) for n in names}, key=lambda w: (not w.startswith('"'), w))
+    keywords = [w.strip('"') for w in words if w.startswith('"') and _WORD.match(w.strip('"'))]
+    shown = words[:_MAX_EXPECTED_SHOWN]
+    if len(words) > len(shown):
+        shown.append("...")
+    if len(shown) == 1:
+        return shown[0], keywords
+    lead = "one of " if len(shown) > 2 else ""
+    return lead + ", ".join(shown[:-1]) + " or " + shown[-1], keywords
+
+
+def _found_text(exc: UnexpectedInput, text: str) -> tuple[str, str | None]:
+    """How to show what was found, and the bare word (for did-you-mean) if it is one."""
+    if isinstance(exc, UnexpectedToken):
+        if exc.token.type == "$END":
+            return "end of file", None
+        value = str(exc.token)
+    elif isinstance(exc, UnexpectedCharacters):
+        value = exc.char
+    else:
+        return "end of file", None
+    if value.startswith('"') and value.endswith('"') and len(value) > 1:
+        shown = value
+    elif value.isprintable():
+        shown = f'"{value}"'
+    else:
+        shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return shown, value if _WORD.match(value) else None
+
+
+def _end_span(text: str, filename: str) -> Span:
+    body = text.rstrip()
+    line = body.count("\n") + 1
+    column = len(body) - (body.rfind("\n") + 1) + 1
+    return Span(file=filename, line=line, column=column, end_line=line, end_column=column + 1)
+
+
+def _span(exc: UnexpectedInput, text: str, filename: str) -> Span:
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        tok = exc.token
+        line, col = tok.line or 1, tok.column or 1
+        end_col = tok.end_column if tok.end_line == line and tok.end_column else col + 1
+        return Span(file=filename, line=line, column=col, end_line=line, end_column=end_col)
+    if isinstance(exc, UnexpectedCharacters):
+        line, col = exc.line, exc.column
+        return Span(file=filename, line=line, column=col, end_line=line, end_column=col + 1)
+    return _end_span(text, filename)
+
+
+@functools.cache
+def _parser() -> Lark:
+    from sidecar.dsl.parser import get_parser  # parser imports this module
+
+    return get_parser()
+
+
+def _key(exc: UnexpectedInput) -> tuple[int, str] | None:
+    """Where and on what a parse failed: (LALR state number, token type or the character)."""
+    state = getattr(exc, "state", None)
+    position = getattr(state, "position", None)
+    if not isinstance(position, int):
+        return None
+    if isinstance(exc, UnexpectedToken):
+        return position, exc.token.type
+    if isinstance(exc, UnexpectedCharacters):
+        return position, "char:" + exc.char
+    return None
+
+
+@functools.cache
+def _catalogue_index() -> dict[tuple[int, str], str]:
+    # lark's `UnexpectedInput.match_examples` re-parses every example on every
+    # error and falls back to a state-only match (so any word at the top level
+    # would get the first top-level hint). Same idea, precomputed once, and
+    # keyed on the state *and* what was found.
+    index: dict[tuple[int, str], str] = {}
+    for hint, examples in CATALOGUE.items():
+        for example in examples:
+            try:
+                _parser().parse(example)
+            except UnexpectedInput as exc:
+                key = _key(exc)
+                if key is not None:
+                    index.setdefault(key, hint)
+    return index
+
+
+def hint_for(exc: UnexpectedInput) -> str | None:
+    """The catalogue entry whose examples fail the same way as `exc`, if any."""
+    key = _key(exc)
+    return None if key is None else _catalogue_index().get(key)
+
+
+def syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str) -> Diagnostic:
+    """Translate one lark error (the only place that does)."""
+    parser = _parser()
+    if isinstance(exc, UnexpectedToken):
+        expected: set[str] = set(exc.accepts or exc.expected)
+    elif isinstance(exc, UnexpectedCharacters):
+        expected = set(exc.allowed or ())
+    elif isinstance(exc, UnexpectedEOF):
+        expected = set(exc.expected)
+    else:
+        expected = set()
+    found, word = _found_text(exc, text)
+    if expected:
+        wanted, keywords = _expected_text(expected, parser)
+        message = f"expected {wanted}, found {found}"
+    else:
+        keywords = []
+        message = f"unexpected {found}"
+    close = difflib.get_close_matches(word, keywords, n=1, cutoff=0.6) if word else []
+    if close:
+        message += f' (did you mean "{close[0]}"?)'
+    hint = hint_for(exc)
+    if hint:
+        message += f": {hint}"
+    return Diagnostic(span=_span(exc, text, filename), severity="error", code=CODE, message=message)

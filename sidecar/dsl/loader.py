@@ -1,0 +1,164 @@
+"""PATHs -> one configuration (SPEC section 2): read, decode, parse, validate.
+
+Files are taken in the order given; a directory means the `*.mirror` entries
+directly inside it, in lexicographic order (like nginx's conf.d). A path that
+does not exist is a usage error; a directory without rule files, an unreadable
+file and invalid UTF-8 are diagnostics. Nothing here raises: an unexpected
+exception while handling one file becomes an `internal-error` diagnostic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidecar.config import Config, SourceFile
+from sidecar.diagnostics import Diagnostic, Span, sort
+from sidecar.dsl import ast
+from sidecar.dsl.parser import parse
+from sidecar.dsl.validate import validate
+
+RULE_SUFFIX = ".mirror"
+_BOM = "\ufeff"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadResult:
+    config: Config | None  # None iff any error-severity diagnostic (or a usage error)
+    diagnostics: list[Diagnostic]  # sorted
+    sources: dict[str, str]  # file name -> text, for diagnostics.render()
+    files: list[str]  # files read, in configuration order
+    usage_error: str | None = None  # e.g. a PATH that does not exist (check exits 2)
+
+
+def _at(file: str, line: int = 1, column: int = 1) -> Span:
+    return Span(file=file, line=line, column=column, end_line=line, end_column=column + 1)
+
+
+def _error(file: str, code: str, message: str, line: int = 1, column: int = 1) -> Diagnostic:
+    return Diagnostic(span=_at(file, line, column), severity="error", code=code, message=message)
+
+
+def internal_error(file: str, exc: BaseException) -> Diagnostic:
+    """A bug, reported as a diagnostic with the innermost frame rather than a traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    message = f"internal error{where}: {type(exc).__name__}: {exc} (please report this)"
+    return _error(file, "internal-error", message)
+
+
+def expand(
+    paths: Sequence[str | os.PathLike[str]],
+) -> tuple[list[str], list[Diagnostic], str | None]:
+    """The files of a configuration, diagnostics for empty directories, and any usage error."""
+    files: list[str] = []
+    diags: list[Diagnostic] = []
+    seen: set[str] = set()
+    for raw in paths:
+        path = os.fspath(raw)
+        if not os.path.lexists(path):
+            return files, diags, f"no such file or directory: {path}"
+        if os.path.isdir(path):
+            try:
+                names = sorted(n for n in os.listdir(path) if n.endswith(RULE_SUFFIX))
+            except OSError as exc:
+                diags.append(
+                    _error(path, "unreadable-file", f"cannot list directory: {exc.strerror}")
+                )
+                continue
+            if not names:
+                diags.append(
+                    _error(path, "no-rule-files", f"no *{RULE_SUFFIX} files in directory {path}")
+                )
+            candidates = [os.path.join(path, n) for n in names]
+        else:
+            candidates = [path]
+        for c in candidates:
+            key = os.path.realpath(c)
+            if key not in seen:  # `check rules/ rules/a.mirror` reads a.mirror once
+                seen.add(key)
+                files.append(c)
+    return files, diags, None
+
+
+def _decode(name: str, data: bytes) -> tuple[str, Diagnostic | None]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
+        message = f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        return data.decode("utf-8", "replace"), _error(name, "invalid-utf8", message, line, column)
+    return text.removeprefix(_BOM), None
+
+
+def load(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
+    """Load, parse and validate the configuration formed by `paths`. Never raises."""
+    files, diags, usage = expand(paths)
+    if usage is not None:
+        return LoadResult(
+            config=None, diagnostics=sort(diags), sources={}, files=[], usage_error=usage
+        )
+    texts: list[tuple[str, str | None, bytes]] = []
+    for name in files:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            diags.append(_error(name, "unreadable-file", f"cannot read {name}: {reason}"))
+            texts.append((name, None, b""))
+            continue
+        text, problem = _decode(name, data)
+        if problem is not None:
+            diags.append(problem)
+            texts.append((name, text, data))  # kept for the caret line, but not parsed
+            continue
+        texts.append((name, text, data))
+    bad = {d.span.file for d in diags}
+    return _finish(texts, diags, files, bad)
+
+
+def loads(text: str, filename: str = "<string>") -> LoadResult:
+    """One in-memory file (tests, tools). Never raises."""
+    return _finish([(filename, text, text.encode("utf-8", "surrogatepass"))], [], [filename], set())
+
+
+def _finish(
+    texts: list[tuple[str, str | None, bytes]],
+    diags: list[Diagnostic],
+    files: list[str],
+    bad: set[str],
+) -> LoadResult:
+    parsed: list[ast.File] = []
+    sources: dict[str, str] = {}
+    complete = not bad
+    for name, text, _ in texts:
+        if text is None:
+            continue
+        sources[name] = text
+        if name in bad:
+            continue
+        try:
+            tree, errors = parse(text, name)
+        except Exception as exc:  # the edge for parser bugs: report, do not crash
+            tree, errors = None, [internal_error(name, exc)]
+        diags.extend(errors)
+        if tree is None:
+            complete = False
+        else:
+            parsed.append(tree)
+    digests = [SourceFile(path=n, sha256=hashlib.sha256(data).hexdigest()) for n, _, data in texts]
+    config: Config | None = None
+    try:
+        config, problems = validate(parsed, sources=digests, complete=complete)
+    except Exception as exc:
+        problems = [internal_error(files[0] if files else "<config>", exc)]
+    diags.extend(problems)
+    if any(d.severity == "error" for d in diags):
+        config = None
+    return LoadResult(config=config, diagnostics=sort(diags), sources=sources, files=files)

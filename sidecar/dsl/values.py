@@ -1,0 +1,115 @@
+"""Checks of single values: addresses, URLs, header names and values, regexes, CIDRs.
+
+Each `*_problem` function returns None when the value is fine, else a short
+sentence saying what is wrong (used verbatim in diagnostics). Pure, never raises.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from sidecar.config import Endpoint
+
+# RFC 7230 section 3.2.6 `token`: the characters a header name may use.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
+_METHOD = re.compile(r"[A-Z][A-Z0-9_-]*\Z")
+
+# Hop-by-hop headers (RFC 7230 section 6.1, plus the de facto Keep-Alive and Proxy-*):
+# the proxy strips them, so setting one on a shadow request would be silently lost.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+MAX_PORT = 65535
+
+
+def is_hop_by_hop(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in HOP_BY_HOP or lowered.startswith("proxy-")
+
+
+def header_name_problem(name: str) -> str | None:
+    if not name:
+        return "a header name cannot be empty"
+    if not _TOKEN.match(name):
+        return f'"{name}" is not a valid header name (letters, digits and !#$%&\'*+-.^_`|~ only)'
+    return None
+
+
+def header_value_problem(value: str) -> str | None:
+    if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+        return "a header value cannot contain control characters or line breaks"
+    return None
+
+
+def method_problem(method: str) -> str | None:
+    if _METHOD.match(method):
+        return None
+    if _METHOD.match(method.upper()):
+        return f'HTTP methods are upper case: "{method.upper()}", not "{method}"'
+    return f'"{method}" is not an HTTP method'
+
+
+def _host_problem(host: str) -> str | None:
+    if not host:
+        return "the host is missing"
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return f'"{host}" is missing its closing "]"'
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f'"{host[1:-1]}" is not an IPv6 address'
+        return None
+    if not _HOSTNAME.match(host):
+        return f'"{host}" is not a valid host name or address'
+    return None
+
+
+def address_problem(raw: str) -> str | None:
+    """`host:port` or `[v6]:port`, port 1..65535."""
+    host, sep, port = raw.rpartition(":")
+    if not sep:
+        return f'"{raw}" is not host:port'
+    problem = _host_problem(host)
+    if problem:
+        return problem
+    if not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+        return f'port "{port}" is not in 1..{MAX_PORT}'
+    return None
+
+
+def host_header_problem(value: str) -> str | None:
+    """A `host "name"` value: a host, optionally with :port."""
+    if value.startswith("[") and value.endswith("]"):
+        return _host_problem(value)
+    if ":" in value and not value.startswith("["):
+        return address_problem(value)
+    if value.startswith("["):
+        return address_problem(value)
+    return _host_problem(value)
+
+
+def url_problem(raw: str) -> str | None:
+    try:
+        Endpoint.parse(raw)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def regex_problem(pattern: str) -> str | None:
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as exc:
+        return f"invalid regular expression: {exc}"
+    return None
+
+
+def cidr_problem(cidr: str) -> str | None:
+    try:
+        ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return f'"{cidr}" is not an IP address or CIDR block (such as "10.0.0.0/8")'
+    return None
