@@ -76,7 +76,7 @@ def render_metrics() -> tuple[bytes, str]:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate(registry), CONTENT_TYPE_LATEST
     return generate(REGISTRY), CONTENT_TYPE_LATEST
 

@@ -81,9 +81,12 @@ def inspect(
         return HEADERS_TOO_LARGE
     if method == "CONNECT":
         return CONNECT_REFUSED
-    if raw_path[:1] != b"/" and not (raw_path == b"*" and method == "OPTIONS"):
-        if origin_form(raw_path) is None:
-            return BAD_TARGET
+    if (
+        raw_path[:1] != b"/"
+        and not (raw_path == b"*" and method == "OPTIONS")
+        and origin_form(raw_path) is None
+    ):
+        return BAD_TARGET
     if te is not None:
         if length is not None:
             return CL_AND_TE

@@ -70,11 +70,13 @@ class _Metrics:
     def __init__(self) -> None:
         from sidecar import prom
 
-        self.by_class = tuple(prom.primary_requests(f"{n}xx") for n in range(6))
+        # Index = status // 100, clamped to 1..5 (h11 never hands us another status).
+        children = [prom.primary_requests(f"{n}xx") for n in range(1, 6)]
+        self.by_class = (children[0], *children)
         self.duration = prom.primary_duration()
 
     def record(self, status: int, started: float) -> None:
-        self.by_class[min(status // 100, 5)].inc()
+        self.by_class[max(1, min(status // 100, 5))].inc()
         self.duration.observe(time.perf_counter() - started)
 
 

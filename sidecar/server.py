@@ -39,9 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sidecar.config import Config, Endpoint, PrimarySpec
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported inside functions at run time: `sidecar --help` stays light
+    from sidecar.config import Config
     from sidecar.runtime import Runtime
 
 log = logging.getLogger("sidecar")
@@ -178,6 +177,8 @@ def load_config(opts: Options, *, quiet: bool = False) -> tuple[Config, int] | N
 
 def apply_overrides(config: Config, opts: Options) -> Config:
     """Flags win over files: `--listen`, `--admin` (even over `admin off`), `--primary` URL."""
+    from sidecar.config import Endpoint, PrimarySpec
+
     changes: dict[str, Any] = {}
     if opts.listen is not None:
         parse_address(opts.listen)
@@ -435,7 +436,7 @@ def _mark_dead(pid: int | None) -> None:
     with contextlib.suppress(Exception):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
