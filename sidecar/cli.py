@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `sidecar check | head`: the reader left; not our error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the exit-time flush is silent
+        return EXIT_FAILURE
     except Exception as exc:
         print(
             f"sidecar: error: internal error: {type(exc).__name__}: {exc} (please report this) [internal-error]",

@@ -227,7 +227,7 @@ def syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str) -> Diagnos
     close = difflib.get_close_matches(word, keywords, n=1, cutoff=0.6) if word else []
     if close:
         message += f' (did you mean "{close[0]}"?)'
-    hint = hint_for(exc)
+    hint = None if close else hint_for(exc)  # a did-you-mean is the better hint
     if hint:
         message += f": {hint}"
     return Diagnostic(span=_span(exc, text, filename), severity="error", code=CODE, message=message)
