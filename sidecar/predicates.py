@@ -146,7 +146,7 @@ def _compile_test(t: ast.Test) -> Check:
     if t.key is None:
         raise ValueError(f"{t.subject} test without a name: {t.text}")
     if t.subject == "header":
-        get: _Multi = methodcaller("header_lc", t.key.value.lower())
+        get: _Multi = methodcaller("header_b", t.key.value.lower().encode("latin-1"))
     elif t.subject == "query":
         get = methodcaller("query", t.key.value)
     else:
@@ -258,15 +258,15 @@ def _client_in(args: tuple[str, ...]) -> Check:
                 continue
         bucket = v4 if net.version == 4 else v6
         bucket.append((int(net.network_address), int(net.netmask)))
-    nets4, nets6 = tuple(v4), tuple(v6)
+    nets = {4: tuple(v4), 6: tuple(v6)}
 
     def client_in(v: RequestView) -> bool:
-        ip = v.client_ip
-        if ip is None:
+        addr = v.client_addr
+        if addr is None:
             return False
-        x = int(ip)
-        for addr, mask in nets4 if ip.version == 4 else nets6:  # noqa: SIM110
-            if x & mask == addr:
+        version, x = addr
+        for net, mask in nets[version]:  # noqa: SIM110
+            if x & mask == net:
                 return True
         return False
 

@@ -35,6 +35,7 @@ import hashlib
 import random as _random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import methodcaller
 from types import MappingProxyType
 from typing import Any
 
@@ -94,15 +95,14 @@ def _compile_sample(spec: SampleSpec | None, random: Random) -> Sampler | None:
 
     if spec.key is None:
         raise ValueError(f"sample by {spec.by} needs a name")
-    name = spec.key.lower() if spec.by == "header" else spec.key
-    get: Callable[[RequestView, str], list[str]] = {
-        "header": RequestView.header_lc,
-        "query": RequestView.query,
-        "cookie": RequestView.cookie,
-    }[spec.by]
+    get: Callable[[RequestView], list[str]]
+    if spec.by == "header":
+        get = methodcaller("header_b", spec.key.lower().encode("latin-1"))
+    else:
+        get = methodcaller(spec.by, spec.key)
 
     def by_key(v: RequestView) -> bool:
-        values = get(v, name)
+        values = get(v)
         return (key_position(values[0]) if values else random()) < rate
 
     return by_key
@@ -172,7 +172,7 @@ class RoutingTable:
     rules: tuple[CompiledRule, ...]
     excludes: tuple[CompiledExclude, ...]
     _excludes: tuple[Check, ...]
-    _marks: tuple[tuple[str, frozenset[str]], ...]
+    _marks: tuple[tuple[bytes, frozenset[str]], ...]
     _hot: tuple[tuple[Check | None, Sampler | None, tuple[Tee, ...], frozenset[str]], ...]
     _reachable: int
 
@@ -192,10 +192,10 @@ class RoutingTable:
         self.excludes = tuple(
             CompiledExclude(when=compile_expr(e.when), span=e.span) for e in config.excludes
         )
-        marks: dict[str, set[str]] = {}
+        marks: dict[bytes, set[str]] = {}
         for c in config.canaries:
             if c.mark is not None:
-                marks.setdefault(c.mark[0].lower(), set()).add(c.mark[1])
+                marks.setdefault(c.mark[0].lower().encode("latin-1"), set()).add(c.mark[1])
         self._marks = tuple((name, frozenset(values)) for name, values in marks.items())
         self._excludes = tuple(e.when.check for e in self.excludes)
         self._hot = tuple(
@@ -212,7 +212,7 @@ class RoutingTable:
     def decide(self, view: RequestView) -> tuple[Tee, ...]:
         """The tees for this request, in rule order; empty when nothing is mirrored."""
         for name, values in self._marks:
-            if not values.isdisjoint(view.header_lc(name)):
+            if not values.isdisjoint(view.header_b(name)):
                 return _NO_TEES
         for excluded in self._excludes:
             if excluded(view):
@@ -239,9 +239,10 @@ class RoutingTable:
     def trace(self, view: RequestView) -> Trace:
         """`decide`, recording each step (for `explain`). Draws samples for every matching rule."""
         for name, values in self._marks:
-            for value in view.header_lc(name):
+            for value in view.header_b(name):
                 if value in values:
-                    return Trace(loop_guard=(name, value), excluded_by=None, rules=(), tees=())
+                    mark = (name.decode("latin-1"), value)
+                    return Trace(loop_guard=mark, excluded_by=None, rules=(), tees=())
         for ex in self.excludes:
             if ex.when.check(view):
                 return Trace(loop_guard=None, excluded_by=ex, rules=(), tees=())
