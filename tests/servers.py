@@ -238,4 +238,4 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
     finally:
         shutdown.set()
         await task
-        sock.close()
+        sock.detach()  # hypercorn adopted the descriptor and closed it

@@ -1,0 +1,242 @@
+"""Every metric of SPEC sections 4 and 7, in one module (prometheus-client).
+
+`Metrics(registry)` registers the metrics once per registry and caches label children, so
+the hot path is a dict lookup and an `inc()`. The module-level functions use one `Metrics`
+on prometheus-client's default `REGISTRY` (created on first use):
+
+    observe(info, registry=None)       the ready `observe` hook for Mirror / CanaryPool
+    track_pool(pool) / untrack_pool(pool)
+                                       feed sidecar_mirror_queue_depth / _busy_workers
+    primary_requests("2xx"), primary_duration()
+                                       the proxy's children (resolve once, keep them)
+    set_rules_info(sha256, rules=, canaries=), record_reload(ok)
+
+Gauges for queue depth and busy workers read the pools at scrape time (`set_function`, no
+hot-path cost) in a single process. Under prometheus-client's multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR` set before this module builds its metrics) a function gauge
+cannot be collected across processes, so they are set explicitly on every outcome event of
+that canary instead (`livesum` across live processes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from sidecar.pool import CanaryPool, MirrorInfo
+
+from sidecar.pool import Outcome
+
+# Round trips of shadow requests: fast local canaries up to the 10s default deadline.
+MIRROR_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PRIMARY_DURATION_BUCKETS_S = (*MIRROR_DURATION_BUCKETS_S, 60.0)
+
+
+def code_class(status: int) -> str:
+    """`2xx`..`5xx` (anything outside 1..5 hundreds is reported as `5xx`)."""
+    hundreds = status // 100
+    return f"{hundreds}xx" if 1 <= hundreds <= 5 else "5xx"
+
+
+class Metrics:
+    """The sidecar's metrics, registered on one registry, with cached label children."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.registry = registry
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        r = registry
+        self.mirror_requests = Counter(
+            "sidecar_mirror_requests",
+            "Tees by canary, rule and outcome.",
+            ["canary", "rule", "outcome"],
+            registry=r,
+        )
+        self.mirror_duration = Histogram(
+            "sidecar_mirror_duration_seconds",
+            "Round trip of completed shadow requests.",
+            ["canary"],
+            buckets=MIRROR_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.mirror_responses = Counter(
+            "sidecar_mirror_responses",
+            "Canary responses by status class.",
+            ["canary", "code"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "sidecar_mirror_queue_depth",
+            "Jobs waiting in the canary's queue.",
+            ["canary"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.busy_workers = Gauge(
+            "sidecar_mirror_busy_workers",
+            "Canary workers not idle.",
+            ["canary"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.requests = Counter(
+            "sidecar_requests", "Primary requests by status class.", ["code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "sidecar_request_duration_seconds",
+            "Primary request duration.",
+            buckets=PRIMARY_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.rules_info = Gauge(
+            "sidecar_rules_info",
+            "The loaded configuration (value 1).",
+            ["hash", "rules", "canaries"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.reloads = Counter(
+            "sidecar_rules_reloads", "Configuration reloads by result.", ["result"], registry=r
+        )
+        self.last_reload_success = Gauge(
+            "sidecar_rules_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self._outcome_children: dict[tuple[str, str | None, Outcome], Any] = {}
+        self._completed_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._pools: dict[str, CanaryPool] = {}
+        self._rules_labels: tuple[str, str, str] | None = None
+
+    # --- the observe hook ----------------------------------------------------------------
+
+    def observe(self, info: MirrorInfo) -> None:
+        key = (info.canary, info.rule, info.outcome)
+        child = self._outcome_children.get(key)
+        if child is None:
+            child = self.mirror_requests.labels(info.canary, info.rule or "", info.outcome.value)
+            self._outcome_children[key] = child
+        child.inc()
+        if info.outcome is Outcome.COMPLETED:
+            hundreds = (info.status or 0) // 100
+            ckey = (info.canary, hundreds)
+            pair = self._completed_children.get(ckey)
+            if pair is None:
+                pair = (
+                    self.mirror_duration.labels(info.canary),
+                    self.mirror_responses.labels(info.canary, code_class(info.status or 0)),
+                )
+                self._completed_children[ckey] = pair
+            if info.duration is not None:
+                pair[0].observe(info.duration)
+            pair[1].inc()
+        if self.multiprocess:
+            pool = self._pools.get(info.canary)
+            if pool is not None:
+                self.queue_depth.labels(info.canary).set(pool.queue_depth)
+                self.busy_workers.labels(info.canary).set(pool.busy_workers)
+
+    # --- pools ---------------------------------------------------------------------------
+
+    def track_pool(self, pool: CanaryPool) -> None:
+        """Report this pool's queue depth and busy workers (the latest pool of a name wins)."""
+        self._pools[pool.name] = pool
+        if self.multiprocess:
+            self.queue_depth.labels(pool.name).set(pool.queue_depth)
+            self.busy_workers.labels(pool.name).set(pool.busy_workers)
+        else:
+            self.queue_depth.labels(pool.name).set_function(lambda: pool.queue_depth)
+            self.busy_workers.labels(pool.name).set_function(lambda: pool.busy_workers)
+
+    def untrack_pool(self, pool: CanaryPool) -> None:
+        """Stop reporting a retired pool (unless a newer pool of that name took over)."""
+        if self._pools.get(pool.name) is not pool:
+            return
+        del self._pools[pool.name]
+        for gauge in (self.queue_depth, self.busy_workers):
+            if self.multiprocess:
+                gauge.labels(pool.name).set(0)
+            else:
+                gauge.remove(pool.name)
+
+    # --- primary and rules ---------------------------------------------------------------
+
+    def primary_requests(self, code: str) -> Any:
+        return self.requests.labels(code)
+
+    def primary_duration(self) -> Any:
+        return self.request_duration
+
+    def set_rules_info(self, sha256: str, *, rules: int, canaries: int) -> None:
+        labels = (sha256, str(rules), str(canaries))
+        old = self._rules_labels
+        if old is not None and old != labels:
+            if self.multiprocess:
+                self.rules_info.labels(*old).set(0)
+            else:
+                self.rules_info.remove(*old)
+        self.rules_info.labels(*labels).set(1)
+        self._rules_labels = labels
+        self.last_reload_success.set(time.time())
+
+    def record_reload(self, ok: bool) -> None:
+        """Count one reload; a success also stamps the last-success gauge."""
+        self.reloads.labels("ok" if ok else "error").inc()
+        if ok:
+            self.last_reload_success.set(time.time())
+
+
+_by_registry: dict[int, Metrics] = {}
+
+
+def metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """The `Metrics` of `registry` (default: prometheus-client's REGISTRY), built once."""
+    reg = REGISTRY if registry is None else registry
+    m = _by_registry.get(id(reg))
+    if m is None or m.registry is not reg:
+        m = _by_registry[id(reg)] = Metrics(reg)
+    return m
+
+
+def observe(info: MirrorInfo, registry: CollectorRegistry | None = None) -> None:
+    """The ready `observe` hook: records `info` into the default registry (or `registry`)."""
+    (_default or _default_metrics() if registry is None else metrics(registry)).observe(info)
+
+
+_default: Metrics | None = None
+
+
+def _default_metrics() -> Metrics:
+    global _default
+    if _default is None:
+        _default = metrics()
+    return _default
+
+
+def track_pool(pool: CanaryPool) -> None:
+    _default_metrics().track_pool(pool)
+
+
+def untrack_pool(pool: CanaryPool) -> None:
+    _default_metrics().untrack_pool(pool)
+
+
+def primary_requests(code: str) -> Any:
+    return _default_metrics().primary_requests(code)
+
+
+def primary_duration() -> Any:
+    return _default_metrics().primary_duration()
+
+
+def set_rules_info(sha256: str, *, rules: int, canaries: int) -> None:
+    _default_metrics().set_rules_info(sha256, rules=rules, canaries=canaries)
+
+
+def record_reload(ok: bool) -> None:
+    _default_metrics().record_reload(ok)
