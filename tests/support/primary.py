@@ -42,16 +42,20 @@ class PrimaryApp:
             length += len(chunk)
             if not message.get("more_body"):
                 break
-        if path.startswith("/echo"):
+        if "/echo" in path:
             doc = {
                 "method": scope["method"],
                 "raw_path": scope["raw_path"].decode("latin-1"),
                 "query": scope["query_string"].decode("latin-1"),
-                "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in scope["headers"]],
+                "headers": [
+                    [n.decode("latin-1"), v.decode("latin-1")] for n, v in scope["headers"]
+                ],
                 "sha256": digest.hexdigest(),
                 "length": length,
             }
-            await _send(send, 200, json.dumps(doc).encode(), [(b"content-type", b"application/json")])
+            await _send(
+                send, 200, json.dumps(doc).encode(), [(b"content-type", b"application/json")]
+            )
         elif path == "/cookies":
             headers = [
                 (b"set-cookie", b"a=1; Path=/"),
