@@ -23,6 +23,14 @@ the same position in every process, rule and restart, so the keys sampled at
 5% are a subset of those sampled at 10%. A request without the key falls back
 to a random draw. With several values of the key, the first one is used.
 
+Large tables (`INDEX_MIN_RULES` rules or more) add a candidate index: for each
+rule, one necessary condition of its `when` that a dict lookup can test (its
+path prefix or exact path, host, method, or an exact header, query or cookie
+value; for an `or`, the union of its operands' conditions). `decide` looks the
+request up in those dicts, sorts the candidate rule numbers and runs the same
+loop over only those rules; a rule that is not a candidate cannot match, so the
+answer (and the random draws) are the same as scanning every rule.
+
 `trace(view)` is the hook for `explain`: it walks the same compiled rules
 (`CompiledRule.matches`, `failing_clause`, `samples_in`) and records why each
 rule did or did not send a tee. `decide` stays a separate tight loop because it
@@ -33,14 +41,23 @@ from __future__ import annotations
 
 import hashlib
 import random as _random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import methodcaller
 from types import MappingProxyType
 from typing import Any
 
-from sidecar.config import CanarySpec, Config, DropHeader, RewritePath, SampleSpec, SetHeader
+from sidecar.config import (
+    CanarySpec,
+    Config,
+    DropHeader,
+    RewritePath,
+    RuleSpec,
+    SampleSpec,
+    SetHeader,
+)
 from sidecar.diagnostics import Span
+from sidecar.dsl import ast
 from sidecar.predicates import Check, Predicate, compile_expr
 from sidecar.request import RequestView
 
@@ -57,8 +74,13 @@ __all__ = [
 
 Random = Callable[[], float]
 Sampler = Callable[[RequestView], bool]
+# One rule on the hot path: its check, its sampler, its tees and their canary names.
+_Hot = tuple[Check | None, Sampler | None, tuple["Tee", ...], frozenset[str]]
 
 _NO_TEES: tuple[Tee, ...] = ()
+
+# Below this many rules a plain scan beats the index lookups (measured with bench/bench_decide.py).
+INDEX_MIN_RULES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +181,7 @@ class RoutingTable:
     __slots__ = (
         "_excludes",
         "_hot",
+        "_index",
         "_marks",
         "_reachable",
         "canaries",
@@ -173,8 +196,9 @@ class RoutingTable:
     excludes: tuple[CompiledExclude, ...]
     _excludes: tuple[Check, ...]
     _marks: tuple[tuple[bytes, frozenset[str]], ...]
-    _hot: tuple[tuple[Check | None, Sampler | None, tuple[Tee, ...], frozenset[str]], ...]
+    _hot: tuple[_Hot, ...]
     _reachable: int
+    _index: _Index | None
 
     def __init__(self, config: Config, *, random: Random = _random.random) -> None:
         self.config = config
@@ -208,6 +232,7 @@ class RoutingTable:
             for r in self.rules
         )
         self._reachable = len({t.canary for r in self.rules for t in r.tees})
+        self._index = _Index(config.rules) if len(config.rules) >= INDEX_MIN_RULES else None
 
     def decide(self, view: RequestView) -> tuple[Tee, ...]:
         """The tees for this request, in rule order; empty when nothing is mirrored."""
@@ -217,9 +242,16 @@ class RoutingTable:
         for excluded in self._excludes:
             if excluded(view):
                 return _NO_TEES
+        if self._index is None:
+            return self._collect(view, self._hot)
+        hot = self._hot
+        return self._collect(view, [hot[i] for i in self._index.candidates(view)])
+
+    def _collect(self, view: RequestView, rules: Iterable[_Hot]) -> tuple[Tee, ...]:
+        """Step 3 over `rules` (all of them, or the index's candidates, in order)."""
         out: list[Tee] = []
         taken: set[str] = set()
-        for check, sample, tees, canaries in self._hot:
+        for check, sample, tees, canaries in rules:
             if check is not None and not check(view):
                 continue
             if sample is not None and not sample(view):
@@ -323,6 +355,123 @@ def _canary_json(c: CanarySpec) -> dict[str, Any]:
         "host": c.host,
         "transforms": transforms,
     }
+
+
+# --- the candidate index for large tables ------------------------------------------------
+
+# A necessary condition of one test: (kind, key, value). Kinds: "method", "path" (exact),
+# "prefix" (path prefix), "host", "header" (key: lower-case name), "query", "cookie".
+_Cond = tuple[str, str, str]
+_REGEX_META = frozenset(".^$*+?{}[]\\|()")
+
+
+def _regex_prefix(pattern: str) -> str:
+    """A literal every match of `^literal...` must start with; "" when there is none."""
+    if not pattern.startswith("^") or "|" in pattern:
+        return ""  # unanchored, or an alternation that may bypass the literal
+    lit: list[str] = []
+    for ch in pattern[1:]:
+        if ch in _REGEX_META:
+            if ch in "*?{" and lit:
+                lit.pop()  # that quantifier makes the previous character optional
+            break
+        lit.append(ch)
+    return "".join(lit)
+
+
+def _conditions(expr: ast.Expr) -> list[_Cond] | None:
+    """Conditions one of which holds whenever `expr` holds; None if no such set is known."""
+    if isinstance(expr, ast.Group):
+        return _conditions(expr.inner)
+    if isinstance(expr, ast.Or):
+        out: list[_Cond] = []
+        for operand in expr.operands:
+            sub = _conditions(operand)
+            if sub is None:
+                return None
+            out.extend(sub)
+        return out
+    if isinstance(expr, ast.And):
+        # Any operand's conditions will do; prefer one that is not about the method,
+        # which has only a handful of values and so selects little.
+        found = [c for c in map(_conditions, expr.operands) if c is not None]
+        found.sort(key=lambda conds: any(kind == "method" for kind, _, _ in conds))
+        return found[0] if found else None
+    if not isinstance(expr, ast.Test):
+        return None  # `not`: its operand failing says nothing indexable
+    args = [a.value for a in expr.args]
+    key = "" if expr.key is None else expr.key.value
+    subject, op = expr.subject, expr.op
+    if subject in ("method", "path", "host") and op in ("==", "in"):
+        return [(subject, "", a) for a in args]
+    if subject in ("header", "query", "cookie") and op in ("==", "in"):
+        name = key.lower() if subject == "header" else key
+        return [(subject, name, a) for a in args]
+    if subject == "path" and op == "^=" and args[0]:
+        return [("prefix", "", args[0])]
+    if subject == "path" and op == "~" and (prefix := _regex_prefix(args[0])):
+        return [("prefix", "", prefix)]
+    return None
+
+
+class _Index:
+    """Rule numbers by a necessary condition; `candidates(view)` in configuration order."""
+
+    __slots__ = ("_always", "_by", "_multi", "_prefix_lengths", "_use_host")
+
+    def __init__(self, rules: Sequence[RuleSpec]) -> None:
+        always: list[int] = []
+        by: dict[tuple[str, str, str], list[int]] = {}
+        for i, r in enumerate(rules):
+            conds = None if r.when is None else _conditions(r.when)
+            if conds is None:
+                always.append(i)
+                continue
+            for cond in set(conds):
+                by.setdefault(cond, []).append(i)
+        self._always = tuple(always)
+        self._by = {cond: tuple(ids) for cond, ids in by.items()}
+        self._prefix_lengths = sorted({len(v) for kind, _, v in by if kind == "prefix"})
+        # Only look up what some rule is indexed by: computing `host` or reading a
+        # header costs time for every request.
+        self._multi: tuple[tuple[str, str], ...] = tuple(
+            sorted({(kind, name) for kind, name, _ in by if kind in ("header", "query", "cookie")})
+        )
+        self._use_host = any(kind == "host" for kind, _, _ in by)
+
+    def candidates(self, view: RequestView) -> list[int]:
+        by = self._by
+        found: set[int] = set(self._always)
+        path = view.path
+        hit = by.get(("method", "", view.method))
+        if hit:
+            found.update(hit)
+        hit = by.get(("path", "", path))
+        if hit:
+            found.update(hit)
+        if self._use_host:
+            hit = by.get(("host", "", view.host))
+            if hit:
+                found.update(hit)
+        for n in self._prefix_lengths:
+            if n > len(path):
+                break
+            hit = by.get(("prefix", "", path[:n]))
+            if hit:
+                found.update(hit)
+        for kind, name in self._multi:
+            values = (
+                view.header(name)
+                if kind == "header"
+                else view.query(name)
+                if kind == "query"
+                else view.cookie(name)
+            )
+            for value in values:
+                hit = by.get((kind, name, value))
+                if hit:
+                    found.update(hit)
+        return sorted(found)
 
 
 def compile_table(config: Config, *, random: Random = _random.random) -> RoutingTable:
