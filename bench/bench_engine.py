@@ -1,0 +1,164 @@
+"""The mirror engine's costs: admission on the request path, and one pool's throughput.
+
+    .venv/bin/python bench/bench_engine.py [--admissions 50000] [--seconds 3] [--workers 8]
+
+1. Microseconds per tee admission on the request path (what a proxied request pays for one
+   canary): `RequestTees.begin` + `feed` + `finish` + `try_admit`, without a body (a GET)
+   and with a 256-byte body, timed in a tight loop while no worker runs.
+2. Mirrors per second one `CanaryPool` (default 8 workers) sustains against a fast loopback
+   canary (a raw asyncio server in a subprocess, so it has its own core): the queue is kept
+   full and completed jobs are counted for `--seconds`.
+3. In the same run, a hypercorn hello-world app's requests per second (subprocess), loaded
+   by 32 tasks over `sidecar.client.ConnectionPool`: the yardstick for 2.
+
+uvloop is used when installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_client import free_port, run_load, start_server
+
+from sidecar.config import CanarySpec, Endpoint, ServerSpec
+from sidecar.pool import CanaryPool
+from sidecar.tees import RequestTees
+
+HEADERS = [
+    (b"host", b"app.example.com"),
+    (b"user-agent", b"bench/1.0"),
+    (b"accept", b"application/json"),
+    (b"x-request-id", b"4f6c2a"),
+]
+BODY_256 = b"b" * 256
+YARDSTICK_REQUESTS = 20_000
+YARDSTICK_CONCURRENCY = 32
+FEED_FACTOR = 4  # keep this many x workers jobs queued during the throughput run
+
+
+def spec_for(port: int, *, workers: int, queue: int) -> CanarySpec:
+    endpoint = Endpoint(scheme="http", host="127.0.0.1", port=port)
+    return CanarySpec(
+        name="bench", servers=(ServerSpec(endpoint=endpoint),), workers=workers, queue=queue
+    )
+
+
+async def bench_admission(port: int, n: int) -> tuple[float, float]:
+    results = []
+    for with_body in (False, True):
+        pool = CanaryPool(spec_for(port, workers=1, queue=n + 1))
+        pool.start()
+        start = time.perf_counter()
+        for _ in range(n):
+            if with_body:
+                tees = RequestTees.begin(
+                    [(pool, "r")], "POST", b"/api/x", b"a=1", HEADERS, "10.0.0.1", "http", 256
+                )
+                assert tees is not None
+                tees.feed(BODY_256)
+                tees.finish()
+            else:
+                RequestTees.begin(
+                    [(pool, "r")], "GET", b"/api/x", b"a=1", HEADERS, "10.0.0.1", "http", 0
+                )
+        elapsed = time.perf_counter() - start
+        assert pool.stats().dispatched == n, pool.stats()
+        results.append(elapsed / n * 1e6)
+        await pool.aclose(drain=None)
+    return results[0], results[1]
+
+
+async def bench_pool(port: int, seconds: float, workers: int) -> float:
+    feed = workers * FEED_FACTOR
+    pool = CanaryPool(spec_for(port, workers=workers, queue=feed))
+    pool.start()
+    loop = asyncio.get_running_loop()
+
+    def top_up() -> None:
+        while pool.queue_depth < feed:
+            tees = RequestTees.begin(
+                [(pool, None)], "GET", b"/", b"", HEADERS, "10.0.0.1", "http", 0
+            )
+            assert tees is None
+        if pool.stats().failed:
+            raise SystemExit(f"mirrors failed: {pool.stats()}")
+
+    # warm up: open the connections
+    top_up()
+    await asyncio.sleep(0.5)
+    before = pool.stats().completed
+    start = loop.time()
+    while loop.time() - start < seconds:
+        top_up()
+        await asyncio.sleep(0)  # let the workers run; re-fill as they drain the queue
+    done = pool.stats().completed - before
+    rate = done / (loop.time() - start)
+    await pool.aclose(drain=None)
+    return rate
+
+
+async def bench_hypercorn(port: int) -> float:
+    from sidecar.client import ConnectionPool
+
+    endpoint = Endpoint(scheme="http", host="127.0.0.1", port=port)
+    headers = [(b"host", f"127.0.0.1:{port}".encode())]
+    async with ConnectionPool(endpoint, max_connections=YARDSTICK_CONCURRENCY) as pool:
+
+        async def one() -> None:
+            resp = await pool.request(b"GET", b"/", headers)
+            await resp.aread()
+
+        await run_load(one, 1000, YARDSTICK_CONCURRENCY)
+        return await run_load(one, YARDSTICK_REQUESTS, YARDSTICK_CONCURRENCY)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--admissions", type=int, default=50_000)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        runner: Callable[..., object] = uvloop.run
+        loop_name = "uvloop"
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+        loop_name = "asyncio"
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        raw_port = free_port()
+        raw = start_server("raw", raw_port, tmpdir)
+        hyper_port = free_port()
+        hyper = start_server("hypercorn", hyper_port, tmpdir)
+        try:
+
+            async def run() -> tuple[float, float, float, float]:
+                no_body, body = await bench_admission(raw_port, args.admissions)
+                mirrors = await bench_pool(raw_port, args.seconds, args.workers)
+                hello = await bench_hypercorn(hyper_port)
+                return no_body, body, mirrors, hello
+
+            no_body, body, mirrors, hello = runner(run())  # type: ignore[misc]
+        finally:
+            for proc in (raw, hyper):
+                proc.terminate()
+                proc.wait()
+    print(f"event loop: {loop_name}, cpus: {os.cpu_count()}")
+    print(f"tee admission, no body (GET):        {no_body:7.2f} us")
+    print(f"tee admission, 256-byte body (POST): {body:7.2f} us")
+    print(f"mirrors/s, one pool, {args.workers} workers, raw canary: {mirrors:9.0f}")
+    print(f"hypercorn hello-world req/s (32 conns):      {hello:9.0f}")
+
+
+if __name__ == "__main__":
+    main()
