@@ -27,6 +27,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from sidecar.client_conn import (
     Body,
@@ -39,7 +40,9 @@ from sidecar.client_conn import (
     WriteError,
     open_connection,
 )
-from sidecar.config import Endpoint
+
+if TYPE_CHECKING:  # only for annotations: keeps this module free of config's imports
+    from sidecar.config import Endpoint
 
 __all__ = [
     "ClientError",
@@ -102,8 +105,7 @@ class Response:
             return b""
         chunks: list[bytes] = []
         try:
-            while (chunk := await conn.receive_data()) is not None:
-                chunks.append(chunk)
+            await conn.receive_body(chunks)
         except BaseException:
             self._release(conn, complete=False)
             raise
@@ -115,10 +117,8 @@ class Response:
         conn = self._conn
         if conn is None:
             return 0
-        size = 0
         try:
-            while (chunk := await conn.receive_data()) is not None:
-                size += len(chunk)
+            size = await conn.receive_body(None)
         except BaseException:
             self._release(conn, complete=False)
             raise

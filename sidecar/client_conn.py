@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterable, Iterator
-from contextlib import contextmanager
-from typing import Literal
+from collections.abc import AsyncIterable
+from typing import TYPE_CHECKING, Literal, cast
 
 import h11
 
-from sidecar.config import Endpoint
+if TYPE_CHECKING:  # only for annotations: keeps this module free of config's imports
+    from sidecar.config import Endpoint
+
 
 # Pause reading once this much unread response data is pending: enough for a few large reads
 # (the transport reads up to 64-256 KiB at a time), small enough to bound memory per connection.
@@ -84,29 +85,35 @@ class LocalProtocolError(ClientError):
     reason = "protocol"
 
 
-@contextmanager
-def _translate(phase: Literal["connect", "read", "write"]) -> Iterator[None]:
-    """The one boundary where OSError and h11 exceptions become `ClientError`s."""
-    try:
-        yield
-    except h11.LocalProtocolError as exc:
-        raise LocalProtocolError(str(exc)) from exc
-    except h11.RemoteProtocolError as exc:
-        raise RemoteProtocolError(str(exc)) from exc
-    except OSError as exc:  # includes TimeoutError (connect), ssl.SSLError, socket.gaierror
-        message = f"{type(exc).__name__}: {exc}"
-        if phase == "connect":
-            raise ConnectError(message) from exc
-        if phase == "write":
-            raise WriteError(message) from exc
-        raise ReadError(message) from exc
+# What the boundary translates; anything else (the caller's own exceptions, cancellation)
+# passes through unchanged.
+_FOREIGN = (OSError, h11.ProtocolError)
+
+
+def _translate(exc: BaseException, phase: Literal["connect", "read", "write"]) -> ClientError:
+    """The one boundary where OSError and h11 exceptions become `ClientError`s.
+
+    Used as `except _FOREIGN as exc: raise _translate(exc, phase) from exc` (a plain function,
+    not a context manager: this is on the per-request path).
+    """
+    if isinstance(exc, h11.LocalProtocolError):
+        return LocalProtocolError(str(exc))
+    if isinstance(exc, h11.RemoteProtocolError):
+        return RemoteProtocolError(str(exc))
+    # OSError, including TimeoutError (connect), ssl.SSLError and socket.gaierror
+    message = f"{type(exc).__name__}: {exc}"
+    if phase == "connect":
+        return ConnectError(message)
+    if phase == "write":
+        return WriteError(message)
+    return ReadError(message)
 
 
 async def open_connection(
     endpoint: Endpoint, *, timeout_s: float, ssl_context: ssl.SSLContext | None
 ) -> Connection:
     loop = asyncio.get_running_loop()
-    with _translate("connect"):
+    try:
         async with asyncio.timeout(timeout_s):
             _, conn = await loop.create_connection(
                 lambda: Connection(loop),
@@ -115,6 +122,8 @@ async def open_connection(
                 ssl=ssl_context,
                 server_hostname=endpoint.host if ssl_context is not None else None,
             )
+    except _FOREIGN as exc:
+        raise _translate(exc, "connect") from exc
     return conn
 
 
@@ -142,8 +151,7 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol callbacks: record and wake, nothing else ------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -226,7 +234,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.received_any = False
         h = self.h11
-        with _translate("write"):
+        try:
             head = h.send(h11.Request(method=method, target=target, headers=headers))
             assert head is not None
             if self._eof:
@@ -247,6 +255,8 @@ class Connection(asyncio.Protocol):
                     self.transport.writelines([head, *parts, end])
                 return
             self.transport.write(head)
+        except _FOREIGN as exc:
+            raise _translate(exc, "write") from exc
         self._sender = self._loop.create_task(self._send_stream(body))
         self._sender.add_done_callback(self._wake)
 
@@ -255,7 +265,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         h = self.h11
-        with _translate("write"):
+        try:
             async for chunk in body:
                 if self._eof:
                     return  # the reader reports what happened (a response, or a reset)
@@ -270,6 +280,8 @@ class Connection(asyncio.Protocol):
                 end = h.send(h11.EndOfMessage())
                 assert end is not None
                 transport.write(end)
+        except _FOREIGN as exc:
+            raise _translate(exc, "write") from exc
 
     async def _drain(self) -> None:
         while self._writing_paused and not self._eof:
@@ -300,6 +312,21 @@ class Connection(asyncio.Protocol):
                 raise failure  # the caller's body iterator failed: the caller's own exception
         return event
 
+    async def receive_body(self, sink: list[bytes] | None) -> int:
+        """Read the body to its end in one call (appending to `sink` if given); its size."""
+        size = 0
+        while True:
+            event = await self._next_event()
+            if type(event) is h11.Data:
+                data = event.data
+                size += len(data)
+                if sink is not None:
+                    sink.append(data if type(data) is bytes else bytes(data))
+            elif type(event) is h11.EndOfMessage:
+                return size
+            else:
+                raise RemoteProtocolError(f"unexpected {type(event).__name__} in response body")
+
     async def receive_data(self) -> bytes | None:
         """The next body chunk as it arrives, or None at the end of the response."""
         event = await self._next_event()
@@ -312,7 +339,7 @@ class Connection(asyncio.Protocol):
 
     async def _next_event(self) -> h11.Event:
         h = self.h11
-        with _translate("read"):
+        try:
             while True:
                 try:
                     event = h.next_event()
@@ -345,6 +372,8 @@ class Connection(asyncio.Protocol):
                         self._sender = None
                         raise failure  # the body iterator's exception, or a WriteError
                 await self._wait()
+        except _FOREIGN as exc:
+            raise _translate(exc, "read") from exc
 
     def _feed(self) -> None:
         chunks = self._chunks

@@ -484,9 +484,8 @@ async def test_head_204_304_have_no_body() -> None:
         Server(h11_server(app)) as server,
         ConnectionPool(server.endpoint, max_connections=1) as pool,
     ):
-        for method, target, status in [(b"HEAD", b"/", 200), (b"GET", b"/204", 204)] + [
-            (b"GET", b"/304", 304)
-        ]:
+        cases = [(b"HEAD", b"/", 200), (b"GET", b"/204", 204), (b"GET", b"/304", 304)]
+        for method, target, status in cases:
             resp = await pool.request(method, target, get_headers(server))
             assert resp.status == status
             assert await resp.aread() == b""
