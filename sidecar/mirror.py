@@ -17,6 +17,7 @@ returns without reading the whole body, the rest is read (up to the cap) for the
 
 from __future__ import annotations
 
+import logging
 import math
 import random as _random_module
 from collections.abc import Callable
@@ -48,6 +49,8 @@ from sidecar.request import RequestView
 from sidecar.tees import RequestTees
 
 __all__ = ["Mirror", "MirrorInfo", "Outcome", "ShadowRequest", "Stats", "Upstream"]
+
+log = logging.getLogger("sidecar.mirror")
 
 # Stands in for the server of a canary whose destination is a custom chain (never contacted).
 _CHAIN_ENDPOINT = Endpoint(scheme="http", host="chain.invalid", port=80)
@@ -208,8 +211,14 @@ class Mirror:
                 chunked = True
             elif mark is not None and name == mark[0] and value == mark[1]:
                 return None  # a shadow request is not shadowed again
-        if self._match is not None and not self._match(RequestView.from_asgi(scope)):
-            return None
+        if self._match is not None:
+            try:
+                matched = self._match(RequestView.from_asgi(scope))
+            except Exception:  # a bug in `match` must never reach the primary request
+                log.exception("Mirror match raised; request not mirrored")
+                return None
+            if not matched:
+                return None
         if self._sample_rate < 1.0 and not self._random() < self._sample_rate:
             return None
         if content_length is None and not chunked:

@@ -346,6 +346,19 @@ async def test_match_gate() -> None:
         assert canary.requests[0].method == b"POST"
 
 
+async def test_match_raising_never_reaches_the_primary(caplog: pytest.LogCaptureFixture) -> None:
+    def bad(request: Any) -> bool:
+        raise KeyError("bug")
+
+    async with RecordingCanary() as canary:
+        m = mirror_for(canary, match=bad)
+        primary = Primary()
+        await call(m.wrap(primary))
+        assert len(primary.seen) == 1 and m.stats().dispatched == 0
+        assert any(r.exc_info for r in caplog.records)
+        await m.aclose()
+
+
 async def test_observe_counts_equal_stats() -> None:
     events = Events()
     async with RecordingCanary() as canary:
