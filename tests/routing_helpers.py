@@ -122,3 +122,26 @@ def config(
         rules=tuple(rules),
         excludes=tuple(ExcludeSpec(when=e, span=SPAN) for e in excludes),
     )
+
+
+def load_text(text: str) -> Config:
+    """A configuration from rule text; fails the test on any error diagnostic."""
+    from sidecar.dsl import loads
+
+    result = loads(text, "test.mirror")
+    errors = [d for d in result.diagnostics if d.severity == "error"]
+    assert result.config is not None and not errors, errors
+    return result.config
+
+
+CANARIES = "".join(
+    f"canary {n} {{ server http://127.0.0.1:9000 }}\n" for n in ("a", "b", "c", "d", "v2", "v3")
+)
+
+
+def when(expr: str) -> ast.Expr:
+    """The parsed predicate of `when <expr>`."""
+    cfg = load_text(CANARIES + f"mirror m {{ when {expr} to a }}\n")
+    parsed = cfg.rules[0].when
+    assert parsed is not None
+    return parsed

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from sidecar import routing
 from sidecar.config import (
     Config,
     DropHeader,
@@ -18,8 +19,9 @@ from sidecar.config import (
     SetHeader,
     SourceFile,
 )
+from sidecar.request import RequestView
 from sidecar.routing import RoutingTable, Tee, compile_table
-from tests.routing_helpers import canary, config, or_, req, rule, t
+from tests.routing_helpers import CANARIES, canary, config, load_text, or_, req, rule, t
 
 API = t("path", "^=", "/api/")
 GET = t("method", "==", "GET")
@@ -260,3 +262,109 @@ def test_to_json() -> None:
     assert data["excludes"] == [{"when": 'path ^= "/admin"', "source": "test.mirror:1"}]
     assert data["sources"] == [{"path": "rules/a.mirror", "sha256": "ab" * 32}]
     assert data["hash"] == "cd" * 32
+
+
+# --- rule text, end to end ----------------------------------------------------------------
+
+
+def test_rule_text_end_to_end() -> None:
+    cfg = load_text(
+        CANARIES
+        + """
+        mirror reads { when method in (GET, HEAD) and path ^= "/api/" to v2 }
+        mirror beta  { when cookie "beta" == "on" or query "beta" exists to v2, v3 }
+        mirror rest  { to a }
+        exclude when path ^= "/admin" or client in ("10.9.0.0/16")
+        exclude when header "X-Debug" exists
+        """
+    )
+    table = compile_table(cfg)
+    assert tees(table, path="/api/x") == [("v2", "reads"), ("a", "rest")]
+    assert tees(table, path="/x", query="beta") == [("v2", "beta"), ("v3", "beta"), ("a", "rest")]
+    assert tees(table, path="/x", headers=[("Cookie", "beta=on")]) == [
+        ("v2", "beta"),
+        ("v3", "beta"),
+        ("a", "rest"),
+    ]
+    assert tees(table, path="/admin/x") == []
+    assert tees(table, client="10.9.0.1") == []
+    assert tees(table, headers=[("x-debug", "")]) == []
+    assert tees(table, headers=[("X-Mirror", "1")]) == []  # the default mark
+    assert tees(table, method="POST", path="/api/x") == [("a", "rest")]
+
+
+# --- the candidate index of large tables ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [
+        ("^/api/v1/", "/api/v1/"),
+        (r"^/items/\d+$", "/items/"),
+        ("^/ab*c", "/a"),  # b* may be absent
+        ("^/ab?", "/a"),
+        ("^/ab{2}", "/a"),
+        ("^/ab+", "/ab"),
+        ("^/a.c", "/a"),
+        ("^/a|^/b", ""),  # alternation
+        ("/api", ""),  # unanchored
+        ("^(?:/a)", ""),
+        ("^[/]a", ""),
+    ],
+)
+def test_regex_prefix(pattern: str, prefix: str) -> None:
+    assert routing._regex_prefix(pattern) == prefix
+
+
+def _big_rules() -> str:
+    kinds = [
+        'method in (GET, HEAD) and path ^= "/svc{i}/"',
+        'header "X-Tenant" == "t{i}"',
+        'path ~ "^/items/{i}/[0-9]+$"',
+        'query "shard" == "{i}" or cookie "exp" in ("c{i}", "d{i}")',
+        'host == "h{i}.example.com" and path *= "/p{i % 7}/"',
+        'not path ^= "/svc{i}/"',  # not indexable: a candidate for every request
+        'method == POST and path == "/exact/{i}"',
+        'path $= ".{i}"',
+        'header "X-Tenant" ~ "^t{i}$" or path ^= "/p{i % 7}/"',
+    ]
+    rules = []
+    for i in range(120):
+        when_ = kinds[i % len(kinds)].format(i=i, **{"i % 7": i % 7})
+        sample = " sample 50%" if i % 4 == 0 else ""
+        rules.append(f"mirror r{i} {{ when {when_}{sample} to {['a', 'b', 'c', 'd'][i % 4]} }}")
+    return CANARIES + "\n".join(rules) + '\nmirror last { when path ^= "/" to v2 }\n'
+
+
+def _big_requests() -> list[RequestView]:
+    out = []
+    for i in range(0, 120, 5):
+        out += [
+            req(method="GET", path=f"/svc{i}/x"),
+            req(method="POST", path=f"/exact/{i}"),
+            req(path=f"/items/{i}/42", headers=[("X-Tenant", f"t{i}")]),
+            req(path=f"/items/{i}/x", query=f"shard={i}"),
+            req(path=f"/q/p{i % 7}/z.{i}", headers=[("Host", f"h{i}.example.com:80")]),
+            req(path="/", headers=[("Cookie", f"exp=d{i}"), ("X-Tenant", "none")]),
+        ]
+    return out
+
+
+def test_index_agrees_with_a_full_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_text(_big_rules())
+    assert len(cfg.rules) >= routing.INDEX_MIN_RULES
+    indexed = compile_table(cfg)
+    assert indexed._index is not None
+    monkeypatch.setattr(routing, "INDEX_MIN_RULES", 10**9)
+    scanned = compile_table(cfg)
+    assert scanned._index is None
+    for seed in range(3):
+        a = compile_table(cfg, random=random.Random(seed).random)
+        monkeypatch.setattr(routing, "INDEX_MIN_RULES", 0)
+        b = compile_table(cfg, random=random.Random(seed).random)
+        monkeypatch.setattr(routing, "INDEX_MIN_RULES", 10**9)
+        assert a._index is None and b._index is not None
+        for view in _big_requests():
+            assert b.decide(view) == a.decide(view), view
+    # Sanity: the generated requests do reach indexed rules, not only the catch-all.
+    assert any(len(indexed.decide(v)) > 1 for v in _big_requests())
