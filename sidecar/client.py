@@ -176,7 +176,14 @@ class ConnectionPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes] = b"",
     ) -> Response:
-        """Send the request; return once the final response head is in (see module doc)."""
+        """Send the request; return once the final response head is in (see module doc).
+
+        The caller must read the body to the end (`aread`, `drain`, `aiter_bytes`) or call
+        `aclose()`, else the slot stays taken. If the response head arrives while a streamed
+        `body` is still being sent, sending stops: the pending `__anext__` of the body iterator
+        is cancelled and the connection is closed after the response instead of being reused.
+        An exception raised by the body iterator propagates unchanged.
+        """
         if self._closed:
             raise ClientError("connection pool is closed", reason="closed")
         await self._slots.acquire()
@@ -245,10 +252,10 @@ class ConnectionPool:
         idle = self._idle
         if not idle:
             return None
-        deadline = asyncio.get_running_loop().time() - self._idle_timeout_s
+        now = asyncio.get_running_loop().time()
         while idle:
             conn = idle.pop()
-            if conn.idle_since >= deadline and not conn.is_stale:
+            if now - conn.idle_since < self._idle_timeout_s and not conn.is_stale:
                 return conn
             self._discard(conn, abort=False)
         return None

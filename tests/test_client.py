@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import socket
 import struct
@@ -17,6 +18,7 @@ from sidecar.client import (
     ClientError,
     ConnectError,
     ConnectionPool,
+    LocalProtocolError,
     ReadError,
     RemoteProtocolError,
 )
@@ -582,3 +584,79 @@ async def test_pool_aclose_closes_busy_and_idle() -> None:
         assert info.value.reason == "closed"
         await busy.aclose()
         await busy2.aclose()
+
+
+async def test_unread_body_closes_connection() -> None:
+    async def app(req: h11.Request, body: bytes, server: Server) -> Any:
+        return 200, [(b"content-length", b"200000")], [b"y" * 100_000] * 2
+
+    async with (
+        Server(h11_server(app)) as server,
+        ConnectionPool(server.endpoint, max_connections=1) as pool,
+    ):
+        async with pool.stream(b"GET", b"/", get_headers(server)) as resp:
+            async for _chunk in resp.aiter_bytes():
+                break  # stop after the first chunk: the rest is never read
+        assert resp.is_closed
+        assert pool.open_connections == 0
+        # the slot was freed: max_connections=1 still lets the next request through
+        resp = await pool.request(b"GET", b"/", get_headers(server))
+        assert await resp.drain() == 200_000
+        assert server.accepted == 2
+
+
+async def test_idle_timeout_closes_old_connections() -> None:
+    async with (
+        Server(h11_server(hello)) as server,
+        ConnectionPool(server.endpoint, max_connections=1, idle_timeout_s=0.0) as pool,
+    ):
+        for _ in range(3):
+            resp = await pool.request(b"GET", b"/", get_headers(server))
+            assert await resp.aread() == b"hello"
+        assert server.accepted == 3  # every idle connection was too old to reuse
+        assert pool.open_connections == 1
+
+
+async def test_invalid_request_header_is_a_client_error() -> None:
+    async with (
+        Server(h11_server(hello)) as server,
+        ConnectionPool(server.endpoint, max_connections=1) as pool,
+    ):
+        with pytest.raises(LocalProtocolError):
+            await pool.request(b"GET", b"/", [*get_headers(server), (b"x-bad", b"a\r\nb")])
+        assert pool.open_connections == 0
+        resp = await pool.request(b"GET", b"/", get_headers(server))
+        assert await resp.aread() == b"hello"
+
+
+# -- the same behaviours on uvloop, which the proxy and the pools run on -------------------
+
+UVLOOP_SCENARIOS: list[Callable[[], Awaitable[None]]] = [
+    test_get_round_trip,
+    functools.partial(test_post_content_length_body, 1 << 20),
+    test_post_chunked_streamed_body,
+    test_response_streams_chunk_by_chunk,
+    test_keep_alive_reuse,
+    test_max_connections_never_exceeded,
+    test_idle_connection_closed_by_server_is_replaced,
+    test_connect_refused,
+    functools.partial(test_server_drops_mid_response, True),
+    test_garbage_response,
+    test_timeout_closes_connection_and_frees_slot,
+    test_early_response_during_streamed_upload,
+    test_body_iterator_error_propagates_unchanged,
+]
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    UVLOOP_SCENARIOS,
+    ids=[getattr(s, "func", s).__name__.removeprefix("test_") for s in UVLOOP_SCENARIOS],
+)
+def test_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        await scenario()
+
+    uvloop.run(main())
