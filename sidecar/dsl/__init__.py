@@ -10,6 +10,19 @@ transform (AST) -> validate (every diagnostic, then the Config).
 
 from __future__ import annotations
 
-from sidecar.dsl.loader import LoadResult, load, loads
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["LoadResult", "load", "loads"]
+
+if TYPE_CHECKING:
+    from sidecar.dsl.loader import LoadResult, load, loads
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `sidecar.config` imports `sidecar.dsl.ast`, which runs this package's
+    # __init__; importing the loader (which imports config) here would be circular.
+    if name in __all__:
+        from sidecar.dsl import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module 'sidecar.dsl' has no attribute {name!r}")

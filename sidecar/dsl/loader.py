@@ -23,6 +23,10 @@ from sidecar.dsl.parser import parse
 from sidecar.dsl.validate import validate
 
 RULE_SUFFIX = ".mirror"
+# A 1000-rule configuration is about 100 KB and parses in well under a second;
+# LALR in pure Python does roughly 100-300 KB/s, so past this a file would stall
+# `check` and every reload for many seconds. Bigger is a generator gone wrong.
+MAX_FILE_BYTES = 1 << 20
 _BOM = "\ufeff"
 
 
@@ -112,6 +116,13 @@ def load(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
             reason = exc.strerror or type(exc).__name__
             diags.append(_error(name, "unreadable-file", f"cannot read {name}: {reason}"))
             texts.append((name, None, b""))
+            continue
+        if len(data) > MAX_FILE_BYTES:
+            message = (
+                f"file is {len(data):,} bytes; rule files are limited to {MAX_FILE_BYTES:,} bytes"
+            )
+            diags.append(_error(name, "file-too-large", message))
+            texts.append((name, None, data))
             continue
         text, problem = _decode(name, data)
         if problem is not None:

@@ -29,6 +29,7 @@ CODES: dict[str, str] = {
     "no-rule-files": "a directory given as PATH holds no *.mirror file",
     "unreadable-file": "a rule file cannot be read (permissions, or it is not a regular file)",
     "invalid-utf8": "a rule file is not valid UTF-8",
+    "file-too-large": "a rule file is larger than 1 MiB (a 1000-rule configuration is about 100 KB)",
     "internal-error": "a bug in sidecar; the message says where (please report it)",
     "duplicate-statement": "a statement that may appear only once is repeated (listen, admin, primary, workers, when, ...)",
     "duplicate-canary": "two canary blocks have the same name",

@@ -1,0 +1,250 @@
+"""Parsing: every construct of SPEC section 3 into the AST, units, and the error catalogue."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.dsl import ast, units
+from sidecar.dsl.errors import CATALOGUE, hint_for
+from sidecar.dsl.parser import get_parser, parse
+
+
+def one(src: str) -> ast.TopLevel:
+    file, diags = parse(src, "t.mirror")
+    assert diags == [] and file is not None
+    assert len(file.statements) == 1
+    return file.statements[0]
+
+
+def canary_stmt(body: str) -> ast.CanaryStatement:
+    node = one("canary c { " + body + " }")
+    assert isinstance(node, ast.Canary)
+    assert len(node.statements) == 1
+    return node.statements[0]
+
+
+def when(expr: str) -> ast.Expr:
+    node = one("exclude when " + expr)
+    assert isinstance(node, ast.Exclude)
+    return node.expr
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("workers 8", "Workers"),
+        ("queue 0", "Queue"),
+        ("timeout 250ms", "Timeout"),
+        ("max_body 1MiB", "MaxBody"),
+        ("body off", "Body"),
+        ("body on", "Body"),
+        ('mark "X-Mirror" "1"', "Mark"),
+        ("mark off", "Mark"),
+        ("rate 200/s", "RateLimit"),
+        ("rate 50/m", "RateLimit"),
+        ("host preserve", "Host"),
+        ('host "v2.internal"', "Host"),
+        ('set header "X-Shadow" "true"', "SetHeader"),
+        ('drop header "Authorization", "Cookie"', "DropHeader"),
+        ('rewrite path "^/api/v1/" "/api/v2/"', "RewritePath"),
+        ("server http://10.0.0.7:8080 weight 2", "Server"),
+    ],
+)
+def test_canary_statements(body: str, expected: str) -> None:
+    assert type(canary_stmt(body)).__name__ == expected
+
+
+def test_values_keep_raw_text_and_meaning() -> None:
+    t = canary_stmt("timeout 1.5s")
+    assert isinstance(t, ast.Timeout) and t.duration == ast.Duration(
+        raw="1.5s", seconds=1.5, span=t.duration.span
+    )
+    m = canary_stmt("max_body 1MiB")
+    assert isinstance(m, ast.MaxBody) and (m.size.raw, m.size.bytes) == ("1MiB", 1 << 20)
+    r = canary_stmt("rate 50/m")
+    assert isinstance(r, ast.RateLimit) and (r.count.value, r.per) == (50, "m")
+    s = canary_stmt('set header "X-A" "say \\"hi\\" \\\\o/"')
+    assert isinstance(s, ast.SetHeader) and s.value.value == 'say "hi" \\o/'
+    w = canary_stmt("server http://a:1")
+    assert isinstance(w, ast.Server) and w.weight is None
+
+
+def test_top_level_statements() -> None:
+    assert one("listen [::1]:8080") == ast.Listen(
+        address_raw="[::1]:8080", span=one("listen [::1]:8080").span
+    )
+    admin = one("admin off")
+    assert isinstance(admin, ast.Admin) and admin.address_raw is None
+    primary = one("primary http://127.0.0.1:8081 { timeout 30s }")
+    assert isinstance(primary, ast.Primary) and primary.url == "http://127.0.0.1:8081"
+    assert primary.statements[0].duration.seconds == 30
+    bare = one("primary http://127.0.0.1:8081")
+    assert isinstance(bare, ast.Primary) and bare.statements == ()
+
+
+def test_mirror_rule() -> None:
+    rule = one('mirror r { when path ^= "/a" sample 12.5% by header "X-U" to v2, v3 }')
+    assert isinstance(rule, ast.MirrorRule) and rule.name.value == "r"
+    w, s, t = rule.statements
+    assert isinstance(w, ast.When)
+    assert isinstance(s, ast.Sample) and (s.rate.value, s.by, s.key and s.key.value) == (
+        0.125,
+        "header",
+        "X-U",
+    )
+    assert isinstance(t, ast.To) and [n.value for n in t.canaries] == ["v2", "v3"]
+    for src, by in [
+        ("by client", "client"),
+        ('by cookie "s"', "cookie"),
+        ('by query "u"', "query"),
+        ("", None),
+    ]:
+        r = one(f"mirror r {{ sample 0.1 {src} to a }}")
+        assert isinstance(r, ast.MirrorRule) and isinstance(r.statements[0], ast.Sample)
+        assert r.statements[0].by == by
+
+
+@pytest.mark.parametrize(
+    ("src", "subject", "key", "op", "args"),
+    [
+        ("method == GET", "method", None, "==", ["GET"]),
+        ("method != GET", "method", None, "!=", ["GET"]),
+        ("method in (GET, HEAD)", "method", None, "in", ["GET", "HEAD"]),
+        ('path == "/a"', "path", None, "==", ["/a"]),
+        ('path != "/a"', "path", None, "!=", ["/a"]),
+        ('path ^= "/a"', "path", None, "^=", ["/a"]),
+        ('host $= ".com"', "host", None, "$=", [".com"]),
+        ('host *= "ex"', "host", None, "*=", ["ex"]),
+        ('path ~ "^/a"', "path", None, "~", ["^/a"]),
+        ('path !~ "^/a"', "path", None, "!~", ["^/a"]),
+        ('path in ("/a", "/b")', "path", None, "in", ["/a", "/b"]),
+        ('header "X-A" exists', "header", "X-A", "exists", []),
+        ('query "debug" == ""', "query", "debug", "==", [""]),
+        ('cookie "s" ~ "x"', "cookie", "s", "~", ["x"]),
+        ('client in ("10.0.0.0/8", "::1/128")', "client", None, "in", ["10.0.0.0/8", "::1/128"]),
+    ],
+)
+def test_predicate_tests(src: str, subject: str, key: str | None, op: str, args: list[str]) -> None:
+    t = when(src)
+    assert isinstance(t, ast.Test)
+    assert (t.subject, t.key.value if t.key else None, t.op) == (subject, key, op)
+    assert [a.value for a in t.args] == args
+    assert t.text == src
+
+
+def test_precedence_or_and_not_and_groups() -> None:
+    e = when('not path == "/a" and path == "/b" or path == "/c"')
+    assert isinstance(e, ast.Or) and len(e.operands) == 2
+    left = e.operands[0]
+    assert isinstance(left, ast.And) and isinstance(left.operands[0], ast.Not)
+    g = when('path == "/a" and (path == "/b" or path == "/c")')
+    assert isinstance(g, ast.And) and isinstance(g.operands[1], ast.Group)
+    assert isinstance(g.operands[1].inner, ast.Or)
+    flat = when('path == "/a" and path == "/b" and path == "/c"')
+    assert isinstance(flat, ast.And) and len(flat.operands) == 3
+
+
+def test_spans_are_one_based_and_cover_the_statement() -> None:
+    file, _ = parse("\n  canary v2 {\n    workers 8\n  }\n", "f.mirror")
+    assert file is not None
+    c = file.statements[0]
+    assert (c.span.file, c.span.line, c.span.column, c.span.end_line, c.span.end_column) == (
+        "f.mirror",
+        2,
+        3,
+        4,
+        4,
+    )
+    assert isinstance(c, ast.Canary) and (c.name.span.line, c.name.span.column) == (2, 10)
+
+
+def test_comments_are_kept_with_positions() -> None:
+    file, _ = parse("# head\nlisten 127.0.0.1:1  # trailing\n", "f.mirror")
+    assert file is not None
+    assert [(c.text, c.trailing, c.span.line, c.span.column) for c in file.comments] == [
+        ("# head", False, 1, 1),
+        ("# trailing", True, 2, 21),
+    ]
+
+
+def test_empty_and_comment_only_files_are_valid() -> None:
+    for src in ["", "\n\n", "# nothing\n"]:
+        file, diags = parse(src, "e.mirror")
+        assert diags == [] and file is not None and file.statements == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("250ms", 0.25), ("1.5s", 1.5), ("2m", 120), ("1h", 3600), ("10x", None), ("10", None)],
+)
+def test_durations(raw: str, seconds: float | None) -> None:
+    assert units.parse_duration(raw) == seconds
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [
+        ("0B", 0),
+        ("1KB", 1000),
+        ("1KiB", 1024),
+        ("2MB", 2_000_000),
+        ("1MiB", 1 << 20),
+        ("1GiB", 1 << 30),
+        ("1.5MB", None),
+        ("1mb", None),
+    ],
+)
+def test_sizes(raw: str, size: int | None) -> None:
+    assert units.parse_size(raw) == size
+
+
+@pytest.mark.parametrize(
+    ("raw", "ratio"),
+    [("12.5%", 0.125), ("0.125", 0.125), ("100%", 1.0), ("10", 10.0), ("1x", None)],
+)
+def test_ratios(raw: str, ratio: float | None) -> None:
+    assert units.parse_ratio(raw) == ratio
+
+
+@pytest.mark.parametrize(
+    ("hint", "example"), [(h, ex) for h, exs in CATALOGUE.items() for ex in exs]
+)
+def test_each_catalogue_entry_still_fires(hint: str, example: str) -> None:
+    file, diags = parse(example, "c.mirror")
+    assert file is None and len(diags) == 1
+    assert diags[0].code == "syntax-error"
+    assert diags[0].message.endswith(": " + hint), diags[0].message
+    assert "expected " in diags[0].message and ", found " in diags[0].message
+
+
+def test_hint_needs_same_state_and_token() -> None:
+    from lark import UnexpectedInput
+
+    try:
+        get_parser().parse("mirrr a {}")
+    except UnexpectedInput as exc:
+        assert hint_for(exc) is None  # a top-level typo is not "belongs inside a canary"
+    else:
+        raise AssertionError("should not parse")
+
+
+@pytest.mark.parametrize(
+    ("src", "line", "column", "fragment"),
+    [
+        ("canary a { wokers 8 }", 1, 12, 'found "wokers" (did you mean "workers"?)'),
+        ("mirrr a {}", 1, 1, '(did you mean "mirror"?)'),
+        ("canary a {\n", 1, 11, "found end of file"),
+        ("\x00", 1, 1, "found '\\x00'"),
+        ('exclude when path == "/a\n"', 1, 22, 'found """'),
+    ],
+)
+def test_syntax_error_positions(src: str, line: int, column: int, fragment: str) -> None:
+    _, diags = parse(src, "s.mirror")
+    assert (diags[0].span.line, diags[0].span.column) == (line, column)
+    assert fragment in diags[0].message
+
+
+def test_deep_nesting_is_a_diagnostic_not_a_crash() -> None:
+    src = "exclude when " + "(" * 5000 + 'path == "/"' + ")" * 5000
+    file, diags = parse(src, "deep.mirror")
+    assert file is None and diags[0].code == "syntax-error"

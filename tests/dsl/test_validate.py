@@ -1,0 +1,196 @@
+"""Validation, table-driven: which source gives which codes, and the Config it builds."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from sidecar import config as cfg
+from sidecar.dsl import ast, load, loads
+from sidecar.dsl.validate import CODES
+
+OK = """
+primary http://127.0.0.1:8081
+canary v2 { server http://127.0.0.1:8091 }
+mirror all { when method == DELETE to v2 }
+"""
+
+
+def codes(src: str) -> list[str]:
+    return [d.code for d in loads(src, "v.mirror").diagnostics]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("", []),
+        ("listen 127.0.0.1:1 listen 127.0.0.1:2", ["duplicate-statement"]),
+        ("admin off admin 127.0.0.1:2", ["duplicate-statement"]),
+        ("primary http://127.0.0.1:2", ["duplicate-statement"]),
+        ("listen [::1]:8080 admin off", []),
+        ("listen localhost:0", ["invalid-address"]),
+        ("listen [zz]:80", ["invalid-address"]),
+        ("canary v2 { server http://127.0.0.1:1 }", ["duplicate-canary"]),
+        ("mirror all { to v2 }", ["duplicate-mirror"]),
+        ("mirror x { to v2, v2 }", ["duplicate-target"]),
+        ("mirror x { when method == GET to v9 }", ["unknown-canary"]),
+        ("mirror x { when method == GET }", ["missing-to"]),
+        ('mirror x { when method == GET when path == "/" to v2 }', ["duplicate-statement"]),
+        ("mirror x { sample 1% sample 2% to v2 }", ["duplicate-statement"]),
+        ("mirror x { when method == GET to v2 to v2 }", ["duplicate-statement"]),
+        ("canary v3 { workers 2 } mirror x { when method == GET to v3 }", ["missing-server"]),
+        ("canary v3 { server http://127.0.0.1:1 } ", ["unused-canary"]),
+        ("mirror x { when method == GET sample 0% to v2 }", ["sample-out-of-range"]),
+        ("mirror x { when method == GET sample 100% to v2 }", []),
+        ("mirror x { when method == GET sample 1.0 to v2 }", []),
+        ("mirror x { when method == GET sample 1.01 to v2 }", ["sample-out-of-range"]),
+        ('mirror x { when header "a b" exists to v2 }', ["invalid-header-name"]),
+        ('mirror x { when path ~ "(" to v2 }', ["invalid-regex"]),
+        ('mirror x { when path !~ "[" to v2 }', ["invalid-regex"]),
+        ('mirror x { when client in ("1.2.3.4", "10.0.0.0/8", "::1") to v2 }', []),
+        ('mirror x { when client in ("1.2.3.400") to v2 }', ["invalid-cidr"]),
+        ("mirror x { when method in (GET, M-SEARCH) to v2 }", []),
+        ("mirror x { when method == get to v2 }", ["invalid-method"]),
+        ('mirror x { to v2 } mirror y { when path == "/" to v2 }', ["unreachable-rule"]),
+        ("mirror x { sample 100% to v2 } mirror y { to v2 }", ["unreachable-rule"]),
+        ("mirror x { sample 50% to v2 } mirror y { to v2 }", []),
+        ("mirror x { when method == GET to v2 } mirror y { to v2 }", []),
+    ],
+)
+def test_codes(extra: str, expected: list[str]) -> None:
+    assert codes(OK + extra) == expected
+
+
+@pytest.mark.parametrize(
+    ("stmt", "expected"),
+    [
+        ("workers 1", []),
+        ("workers 1024", []),
+        ("workers 0", ["workers-out-of-range"]),
+        ("workers 1025", ["workers-out-of-range"]),
+        ("workers 2.5", ["workers-out-of-range"]),
+        ("queue 0", []),
+        ("queue 1.5", ["invalid-number"]),
+        ("timeout 0ms", ["invalid-duration"]),
+        ("timeout 5d", ["invalid-duration"]),
+        ("max_body 0B", []),
+        ("max_body 1TB", ["invalid-size"]),
+        ("rate 0/s", ["invalid-rate"]),
+        ("rate 5/d", ["invalid-rate"]),
+        ('host "v2.internal:8443"', []),
+        ('host ""', ["invalid-host"]),
+        ('set header "Keep-Alive" "x"', ["hop-by-hop-header"]),
+        ('set header "TE" "x"', ["hop-by-hop-header"]),
+        ('set header "Trailer" "x"', ["hop-by-hop-header"]),
+        ('set header "Upgrade" "x"', ["hop-by-hop-header"]),
+        ('set header "Proxy-Connection" "x"', ["hop-by-hop-header"]),
+        ('set header "X-Ok" "a\\\\b"', []),
+        ('drop header "Connection"', []),  # dropping one is harmless
+        ('mark "Connection" "1"', ["hop-by-hop-header"]),
+        ('mark "X-M" ""', []),
+        ('rewrite path "(" "x"', ["invalid-regex"]),
+        ("workers 2 workers 3", ["duplicate-statement"]),
+        ("body off body on", ["duplicate-statement"]),
+        ("mark off mark off", ["duplicate-statement"]),
+        ("rate 1/s rate 2/s", ["duplicate-statement"]),
+        ("host preserve host preserve", ["duplicate-statement"]),
+        ("max_body 1B max_body 2B", ["duplicate-statement"]),
+        ("queue 1 queue 2", ["duplicate-statement"]),
+        ("timeout 1s timeout 2s", ["duplicate-statement"]),
+        ("server ftp://127.0.0.1:1", ["invalid-url"]),
+        ("server http://127.0.0.1:1?x=1", ["invalid-url"]),
+        ("server https://:1", ["invalid-url"]),
+        ("server http://127.0.0.1:1 weight 0", ["invalid-number"]),
+    ],
+)
+def test_canary_statement_codes(stmt: str, expected: list[str]) -> None:
+    src = f"primary http://127.0.0.1:8081\ncanary v2 {{ server http://127.0.0.1:8091 {stmt} }}\nmirror all {{ to v2 }}\n"
+    assert codes(src) == expected
+
+
+def test_all_problems_are_reported_not_just_the_first() -> None:
+    src = (
+        OK
+        + 'canary bad { workers 0 queue 1.5 timeout 0s }\nmirror y { when path ~ "(" sample 0% to nope }\n'
+    )
+    got = set(codes(src))
+    assert {"workers-out-of-range", "invalid-number", "invalid-duration", "missing-server"} <= got
+    assert {"invalid-regex", "sample-out-of-range", "unknown-canary"} <= got
+
+
+def test_no_primary_is_a_warning_and_config_still_builds() -> None:
+    r = loads("canary v2 { server http://127.0.0.1:1 }\nmirror a { to v2 }", "n.mirror")
+    assert [d.code for d in r.diagnostics] == ["no-primary"]
+    assert r.config is not None and r.config.primary is None
+
+
+def test_config_from_the_example_rules() -> None:
+    r = load(["rules/"])
+    assert r.diagnostics == [] and r.config is not None
+    c = r.config
+    assert c.listen == "127.0.0.1:8080" and c.admin == "127.0.0.1:9901"
+    assert c.primary == cfg.PrimarySpec(
+        endpoint=cfg.Endpoint.parse("http://127.0.0.1:8081"), timeout_s=30.0
+    )
+    v2, v3 = c.canaries
+    assert [s.weight for s in v2.servers] == [1, 2]
+    assert (v2.rate, v3.rate) == (
+        cfg.RateSpec(burst=200, per_second=200),
+        cfg.RateSpec(burst=600, per_second=10),
+    )
+    assert (v3.queue, v3.timeout_s, v3.body, v3.host) == (0, 2.5, False, "v3.internal")
+    assert [rule.name for rule in c.rules] == ["api_reads", "api_writes", "search"]
+    assert c.rules[0].sample == cfg.SampleSpec(rate=0.1, by="header", key="x-user-id")
+    assert c.rules[1].to == ("v2", "v3")
+    assert len(c.excludes) == 2
+    digests = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in r.files]
+    assert [s.sha256 for s in c.sources] == digests
+    assert len(c.sha256) == 64
+
+
+def test_header_subjects_and_hosts_are_lower_cased_in_config() -> None:
+    r = loads(
+        OK.replace(
+            "mirror all { when method == DELETE to v2 }",
+            'mirror all { when header "X-Debug" == "On" and host == "Api.Example.COM" to v2 }',
+        )
+    )
+    assert r.config is not None
+    when = r.config.rules[0].when
+    assert isinstance(when, ast.And)
+    header, host = when.operands
+    assert isinstance(header, ast.Test) and header.key is not None and header.key.value == "x-debug"
+    assert header.args[0].value == "On"  # values stay as written
+    assert isinstance(host, ast.Test) and host.args[0].value == "api.example.com"
+
+
+def test_names_are_global_across_files(tmp_path: object) -> None:
+    from pathlib import Path
+
+    d = Path(str(tmp_path))
+    (d / "a.mirror").write_text("mirror r { to v2 }\n")
+    (d / "b.mirror").write_text(
+        "primary http://127.0.0.1:1\ncanary v2 { server http://127.0.0.1:2 }\n"
+    )
+    r = load([d])
+    assert r.diagnostics == [] and r.config is not None
+    assert r.files == [str(d / "a.mirror"), str(d / "b.mirror")]
+
+
+def test_a_syntax_error_elsewhere_does_not_cascade_into_unknown_canaries(tmp_path: object) -> None:
+    from pathlib import Path
+
+    d = Path(str(tmp_path))
+    (d / "a.mirror").write_text("mirror r { to v2 }\n")
+    (d / "b.mirror").write_text("canary v2 { server http://127.0.0.1:2 oops }\n")
+    assert [x.code for x in load([d]).diagnostics] == ["syntax-error"]
+
+
+def test_code_catalogue_is_kebab_case_with_descriptions() -> None:
+    import re
+
+    for code, text in CODES.items():
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", code)
+        assert text and "\n" not in text
