@@ -148,7 +148,9 @@ class ConnectionPool:
         max_connections: int,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context` is for https endpoints only; the default verifies against system CAs."""
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.endpoint = endpoint
@@ -158,7 +160,9 @@ class ConnectionPool:
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[Connection] = []  # LIFO: append on release, pop on checkout
         self._conns: set[Connection] = set()  # every open connection, idle or busy
-        self._ssl = ssl.create_default_context() if endpoint.scheme == "https" else None
+        self._ssl: ssl.SSLContext | None = None
+        if endpoint.scheme == "https":
+            self._ssl = ssl_context or ssl.create_default_context()
         self._closed = False
 
     @property

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import h11
 import pytest
@@ -38,8 +42,9 @@ App = Callable[
 class Server:
     """A loopback TCP server that counts connections (accepted, open now, peak open)."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.accepted = 0
         self.current = 0
         self.peak = 0
@@ -48,9 +53,10 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._on_conn, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._on_conn, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
-        self.endpoint = Endpoint(scheme="http", host="127.0.0.1", port=self.port)
+        scheme: Literal["http", "https"] = "https" if self.tls else "http"
+        self.endpoint = Endpoint(scheme=scheme, host="127.0.0.1", port=self.port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -660,3 +666,33 @@ def test_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
         await scenario()
 
     uvloop.run(main())
+
+
+async def test_https_round_trip(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a throwaway certificate")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    async with Server(h11_server(echo_sha), tls=server_ctx) as server:
+        headers = [*get_headers(server), (b"content-length", b"3")]
+        async with ConnectionPool(
+            server.endpoint, max_connections=1, ssl_context=client_ctx
+        ) as pool:
+            for _ in range(2):
+                resp = await pool.request(b"POST", b"/", headers, b"abc")
+                assert await resp.aread() == hashlib.sha256(b"abc").hexdigest().encode()
+            assert server.accepted == 1
+        # the default context verifies against the system CAs: our throwaway CA is refused
+        async with ConnectionPool(server.endpoint, max_connections=1) as pool:
+            with pytest.raises(ConnectError) as info:
+                await pool.request(b"POST", b"/", headers, b"abc")
+            assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
