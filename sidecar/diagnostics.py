@@ -71,10 +71,14 @@ def render(diag: Diagnostic, sources: Mapping[str, str]) -> str:
     text = sources.get(diag.span.file)
     if text is None:
         return head
-    lines = text.splitlines()
+    # Only "\n" ends a line: that is how lark counts lines. splitlines() would also
+    # split on \r, \f, \x1c or \u2028 and shift the caret onto the wrong line.
+    lines = text.split("\n")
     if not 1 <= diag.span.line <= len(lines):
         return head
-    line = lines[diag.span.line - 1].expandtabs(4)
+    line = lines[diag.span.line - 1].removesuffix("\r").expandtabs(4)
+    # Never echo control characters (binary garbage, terminal escapes) to a terminal.
+    line = "".join(c if c.isprintable() else "\ufffd" for c in line)
     if len(line) > 200:  # a minified or garbage line: show a window, not a megabyte
         line = line[:200] + "..."
     num = str(diag.span.line)
