@@ -422,3 +422,31 @@ async def test_streaming_keeps_memory_bounded(
     if direction == "upload":
         assert metric(text, "sidecar_mirror_requests_total", outcome="dropped_oversize") == 1
         assert canary.requests == []
+
+
+async def test_client_abort_mid_upload_drops_tees_as_aborted(
+    tmp_path: Path, primary: tuple[PrimaryApp, str]
+) -> None:
+    _, purl = primary
+    async with RecordingCanary() as canary:
+        rules = rules_for(purl, ("c", canary.url, ""))
+        async with serve_proxy(tmp_path, rules) as proxy:
+            host, port = proxy.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /c/sink HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            writer.write(b"a" * 1000)
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                text = await proxy.metrics()
+                if metric(text, "sidecar_mirror_requests_total", outcome="dropped_aborted") == 1:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, text
+                await asyncio.sleep(0.02)
+            # The proxy carries on.
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"{proxy.url}/x")).status_code == 200
+    assert canary.requests == []
+    assert "Traceback" not in proxy.log()
