@@ -55,8 +55,7 @@ except ImportError:
 """
 
 HYPERCORN_APP = r"""
-import sys
-BODY = sys.argv[2].encode() if len(sys.argv) > 2 else b"hello, world"
+BODY = b"hello, world"
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
