@@ -160,8 +160,12 @@ class Runtime:
         # Requests that started on `old` may still hand tees to these pools; wait for them.
         while old.active > 0:
             await asyncio.sleep(RETIRE_POLL_S)
+        from sidecar import prom
+
         drain = max((p.spec.timeout_s for p in pools), default=0.0)
         await asyncio.gather(*(p.aclose(drain=drain) for p in pools), return_exceptions=True)
+        for pool in pools:
+            prom.untrack_pool(pool)  # its gauges go; its counters stay (SPEC 7)
         if primary is not None:
             with contextlib.suppress(Exception):
                 await primary.aclose()

@@ -432,7 +432,7 @@ async def test_client_abort_mid_upload_drops_tees_as_aborted(
         rules = rules_for(purl, ("c", canary.url, ""))
         async with serve_proxy(tmp_path, rules) as proxy:
             host, port = proxy.url.removeprefix("http://").split(":")
-            reader, writer = await asyncio.open_connection(host, int(port))
+            _, writer = await asyncio.open_connection(host, int(port))
             writer.write(b"POST /c/sink HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
             writer.write(b"a" * 1000)
             await writer.drain()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -129,3 +130,41 @@ async def test_workers_2_serve_and_metrics_count_across_processes(
     assert "Traceback" not in log
     pids = {line.rsplit("pid ", 1)[1] for line in log.splitlines() if "serving http" in line}
     assert len(pids) == 2, log
+
+
+async def test_runtime_swap_keeps_unchanged_pools_and_retires_the_rest() -> None:
+    """The reload-ready design: one snapshot reference, pools keyed by canary name."""
+    from sidecar.dsl import loads
+    from sidecar.runtime import Runtime
+
+    def config(c2_workers: int, with_c3: bool) -> Any:
+        text = (
+            "primary http://127.0.0.1:1\n"
+            "canary c1 { server http://127.0.0.1:2 }\n"
+            f"canary c2 {{ server http://127.0.0.1:3 workers {c2_workers} }}\n"
+            + ("canary c3 { server http://127.0.0.1:4 }\n" if with_c3 else "")
+            + "mirror m { to c1, c2"
+            + (", c3" if with_c3 else "")
+            + " }\n"
+        )
+        result = loads(text)
+        assert result.config is not None, result.diagnostics
+        return result.config
+
+    runtime = Runtime(config(2, False), files=1, paths=("<string>",))
+    await runtime.start()
+    try:
+        old = runtime.current
+        old.active += 1  # a request still running on the old table
+        new = runtime.swap(config(3, True))
+        assert runtime.current is new
+        assert new.canary_pools["c1"] is old.canary_pools["c1"]
+        assert new.canary_pools["c2"] is not old.canary_pools["c2"]
+        assert set(new.canary_pools) == {"c1", "c2", "c3"}
+        assert new.primary is old.primary
+        retired = old.canary_pools["c2"]
+        assert not retired._closing  # still takes that request's tees
+        old.active -= 1
+        await wait_until(lambda: retired._closing, what="the retired pool to close")
+    finally:
+        await runtime.close()
