@@ -208,7 +208,12 @@ class Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         h = self.h11
-        return h.our_state is h11.DONE and h.their_state is h11.DONE and not self.is_stale
+        return (
+            h.our_state is h11.DONE
+            and h.their_state is h11.DONE
+            and not self.is_stale
+            and not h.trailing_data[0]  # bytes after the response: the next one would be garbled
+        )
 
     def start_next_cycle(self, now: float) -> None:
         self.h11.start_next_cycle()
@@ -216,8 +221,12 @@ class Connection(asyncio.Protocol):
 
     def close(self, *, abort: bool) -> None:
         """Close now; `abort` resets the connection (an exchange broke off mid-way)."""
-        if self._sender is not None and not self._sender.done():
-            self._sender.cancel()
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            if not sender.done():
+                sender.cancel()
+            elif not sender.cancelled():
+                sender.exception()  # retrieved: the exchange is over, nobody else will ask
         transport = self.transport
         if transport is not None:
             if abort:
@@ -265,23 +274,28 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         h = self.h11
-        try:
-            async for chunk in body:
-                if self._eof:
-                    return  # the reader reports what happened (a response, or a reset)
-                if not chunk:
-                    continue
+        # Only the h11 and transport calls are translated: whatever the caller's iterator
+        # raises (an aborted upload) must reach the caller unchanged.
+        async for chunk in body:
+            if self._eof:
+                return  # the reader reports what happened (a response, or a reset)
+            if not chunk:
+                continue
+            try:
                 parts = h.send_with_data_passthrough(h11.Data(data=chunk))
                 assert parts is not None
                 transport.writelines(parts)
-                if self._writing_paused:
-                    await self._drain()
-            if not self._eof:
+            except _FOREIGN as exc:
+                raise _translate(exc, "write") from exc
+            if self._writing_paused:
+                await self._drain()
+        if not self._eof:
+            try:
                 end = h.send(h11.EndOfMessage())
                 assert end is not None
                 transport.write(end)
-        except _FOREIGN as exc:
-            raise _translate(exc, "write") from exc
+            except _FOREIGN as exc:
+                raise _translate(exc, "write") from exc
 
     async def _drain(self) -> None:
         while self._writing_paused and not self._eof:
@@ -338,42 +352,49 @@ class Connection(asyncio.Protocol):
         raise RemoteProtocolError(f"unexpected {type(event).__name__} in response body")
 
     async def _next_event(self) -> h11.Event:
+        while True:
+            try:
+                event = self._poll_event()
+            except _FOREIGN as exc:
+                raise _translate(exc, "read") from exc
+            if event is not None:
+                return event
+            sender = self._sender
+            if sender is not None and sender.done() and not sender.cancelled():
+                failure = sender.exception()
+                if failure is not None:
+                    self._sender = None
+                    raise failure  # the body iterator's own exception, or a WriteError
+            await self._wait()
+
+    def _poll_event(self) -> h11.Event | None:
+        """The next h11 event from what has arrived so far; None: wait for more."""
         h = self.h11
-        try:
-            while True:
-                try:
-                    event = h.next_event()
-                except h11.RemoteProtocolError as exc:
-                    if self._eof_fed:  # the server hung up mid-response: a reset, not garbage
-                        raise ReadError(f"server closed the connection: {exc}") from exc
-                    raise
-                if event is not h11.NEED_DATA:
-                    if isinstance(event, h11.ConnectionClosed):
-                        raise ReadError("server closed the connection")
-                    if event is h11.PAUSED:  # only after a complete response; a caller bug
-                        raise RemoteProtocolError("read past the end of the response")
-                    assert not isinstance(event, type)
-                    return event
-                if self._chunks:
-                    self._feed()
-                    continue
-                if self._eof:
-                    if self._eof_fed:
-                        raise ReadError("server closed the connection")
-                    self._eof_fed = True
-                    if self._lost_exc is not None and not self.received_any:
-                        raise self._lost_exc
-                    h.receive_data(b"")
-                    continue
-                sender = self._sender
-                if sender is not None and sender.done() and not sender.cancelled():
-                    failure = sender.exception()
-                    if failure is not None:
-                        self._sender = None
-                        raise failure  # the body iterator's exception, or a WriteError
-                await self._wait()
-        except _FOREIGN as exc:
-            raise _translate(exc, "read") from exc
+        while True:
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self._eof_fed:  # the server hung up mid-response: a reset, not garbage
+                    raise ReadError(f"server closed the connection: {exc}") from exc
+                raise
+            if event is not h11.NEED_DATA:
+                if isinstance(event, h11.ConnectionClosed):
+                    raise ReadError("server closed the connection")
+                if event is h11.PAUSED:  # only after a complete response; a caller bug
+                    raise RemoteProtocolError("read past the end of the response")
+                assert not isinstance(event, type)
+                return event
+            if self._chunks:
+                self._feed()
+            elif self._eof:
+                if self._eof_fed:
+                    raise ReadError("server closed the connection")
+                self._eof_fed = True
+                if self._lost_exc is not None and not self.received_any:
+                    raise self._lost_exc  # e.g. ECONNRESET on a reused connection (retryable)
+                h.receive_data(b"")
+            else:
+                return None
 
     def _feed(self) -> None:
         chunks = self._chunks

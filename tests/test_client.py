@@ -552,7 +552,8 @@ async def test_early_response_during_streamed_upload() -> None:
         assert pool.open_connections == 0
 
 
-async def test_body_iterator_error_propagates_unchanged() -> None:
+@pytest.mark.parametrize("error", [ValueError, ConnectionResetError])
+async def test_body_iterator_error_propagates_unchanged(error: type[Exception]) -> None:
     never = asyncio.Event()
 
     async def app(req: h11.Request, body: bytes, server: Server) -> Any:
@@ -561,14 +562,14 @@ async def test_body_iterator_error_propagates_unchanged() -> None:
 
     async def upload() -> AsyncIterator[bytes]:
         yield b"part"
-        raise ValueError("client went away")
+        raise error("client went away")
 
     async with (
         Server(h11_server(app)) as server,
         ConnectionPool(server.endpoint, max_connections=1) as pool,
     ):
         headers = [*get_headers(server), (b"transfer-encoding", b"chunked")]
-        with pytest.raises(ValueError, match="client went away"):
+        with pytest.raises(error, match="client went away"):
             await pool.request(b"POST", b"/", headers, upload())
         assert pool.open_connections == 0
         await eventually(lambda: server.current == 0)
@@ -650,7 +651,7 @@ UVLOOP_SCENARIOS: list[Callable[[], Awaitable[None]]] = [
     test_garbage_response,
     test_timeout_closes_connection_and_frees_slot,
     test_early_response_during_streamed_upload,
-    test_body_iterator_error_propagates_unchanged,
+    functools.partial(test_body_iterator_error_propagates_unchanged, OSError),
 ]
 
 
