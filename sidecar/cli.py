@@ -22,6 +22,8 @@ from sidecar import __version__
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("check", "sidecar.check", "validate rule files, like nginx -t"),
     ("serve", "sidecar.server", "run the proxy with the rules in PATH"),
+    ("explain", "sidecar.explain", "show how the rules route one request"),
+    ("fmt", "sidecar.fmt", "rewrite rule files in the canonical layout"),
 )
 
 EXIT_OK = 0

@@ -31,10 +31,15 @@ request up in those dicts, sorts the candidate rule numbers and runs the same
 loop over only those rules; a rule that is not a candidate cannot match, so the
 answer (and the random draws) are the same as scanning every rule.
 
-`trace(view)` is the hook for `explain`: it walks the same compiled rules
-(`CompiledRule.matches`, `failing_clause`, `samples_in`) and records why each
-rule did or did not send a tee. `decide` stays a separate tight loop because it
-is the per-request hot path; tests check the two agree.
+`trace(view)` is the hook for `explain` and `check --expect`. It runs the very
+same decision code as `decide`: the steps live in one `_Decider`, and `decide`
+is that decider's bound method. `trace` builds a second decider over the same
+compiled closures, each wrapped to record its result (which mark value held,
+which exclude, which rule matched and how it sampled), runs it, and reads the
+records back. The hot path therefore pays nothing for tracing, and the traced
+and untraced decisions cannot drift apart. Rules the decision never looked at
+(after every canary was chosen, or not an index candidate) are reported as not
+evaluated, with their failing clause computed without drawing a sample.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import methodcaller
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from sidecar.config import (
     CanarySpec,
@@ -66,6 +71,7 @@ __all__ = [
     "CompiledRule",
     "RoutingTable",
     "RuleTrace",
+    "SampleTrace",
     "Tee",
     "Trace",
     "compile_table",
@@ -74,6 +80,7 @@ __all__ = [
 
 Random = Callable[[], float]
 Sampler = Callable[[RequestView], bool]
+KeyGetter = Callable[[RequestView], list[str]]
 # One rule on the hot path: its check, its sampler, its tees and their canary names.
 _Hot = tuple[Check | None, Sampler | None, tuple["Tee", ...], frozenset[str]]
 
@@ -100,28 +107,38 @@ def key_position(value: str) -> float:
     return (int.from_bytes(digest, "big") >> 11) * (1.0 / (1 << 53))
 
 
+def _client_key(v: RequestView) -> list[str]:
+    return [v.client] if v.client else []
+
+
+def _key_getter(spec: SampleSpec) -> KeyGetter | None:
+    """Where a keyed sample's key comes from (the first value counts); None for a random draw."""
+    if spec.by is None:
+        return None
+    if spec.by == "client":
+        return _client_key
+    if spec.key is None:
+        raise ValueError(f"sample by {spec.by} needs a name")
+    if spec.by == "header":
+        return methodcaller("header_b", spec.key.lower().encode("latin-1"))
+    return methodcaller(spec.by, spec.key)
+
+
 def _compile_sample(spec: SampleSpec | None, random: Random) -> Sampler | None:
     if spec is None or spec.rate >= 1.0:
         return None  # every matching request: no draw at all
     rate = spec.rate
-    if spec.by is None:
+    get = _key_getter(spec)
+    if get is None:
         return lambda v: random() < rate
 
-    if spec.by == "client":
+    if get is _client_key:
 
         def by_client(v: RequestView) -> bool:
-            key = v.client
+            key = v.client  # inline rather than through _client_key: the hot path
             return (key_position(key) if key else random()) < rate
 
         return by_client
-
-    if spec.key is None:
-        raise ValueError(f"sample by {spec.by} needs a name")
-    get: Callable[[RequestView], list[str]]
-    if spec.by == "header":
-        get = methodcaller("header_b", spec.key.lower().encode("latin-1"))
-    else:
-        get = methodcaller(spec.by, spec.key)
 
     def by_key(v: RequestView) -> bool:
         values = get(v)
@@ -136,7 +153,9 @@ class CompiledRule:
 
     name: str
     when: Predicate | None  # None: matches every request
+    sample: SampleSpec | None
     sampler: Sampler | None  # None: every matching request samples in
+    key: KeyGetter | None  # the sample key's values; None without keyed sampling
     tees: tuple[Tee, ...]
     span: Span
 
@@ -158,10 +177,22 @@ class CompiledExclude:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SampleTrace:
+    """How a matching rule sampled: `key`/`position` are None for a random draw."""
+
+    rate: float
+    key: str | None  # the key's (first) value
+    position: float | None  # key_position(key)
+    sampled_in: bool | None  # None: a random draw that was never made (rule not evaluated)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RuleTrace:
     rule: str
     failing_clause: str | None  # None when `when` holds
-    sampled: bool | None  # None when the sample was not drawn (the rule did not match)
+    evaluated: bool  # False: the decision stopped before it (all canaries chosen) or skipped it
+    sampled: bool | None  # the sample's result; None when not drawn (no match, not evaluated)
+    sample: SampleTrace | None  # None without `sample` or when `when` failed
     tees: tuple[Tee, ...]  # the tees this rule added (canaries not chosen earlier)
 
 
@@ -175,77 +206,31 @@ class Trace:
     tees: tuple[Tee, ...]
 
 
-class RoutingTable:
-    """An immutable compiled configuration. `decide` is pure apart from `random()`."""
+class _ValueSet(Protocol):
+    def isdisjoint(self, other: Iterable[str], /) -> bool: ...
 
-    __slots__ = (
-        "_excludes",
-        "_hot",
-        "_index",
-        "_marks",
-        "_reachable",
-        "canaries",
-        "config",
-        "excludes",
-        "rules",
-    )
 
-    config: Config
-    canaries: Mapping[str, CanarySpec]
-    rules: tuple[CompiledRule, ...]
-    excludes: tuple[CompiledExclude, ...]
-    _excludes: tuple[Check, ...]
-    _marks: tuple[tuple[bytes, frozenset[str]], ...]
-    _hot: tuple[_Hot, ...]
-    _reachable: int
-    _index: _Index | None
+@dataclass(frozen=True, slots=True)
+class _Decider:
+    """Steps 1-3 of the routing semantics over compiled closures: the one implementation."""
 
-    def __init__(self, config: Config, *, random: Random = _random.random) -> None:
-        self.config = config
-        self.canaries = MappingProxyType({c.name: c for c in config.canaries})
-        self.rules = tuple(
-            CompiledRule(
-                name=r.name,
-                when=None if r.when is None else compile_expr(r.when),
-                sampler=_compile_sample(r.sample, random),
-                tees=tuple(Tee(canary, r.name) for canary in r.to),
-                span=r.span,
-            )
-            for r in config.rules
-        )
-        self.excludes = tuple(
-            CompiledExclude(when=compile_expr(e.when), span=e.span) for e in config.excludes
-        )
-        marks: dict[bytes, set[str]] = {}
-        for c in config.canaries:
-            if c.mark is not None:
-                marks.setdefault(c.mark[0].lower().encode("latin-1"), set()).add(c.mark[1])
-        self._marks = tuple((name, frozenset(values)) for name, values in marks.items())
-        self._excludes = tuple(e.when.check for e in self.excludes)
-        self._hot = tuple(
-            (
-                None if r.when is None else r.when.check,
-                r.sampler,
-                r.tees,
-                frozenset(t.canary for t in r.tees),
-            )
-            for r in self.rules
-        )
-        self._reachable = len({t.canary for r in self.rules for t in r.tees})
-        self._index = _Index(config.rules) if len(config.rules) >= INDEX_MIN_RULES else None
+    marks: tuple[tuple[bytes, _ValueSet], ...]  # (lower-case header name, mark values)
+    excludes: tuple[Check, ...]
+    hot: tuple[_Hot, ...]
+    index: _Index | None
+    reachable: int  # how many distinct canaries the rules can choose
 
     def decide(self, view: RequestView) -> tuple[Tee, ...]:
-        """The tees for this request, in rule order; empty when nothing is mirrored."""
-        for name, values in self._marks:
+        for name, values in self.marks:
             if not values.isdisjoint(view.header_b(name)):
                 return _NO_TEES
-        for excluded in self._excludes:
+        for excluded in self.excludes:
             if excluded(view):
                 return _NO_TEES
-        if self._index is None:
-            return self._collect(view, self._hot)
-        hot = self._hot
-        return self._collect(view, [hot[i] for i in self._index.candidates(view)])
+        if self.index is None:
+            return self._collect(view, self.hot)
+        hot = self.hot
+        return self._collect(view, [hot[i] for i in self.index.candidates(view)])
 
     def _collect(self, view: RequestView, rules: Iterable[_Hot]) -> tuple[Tee, ...]:
         """Step 3 over `rules` (all of them, or the index's candidates, in order)."""
@@ -264,42 +249,144 @@ class RoutingTable:
                     if tee.canary not in taken:
                         taken.add(tee.canary)
                         out.append(tee)
-            if len(taken) == self._reachable:
+            if len(taken) == self.reachable:
                 break  # every canary is chosen: no later rule can add a tee
         return tuple(out) if out else _NO_TEES
 
-    def trace(self, view: RequestView) -> Trace:
-        """`decide`, recording each step (for `explain`). Draws samples for every matching rule."""
-        for name, values in self._marks:
-            for value in view.header_b(name):
-                if value in values:
-                    mark = (name.decode("latin-1"), value)
-                    return Trace(loop_guard=mark, excluded_by=None, rules=(), tees=())
-        for ex in self.excludes:
-            if ex.when.check(view):
-                return Trace(loop_guard=None, excluded_by=ex, rules=(), tees=())
-        steps: list[RuleTrace] = []
-        out: list[Tee] = []
-        taken: set[str] = set()
-        for rule in self.rules:
-            failing = rule.failing_clause(view)
-            if failing is not None:
-                steps.append(
-                    RuleTrace(rule=rule.name, failing_clause=failing, sampled=None, tees=())
-                )
-                continue
-            sampled = rule.samples_in(view)
-            added: list[Tee] = []
-            if sampled:
-                for tee in rule.tees:
-                    if tee.canary not in taken:
-                        taken.add(tee.canary)
-                        added.append(tee)
-            out.extend(added)
-            steps.append(
-                RuleTrace(rule=rule.name, failing_clause=None, sampled=sampled, tees=tuple(added))
+
+class _MarkProbe:
+    """A mark's value set in a tracing decider: remembers the value that held."""
+
+    __slots__ = ("hit", "values")
+
+    def __init__(self, values: frozenset[str]) -> None:
+        self.values = values
+        self.hit: str | None = None
+
+    def isdisjoint(self, other: Iterable[str], /) -> bool:
+        for value in other:
+            if value in self.values:
+                self.hit = value
+                return False
+        return True
+
+
+def _recorded(check: Check | None, box: list[bool | None], i: int) -> Check:
+    """`check` (None: always true), writing each result to box[i]."""
+
+    def recorded(view: RequestView) -> bool:
+        box[i] = result = True if check is None else check(view)
+        return result
+
+    return recorded
+
+
+class RoutingTable:
+    """An immutable compiled configuration. `decide` is pure apart from `random()`.
+
+    `decide(view) -> tuple[Tee, ...]`: the tees for this request, in rule order;
+    empty when nothing is mirrored. (An attribute bound to the decider's method,
+    so the hot path is one call.)
+    """
+
+    __slots__ = (
+        "_decider",
+        "_index",
+        "_marks",
+        "canaries",
+        "config",
+        "decide",
+        "excludes",
+        "rules",
+    )
+
+    config: Config
+    canaries: Mapping[str, CanarySpec]
+    rules: tuple[CompiledRule, ...]
+    excludes: tuple[CompiledExclude, ...]
+    decide: Callable[[RequestView], tuple[Tee, ...]]
+    _marks: tuple[tuple[bytes, frozenset[str]], ...]
+    _decider: _Decider
+    _index: _Index | None
+
+    def __init__(self, config: Config, *, random: Random = _random.random) -> None:
+        self.config = config
+        self.canaries = MappingProxyType({c.name: c for c in config.canaries})
+        self.rules = tuple(
+            CompiledRule(
+                name=r.name,
+                when=None if r.when is None else compile_expr(r.when),
+                sample=r.sample,
+                sampler=_compile_sample(r.sample, random),
+                key=None if r.sample is None else _key_getter(r.sample),
+                tees=tuple(Tee(canary, r.name) for canary in r.to),
+                span=r.span,
             )
-        return Trace(loop_guard=None, excluded_by=None, rules=tuple(steps), tees=tuple(out))
+            for r in config.rules
+        )
+        self.excludes = tuple(
+            CompiledExclude(when=compile_expr(e.when), span=e.span) for e in config.excludes
+        )
+        marks: dict[bytes, set[str]] = {}
+        for c in config.canaries:
+            if c.mark is not None:
+                marks.setdefault(c.mark[0].lower().encode("latin-1"), set()).add(c.mark[1])
+        self._marks = tuple((name, frozenset(values)) for name, values in marks.items())
+        self._index = _Index(config.rules) if len(config.rules) >= INDEX_MIN_RULES else None
+        self._decider = _Decider(
+            self._marks,
+            tuple(e.when.check for e in self.excludes),
+            tuple(
+                (
+                    None if r.when is None else r.when.check,
+                    r.sampler,
+                    r.tees,
+                    frozenset(t.canary for t in r.tees),
+                )
+                for r in self.rules
+            ),
+            self._index,
+            len({t.canary for r in self.rules for t in r.tees}),
+        )
+        self.decide = self._decider.decide
+
+    def trace(self, view: RequestView) -> Trace:
+        """`decide`, recording each step (for `explain`): the same decider, probed.
+
+        Draws exactly the samples `decide` would draw, from the same `random`.
+        """
+        d = self._decider
+        matched: list[bool | None] = [None] * len(self.rules)
+        drawn: list[bool | None] = [None] * len(self.rules)
+        held: list[bool | None] = [None] * len(self.excludes)
+        probes = tuple((name, _MarkProbe(values)) for name, values in self._marks)
+        tracer = _Decider(
+            probes,
+            tuple(_recorded(c, held, i) for i, c in enumerate(d.excludes)),
+            tuple(
+                (
+                    _recorded(check, matched, i),
+                    None if sample is None else _recorded(sample, drawn, i),
+                    tees,
+                    canaries,
+                )
+                for i, (check, sample, tees, canaries) in enumerate(d.hot)
+            ),
+            d.index,
+            d.reachable,
+        )
+        tees = tracer.decide(view)
+        for name, probe in probes:
+            if probe.hit is not None:
+                mark = (name.decode("latin-1"), probe.hit)
+                return Trace(loop_guard=mark, excluded_by=None, rules=(), tees=tees)
+        for ex, h in zip(self.excludes, held, strict=True):
+            if h:
+                return Trace(loop_guard=None, excluded_by=ex, rules=(), tees=tees)
+        steps = tuple(
+            _rule_trace(rule, view, matched[i], drawn[i], tees) for i, rule in enumerate(self.rules)
+        )
+        return Trace(loop_guard=None, excluded_by=None, rules=steps, tees=tees)
 
     def to_json(self) -> dict[str, Any]:
         """The compiled table as plain JSON data (the admin `/rules` endpoint)."""
@@ -355,6 +442,40 @@ def _canary_json(c: CanarySpec) -> dict[str, Any]:
         "host": c.host,
         "transforms": transforms,
     }
+
+
+def _rule_trace(
+    rule: CompiledRule,
+    view: RequestView,
+    matched: bool | None,
+    drawn: bool | None,
+    tees: tuple[Tee, ...],
+) -> RuleTrace:
+    """One rule's step from what the tracing decider recorded (None: it never got there)."""
+    evaluated = matched is not None
+    failing = None if matched else rule.failing_clause(view)
+    sampled: bool | None = None
+    if matched:
+        sampled = True if drawn is None else drawn
+    detail: SampleTrace | None = None
+    if rule.sample is not None and failing is None:
+        values = [] if rule.key is None else rule.key(view)
+        key = values[0] if values else None
+        position = None if key is None else key_position(key)
+        sampled_in = sampled
+        if not evaluated and position is not None:
+            sampled_in = position < rule.sample.rate  # keyed: exact, no draw needed
+        detail = SampleTrace(
+            rate=rule.sample.rate, key=key, position=position, sampled_in=sampled_in
+        )
+    return RuleTrace(
+        rule=rule.name,
+        failing_clause=failing,
+        evaluated=evaluated,
+        sampled=sampled,
+        sample=detail,
+        tees=tuple(t for t in tees if t.rule == rule.name),
+    )
 
 
 # --- the candidate index for large tables ------------------------------------------------
