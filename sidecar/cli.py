@@ -24,6 +24,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("serve", "sidecar.server", "run the proxy with the rules in PATH"),
     ("explain", "sidecar.explain", "show how the rules route one request"),
     ("fmt", "sidecar.fmt", "rewrite rule files in the canonical layout"),
+    ("demo", "sidecar.demo", "run a loopback demo: primary, two canaries, the proxy, traffic"),
 )
 
 EXIT_OK = 0
