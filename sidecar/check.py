@@ -3,6 +3,14 @@
 Prints every diagnostic (source line and caret) and a summary line, or with
 `--format json` exactly one JSON document (a list of diagnostics) on stdout.
 Exit 0: no error; 1: an error (or a warning under --strict); 2: usage error.
+
+`--expect CASES` then runs route test cases against the configuration
+(sidecar/expect.py): a line per case, the failures with their trace, and a
+last line `N passed, M failed`; any failing case exits 1. A cases file that is
+not valid YAML or not a list of well-formed cases is reported like a rule
+diagnostic (file:line:col and a caret) and exits 1, as a broken rule file
+does; a CASES path that cannot be read is a usage error (2). With
+`--format json` the output is one object: {"diagnostics": [...], "cases": ...}.
 """
 
 from __future__ import annotations
@@ -10,6 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.dsl.loader import LoadResult
 
 DEFAULT_PATH = "rules/"
 
@@ -25,6 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--format", choices=("text", "json"), default="text", help="output format (default text)"
     )
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
+    parser.add_argument(
+        "--expect", metavar="CASES", help="a YAML file of route test cases to run (SPEC 8)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps([usage.to_json()], indent=2))
         return 2
     diags = result.diagnostics
+    if args.expect is not None:
+        return _run_expect(args, result)
     if args.format == "json":
         print(diagnostics.to_json(diags))
     else:
@@ -57,3 +74,45 @@ def run(args: argparse.Namespace) -> int:
             print(diagnostics.render_all(diags, result.sources))
         print(diagnostics.summary(diags, len(result.files)))
     return 1 if diagnostics.has_errors(diags, strict=args.strict) else 0
+
+
+def _run_expect(args: argparse.Namespace, result: LoadResult) -> int:
+    """`check --expect`: the configuration's diagnostics as usual, then the cases."""
+    from sidecar import diagnostics, expect
+    from sidecar.explain import always_in
+    from sidecar.routing import compile_table
+
+    try:
+        with open(args.expect, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid UTF-8"
+        print(f"sidecar check: error: cannot read {args.expect}: {reason}", file=sys.stderr)
+        return 2
+    diags = list(result.diagnostics)
+    sources = dict(result.sources)
+    results: list[expect.CaseResult] = []
+    try:
+        cases = expect.load_cases(text, args.expect)
+    except expect.CaseFileError as exc:
+        diags.append(exc.diagnostic)
+        sources[args.expect] = text
+        cases = []
+    if result.config is not None and not diagnostics.has_errors(diags):
+        table = compile_table(result.config, random=always_in)
+        results = [expect.run_case(table, case) for case in cases]
+    failed = diagnostics.has_errors(diags, strict=args.strict) or not all(r.passed for r in results)
+    if args.format == "json":
+        doc = {
+            "diagnostics": [d.to_json() for d in diagnostics.sort(diags)],
+            **expect.to_json(results),
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        if diags:
+            print(diagnostics.render_all(diags, sources))
+        print(diagnostics.summary(result.diagnostics, len(result.files)))
+        if cases and not results:
+            print(f"{len(cases)} cases not run: the configuration has errors")
+        print("\n".join(expect.to_text(results)))
+    return 1 if failed else 0
