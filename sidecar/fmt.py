@@ -1,0 +1,336 @@
+"""`sidecar fmt`: rule files in one canonical layout, every comment kept (SPEC section 8).
+
+How this works. `format_file` prints an `ast.File` into *entries*, one per
+output line: a statement, a block's opening line, or its closing `}`. Each
+entry remembers the source region it came from. The comments the parser
+collected (`File.comments`, lark COMMENT tokens with positions) are then
+placed among the entries by position: a trailing comment goes to the end of
+the entry whose source lines hold it (a second one on the same entry, e.g. in
+the middle of a `when` split over lines, moves onto its own line above the
+statement), and an own-line comment goes before the first entry that ends
+after it, at that entry's indentation (inside a block when it was). Blank
+lines follow the source, at most one in a row; never right after `{` or before
+`}`; and always one between top-level statements when either is a block.
+
+Values are printed from the AST: strings re-quoted (only `"` and `\\` are
+escaped, the only escapes the language has), numbers, durations, sizes and
+rates from their raw text as written, parentheses exactly where the user put
+them (`ast.Group`). The layout is therefore a function of the tree and the
+comments alone, which is what makes formatting idempotent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar, cast
+
+from sidecar.config import Config
+from sidecar.diagnostics import Diagnostic, Span
+from sidecar.dsl import ast
+
+INDENT = "    "
+_END = 1 << 30  # "end of the line" as a column
+
+
+@dataclass(slots=True, kw_only=True)
+class _Entry:
+    depth: int
+    text: str
+    first: tuple[int, int]  # source (line, column) where it starts
+    last: tuple[int, int]  # source (line, column) where it ends
+    top: int  # index of the top-level statement it belongs to
+    closing: bool = False  # a block's `}`
+    opening: bool = False  # a block's `{` line
+    trailing: str | None = None
+    before: list[ast.Comment] = field(default_factory=list)  # own-line comments above it
+
+
+def quote(value: str) -> str:
+    """A string literal for `value`: escapes only where the language needs them."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def expr(e: ast.Expr) -> str:
+    """An expression in canonical form, parentheses exactly as written."""
+    if isinstance(e, ast.Test):
+        return _test(e)
+    if isinstance(e, ast.Not):
+        return f"not {expr(e.operand)}"
+    if isinstance(e, ast.And):
+        return " and ".join(expr(x) for x in e.operands)
+    if isinstance(e, ast.Or):
+        return " or ".join(expr(x) for x in e.operands)
+    return f"({expr(e.inner)})"
+
+
+def _test(t: ast.Test) -> str:
+    head = t.subject if t.key is None else f"{t.subject} {quote(t.key.value)}"
+    args = [a.value if isinstance(a, ast.Name) else quote(a.value) for a in t.args]
+    if t.op == "exists":
+        return f"{head} exists"
+    if t.op == "in":
+        return f"{head} in ({', '.join(args)})"
+    return f"{head} {t.op} {args[0]}"
+
+
+def _canary_stmt(s: ast.CanaryStatement) -> str:
+    if isinstance(s, ast.Server):
+        return f"server {s.url}" + ("" if s.weight is None else f" weight {s.weight.raw}")
+    if isinstance(s, ast.Workers):
+        return f"workers {s.count.raw}"
+    if isinstance(s, ast.Queue):
+        return f"queue {s.size.raw}"
+    if isinstance(s, ast.Timeout):
+        return f"timeout {s.duration.raw}"
+    if isinstance(s, ast.MaxBody):
+        return f"max_body {s.size.raw}"
+    if isinstance(s, ast.Body):
+        return "body on" if s.on else "body off"
+    if isinstance(s, ast.Mark):
+        if s.header is None or s.value is None:
+            return "mark off"
+        return f"mark {quote(s.header.value)} {quote(s.value.value)}"
+    if isinstance(s, ast.RateLimit):
+        return f"rate {s.raw}"
+    if isinstance(s, ast.Host):
+        return "host preserve" if s.value is None else f"host {quote(s.value.value)}"
+    if isinstance(s, ast.SetHeader):
+        return f"set header {quote(s.name.value)} {quote(s.value.value)}"
+    if isinstance(s, ast.DropHeader):
+        return "drop header " + ", ".join(quote(n.value) for n in s.names)
+    return f"rewrite path {quote(s.pattern.value)} {quote(s.replacement.value)}"
+
+
+def _mirror_stmt(s: ast.MirrorStatement) -> str:
+    if isinstance(s, ast.When):
+        return f"when {expr(s.expr)}"
+    if isinstance(s, ast.To):
+        return "to " + ", ".join(n.value for n in s.canaries)
+    by = ""
+    if s.by == "client":
+        by = " by client"
+    elif s.by is not None and s.key is not None:
+        by = f" by {s.by} {quote(s.key.value)}"
+    return f"sample {s.rate.raw}{by}"
+
+
+def _entries(stmt: ast.TopLevel, top: int) -> Iterator[_Entry]:
+    span = stmt.span
+    start, end = (span.line, span.column), (span.end_line, span.end_column)
+
+    def block(head: str, inner: list[tuple[str, Span]]) -> Iterator[_Entry]:
+        yield _Entry(
+            depth=0, text=f"{head} {{", first=start, last=(span.line, _END), top=top, opening=True
+        )
+        for text, s in inner:
+            yield _Entry(
+                depth=1,
+                text=text,
+                first=(s.line, s.column),
+                last=(s.end_line, s.end_column),
+                top=top,
+            )
+        close = (span.end_line, max(1, span.end_column - 1))
+        yield _Entry(depth=0, text="}", first=close, last=end, top=top, closing=True)
+
+    if isinstance(stmt, ast.Listen):
+        yield _Entry(depth=0, text=f"listen {stmt.address_raw}", first=start, last=end, top=top)
+    elif isinstance(stmt, ast.Admin):
+        text = "admin off" if stmt.address_raw is None else f"admin {stmt.address_raw}"
+        yield _Entry(depth=0, text=text, first=start, last=end, top=top)
+    elif isinstance(stmt, ast.Primary):
+        url_end = (stmt.url_span.end_line, stmt.url_span.end_column)
+        if not stmt.statements and end <= url_end:  # written without braces
+            yield _Entry(depth=0, text=f"primary {stmt.url}", first=start, last=end, top=top)
+        else:
+            inner = [(f"timeout {s.duration.raw}", s.span) for s in stmt.statements]
+            yield from block(f"primary {stmt.url}", inner)
+    elif isinstance(stmt, ast.Canary):
+        yield from block(
+            f"canary {stmt.name.value}", [(_canary_stmt(s), s.span) for s in stmt.statements]
+        )
+    elif isinstance(stmt, ast.MirrorRule):
+        yield from block(
+            f"mirror {stmt.name.value}", [(_mirror_stmt(s), s.span) for s in stmt.statements]
+        )
+    else:
+        yield _Entry(
+            depth=0, text=f"exclude when {expr(stmt.expr)}", first=start, last=end, top=top
+        )
+
+
+def _place(entries: list[_Entry], comments: tuple[ast.Comment, ...]) -> list[ast.Comment]:
+    """Attach comments to entries; returns those after the last entry (end of file)."""
+    tail: list[ast.Comment] = []
+    for c in sorted(comments, key=lambda c: (c.span.line, c.span.column)):
+        pos = (c.span.line, c.span.column)
+        if c.trailing:
+            owner = None
+            for e in entries:
+                if e.first < pos and e.first[0] <= pos[0] <= e.last[0]:
+                    owner = e
+            if owner is not None and owner.trailing is None:
+                owner.trailing = c.text.rstrip()
+                continue
+            if owner is not None:
+                owner.before.append(c)
+                continue
+        target = next((e for e in entries if e.last > pos), None)
+        if target is None:
+            tail.append(c)
+        else:
+            target.before.append(c)
+    return tail
+
+
+def format_file(file: ast.File) -> str:
+    """The canonical text of one parsed file (ends with one newline; empty stays empty)."""
+    entries = [e for i, s in enumerate(file.statements) for e in _entries(s, i)]
+    blocks = {e.top for e in entries if e.opening}
+    tail = _place(entries, file.comments)
+    out: list[str] = []
+    # (last source line, top-level index or None, was a `{` line) of the previous printed line
+    prev: tuple[int, int | None, bool] | None = None
+
+    def emit(
+        depth: int,
+        text: str,
+        first_line: int,
+        last_line: int,
+        top: int | None,
+        closing: bool,
+        opening: bool,
+    ) -> None:
+        nonlocal prev
+        if prev is not None and out:
+            prev_line, prev_top, prev_opening = prev
+            boundary = top != prev_top and depth == 0 and (top in blocks or prev_top in blocks)
+            if (boundary or first_line - prev_line > 1) and not prev_opening and not closing:
+                out.append("")
+        out.append(INDENT * depth + text)
+        prev = (last_line, top, opening)
+
+    for e in entries:
+        comment_depth = e.depth + 1 if e.closing else e.depth
+        for c in e.before:
+            emit(comment_depth, c.text.rstrip(), c.span.line, c.span.line, e.top, False, False)
+        text = e.text if e.trailing is None else f"{e.text}  {e.trailing}"
+        emit(e.depth, text, e.first[0], e.last[0], e.top, e.closing, e.opening)
+    for c in tail:
+        emit(0, c.text.rstrip(), c.span.line, c.span.line, None, False, False)
+    return "\n".join(out) + "\n" if out else ""
+
+
+def format_text(text: str, filename: str = "<string>") -> tuple[str | None, list[Diagnostic]]:
+    """(canonical text, []) or (None, the syntax diagnostics). Never raises."""
+    from sidecar.dsl.parser import parse
+
+    tree, diags = parse(text, filename)
+    if tree is None:
+        return None, diags
+    return format_file(tree), []
+
+
+T = TypeVar("T")
+
+
+def without_spans(value: T) -> T:
+    """`value` (a Config, an AST node...) with every span, source text and file digest
+    replaced by a constant: what two configurations that differ only in layout share.
+
+    `Test.text` is the clause as written (its spacing) and `sources`/`sha256` digest
+    the files' bytes, so layout changes them; everything else must be equal.
+    """
+    return cast(T, _strip(value))
+
+
+_NO_SPAN = Span(file="", line=1, column=1, end_line=1, end_column=1)
+
+
+def _strip(value: object) -> object:
+    if isinstance(value, Span):
+        return _NO_SPAN
+    if isinstance(value, tuple):
+        return tuple(_strip(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes: dict[str, object] = {}
+        for f in dataclasses.fields(value):
+            if not f.init:
+                continue
+            v = getattr(value, f.name)
+            if f.name == "text" and isinstance(value, ast.Test):
+                changes[f.name] = ""
+            elif f.name in ("sources", "sha256") and isinstance(value, Config):
+                changes[f.name] = () if f.name == "sources" else ""
+            else:
+                changes[f.name] = _strip(v)
+        return dataclasses.replace(value, **changes)
+    return value
+
+
+# --- the command ----------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="rule files or directories (default rules/)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 listing files that would change",
+    )
+    mode.add_argument("--diff", action="store_true", help="print a unified diff; change nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Format each file on its own: one with syntax errors is left alone, the rest still done."""
+    from sidecar import diagnostics
+    from sidecar.dsl.loader import expand
+
+    files, problems, usage = expand(list(args.paths) or ["rules/"])
+    if usage is not None:
+        print(f"sidecar fmt: error: {usage}", file=sys.stderr)
+        return 2
+    status = 1 if problems else 0
+    for d in problems:
+        print(d.headline(), file=sys.stderr)
+    for name in files:
+        try:
+            data = Path(name).read_bytes()
+            text = data.decode("utf-8").removeprefix("\ufeff")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not valid UTF-8"
+            print(f"{name}: error: cannot read: {reason}", file=sys.stderr)
+            status = 1
+            continue
+        formatted, diags = format_text(text, name)
+        if formatted is None:
+            print(diagnostics.render_all(diags, {name: text}), file=sys.stderr)
+            status = 1
+            continue
+        if formatted.encode("utf-8") == data:
+            continue
+        if args.diff:
+            lines = difflib.unified_diff(
+                text.splitlines(keepends=True),
+                formatted.splitlines(keepends=True),
+                fromfile=name,
+                tofile=name,
+            )
+            sys.stdout.writelines(lines)
+        elif args.check:
+            print(name)
+            status = 1
+        else:
+            Path(name).write_text(formatted, encoding="utf-8", newline="\n")
+    return status
