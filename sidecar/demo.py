@@ -322,6 +322,7 @@ def summarize(
         )
         stats["dropped"] = sum(stats[d] for d in DROPS)
         stats["p50_ms"] = _ms(canary_quantile(name, 0.5))
+        stats["responses"] = canary_responses(name)
         stats["served"] = apps[name].requests if name in apps else None
         canaries[name] = stats
     return {"elapsed_s": round(elapsed, 2), "primary": primary, "canaries": canaries}
@@ -337,6 +338,18 @@ def canary_quantile(canary: str, q: float) -> float | None:
             if s.name.endswith("_bucket") and s.labels.get("canary") == canary:
                 buckets.append((float(s.labels["le"]), s.value))
     return histogram_quantile(q, buckets)
+
+
+def canary_responses(canary: str) -> dict[str, int]:
+    """`sidecar_mirror_responses_total{canary=...}` by status class (completed round trips)."""
+    from sidecar import prom
+
+    codes: dict[str, int] = {}
+    for metric in prom.metrics().mirror_responses.collect():
+        for s in metric.samples:
+            if s.name.endswith("_total") and s.labels.get("canary") == canary:
+                codes[s.labels["code"]] = int(s.value)
+    return dict(sorted(codes.items()))
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -435,6 +448,7 @@ class View:
         print(text, file=self.out, flush=True)
 
     def _tables(self, doc: dict[str, Any], *, final: bool = False) -> Any:
+        from rich import box
         from rich.console import Group
         from rich.table import Table
 
@@ -445,9 +459,15 @@ class View:
             else f"{self.phase}: {doc['elapsed_s']:.1f} s of {self.duration:g} s"
         )
         p = doc["primary"]
-        prim = Table(title=f"sidecar demo - {title}", title_justify="left")
+        prim = Table(
+            title=f"sidecar demo - {title}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
         for col in ("primary", "requests", "responses", "errors", "p50", "p99"):
-            prim.add_column(col, justify="left" if col in ("primary", "responses") else "right")
+            left = col in ("primary", "responses")
+            prim.add_column(col, justify="left" if left else "right", no_wrap=True)
         codes = " ".join(f"{k} {v}" for k, v in p["responses"].items()) or "-"
         prim.add_row(
             "via proxy",
@@ -457,32 +477,23 @@ class View:
             _fmt_ms(p["p50_ms"]),
             _fmt_ms(p["p99_ms"]),
         )
-        can = Table()
-        cols = (
-            "canary",
-            "dispatched",
-            "completed",
-            "failed",
-            "panicked",
-            "in flight",
-            "dropped",
-            "p50",
-        )
-        for col in cols:
-            can.add_column(col, justify="left" if col == "canary" else "right")
+        notes = []
         for name, c in doc["canaries"].items():
             why = ", ".join(f"{d.removeprefix('dropped_')} {c[d]}" for d in DROPS if c[d])
+            codes = " ".join(f"{k} {v}" for k, v in c["responses"].items())
+            notes.append(f"{name}: responses {codes or '-'}; dropped {why or '-'}")
+        can = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        cols = ("canary", "dispatched", "completed", "failed", "panicked", "in flight")
+        for col in (*cols, "dropped", "p50"):
+            can.add_column(col, justify="left" if col == "canary" else "right", no_wrap=True)
+        for name, c in doc["canaries"].items():
             can.add_row(
                 name,
-                str(c["dispatched"]),
-                str(c["completed"]),
-                str(c["failed"]),
-                str(c["panicked"]),
-                str(c["in_flight"]),
-                f"{c['dropped']}" + (f" ({why})" if why else ""),
+                *(str(c[k.replace(" ", "_")]) for k in cols[1:]),
+                str(c["dropped"]),
                 _fmt_ms(c["p50_ms"]),
             )
-        parts: list[Any] = [prim, can]
+        parts: list[Any] = [prim, can, *notes]
         if final:
             parts.append(_verdict(doc))
         return Group(*parts)
