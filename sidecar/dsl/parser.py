@@ -48,13 +48,18 @@ def grammar_text() -> str:
 
 
 @functools.cache
-def get_parser() -> Lark:
-    """The one Lark instance (built on first use, then reused)."""
+def get_parser(*, strict: bool = False) -> Lark:
+    """The one Lark instance (built on first use, then reused).
+
+    `strict=True` makes lark prove that no two terminals can collide; that proof costs
+    ~0.7 s of start-up for every `sidecar` command, so the test suite builds the grammar
+    strictly once (tests/dsl/test_grammar_strict.py) and the product skips it.
+    """
     return Lark(
         grammar_text(),
         parser="lalr",
         lexer="contextual",
-        strict=True,
+        strict=strict,
         propagate_positions=True,
         maybe_placeholders=False,
         lexer_callbacks={"COMMENT": _on_comment},
