@@ -1,4 +1,4 @@
-"""The admin listener: `GET /metrics`, `/healthz`, `/readyz`, `/rules`.
+"""The admin listener: `GET /metrics`, `/healthz`, `/readyz`, `/rules`; `POST /-/reload`.
 
 A plain ASGI app served by its own hypercorn listener (loopback by default; `admin off`
 removes it). `/metrics` renders prometheus-client's default registry, or, when
@@ -7,24 +7,36 @@ MultiProcessCollector over every worker's samples, so any worker answers for the
 `/readyz` is 200 only while the runtime says the rules are loaded and the proxy listens
 (503 before that and while shutting down); `/healthz` is 200 while the process runs.
 `/rules` is the current snapshot's `table.to_json()` plus the source files and hash.
+`POST /-/reload` (the Prometheus convention) reloads the rules (sidecar/reload.py) and
+answers when that is done: 200 with a line saying what changed (and any warnings), or 400
+with every diagnostic as `check` prints it, the old rules still serving.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from sidecar.asgi import Receive, Scope, Send
 from sidecar.runtime import Runtime
+
+if TYPE_CHECKING:
+    from sidecar.reload import ReloadResult
+
+RELOAD_PATH = "/-/reload"
 
 _JSON = (b"content-type", b"application/json")
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 
 class AdminApp:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self, runtime: Runtime, reload: Callable[[], Awaitable[ReloadResult]] | None = None
+    ) -> None:
         self.runtime = runtime
+        self.reload = reload  # None: this sidecar cannot reload (POST /-/reload is 404)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -39,6 +51,14 @@ class AdminApp:
             return
         method: str = scope["method"]
         path: str = scope["path"]
+        if path == RELOAD_PATH and self.reload is not None:
+            if method != "POST":
+                await _respond(send, 405, b"use POST\n", _TEXT, extra=[(b"allow", b"POST")])
+                return
+            await _drain_body(receive)
+            result = await self.reload()
+            await _respond(send, 200 if result.ok else 400, result.text().encode(), _TEXT)
+            return
         if method not in ("GET", "HEAD"):
             await _respond(send, 405, b"method not allowed\n", _TEXT, extra=[(b"allow", b"GET")])
             return
@@ -79,6 +99,14 @@ def render_metrics() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate(registry), CONTENT_TYPE_LATEST
     return generate(REGISTRY), CONTENT_TYPE_LATEST
+
+
+async def _drain_body(receive: Receive) -> None:
+    """Read (and ignore) the request body, so the connection stays usable."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _respond(

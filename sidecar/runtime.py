@@ -9,13 +9,18 @@ snapshot. The proxy reads it once when a request starts and uses that snapshot u
 request ends, so a request never mixes two tables. Replacing the snapshot is one attribute
 store on the event loop's thread, hence atomic for every request.
 
-`swap(config)` (the reload path) builds the next snapshot: a canary whose `CanarySpec` is
-equal keeps its pool (queue, workers, connections); a changed or new canary gets a new pool;
-the primary client is kept when the primary endpoint is unchanged. The new snapshot is
-published with one store, then the retired pools (changed or removed canaries) are closed
-in the background once every request that started on an older snapshot has finished
-(`Snapshot.active` counts them): they may still take tees from those requests, then finish
-the jobs they hold, each within its own deadline.
+`swap(config)` (the reload path, sidecar/reload.py) builds the next snapshot: a canary whose
+`CanarySpec` is equal keeps its pool (queue, workers, connections); a changed or new canary
+gets a new pool; the primary client is kept when the primary endpoint is unchanged. The new
+snapshot is published with one store, then the retired pools (changed or removed canaries)
+are closed in the background once every request that started on ANY older snapshot has
+finished (`Snapshot.active` counts them; a pool kept across several reloads is referenced
+by all of those snapshots, so waiting on the last one alone is not enough): they may still
+take tees from those requests, then finish the jobs they hold, each within its own deadline
+(a job's deadline is at most the canary's `timeout` after its admission, and admission has
+ended, so a drain of `timeout` plus a little slack never cuts a job short). A snapshot that
+is no longer current never gains a request: the proxy reads `current` and counts itself in
+`active` without awaiting in between.
 
 Nothing here is on the hot path except `current` and the `active` counter.
 """
@@ -46,6 +51,9 @@ PRIMARY_CONNECT_TIMEOUT_S = 5.0
 PRIMARY_IDLE_TIMEOUT_S = 30.0
 # How often a retirement task checks whether older requests have all finished.
 RETIRE_POLL_S = 0.05
+# Beyond a retired pool's `timeout`, how long its drain waits: every held job ends by its own
+# deadline (the worker's timeout fires a loop iteration or two after it), never by the drain.
+RETIRE_DRAIN_SLACK_S = 1.0
 
 
 class Snapshot:
@@ -79,6 +87,8 @@ class Runtime:
         self.current: Snapshot
         self._primary_endpoint: Endpoint | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._retired_pools: set[CanaryPool] = set()  # retired, not yet closed
+        self._older: list[Snapshot] = []  # replaced snapshots that may still have requests
         self._closed = False
 
     @property
@@ -90,20 +100,27 @@ class Runtime:
         self.current = self._build(self._initial, previous=None)
         _publish_rules_info(self.current.config)
 
-    def swap(self, config: Config) -> Snapshot:
-        """Publish a snapshot for `config` (already validated); retire what it replaces."""
+    def swap(self, config: Config, *, table: RoutingTable | None = None) -> Snapshot:
+        """Publish a snapshot for `config` (already validated; `table` compiled from it, or
+        None to compile here); retire what it replaces. Synchronous: nothing runs between the
+        build and the store."""
         old = self.current
-        new = self._build(config, previous=old)
+        new = self._build(config, previous=old, table=table)
         self.current = new  # the atomic swap: requests from now on use `new`
         _publish_rules_info(config)
+        self._older = [s for s in self._older if s.active > 0]
+        self._older.append(old)
         retired = [
             pool
             for name, pool in old.canary_pools.items()
             if new.canary_pools.get(name) is not pool
         ]
+        self._retired_pools.update(retired)
         old_primary = old.primary if old.primary is not new.primary else None
         if retired or old_primary is not None:
-            task = asyncio.get_running_loop().create_task(self._retire(old, retired, old_primary))
+            task = asyncio.get_running_loop().create_task(
+                self._retire(list(self._older), retired, old_primary)
+            )
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return new
@@ -117,22 +134,23 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
         snap = self.current
-        await asyncio.gather(
-            *(pool.aclose(drain=None) for pool in snap.canary_pools.values()),
-            return_exceptions=True,
-        )
+        pools = {*snap.canary_pools.values(), *self._retired_pools}
+        await asyncio.gather(*(pool.aclose(drain=None) for pool in pools), return_exceptions=True)
         with contextlib.suppress(Exception):
             await snap.primary.aclose()
 
     # --- internals ----------------------------------------------------------------------
 
-    def _build(self, config: Config, *, previous: Snapshot | None) -> Snapshot:
+    def _build(
+        self, config: Config, *, previous: Snapshot | None, table: RoutingTable | None = None
+    ) -> Snapshot:
         from sidecar import prom
 
         primary_spec = config.primary
         if primary_spec is None:
             raise ValueError("a configuration without a primary cannot be served")
-        table = compile_table(config)
+        if table is None or table.config is not config:
+            table = compile_table(config)
         kept: Mapping[str, CanaryPool] = previous.canary_pools if previous else {}
         pools: dict[str, CanaryPool] = {}
         for name, spec in table.canaries.items():
@@ -155,16 +173,17 @@ class Runtime:
         return Snapshot(table, pools, primary, primary_spec.timeout_s)
 
     async def _retire(
-        self, old: Snapshot, pools: list[CanaryPool], primary: ConnectionPool | None
+        self, older: list[Snapshot], pools: list[CanaryPool], primary: ConnectionPool | None
     ) -> None:
-        # Requests that started on `old` may still hand tees to these pools; wait for them.
-        while old.active > 0:
+        # Requests that started on an older snapshot may still hand tees to these pools.
+        while any(s.active > 0 for s in older):
             await asyncio.sleep(RETIRE_POLL_S)
         from sidecar import prom
 
-        drain = max((p.spec.timeout_s for p in pools), default=0.0)
+        drain = max((p.spec.timeout_s for p in pools), default=0.0) + RETIRE_DRAIN_SLACK_S
         await asyncio.gather(*(p.aclose(drain=drain) for p in pools), return_exceptions=True)
         for pool in pools:
+            self._retired_pools.discard(pool)
             prom.untrack_pool(pool)  # its gauges go; its counters stay (SPEC 7)
         if primary is not None:
             with contextlib.suppress(Exception):

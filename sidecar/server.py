@@ -21,6 +21,23 @@ worker aggregates all of them with a MultiProcessCollector (gauges declare how t
 aggregate). The parent forwards SIGTERM/SIGINT to the workers, waits for them, removes the
 directory and exits 0 when every worker did. A single process keeps the plain in-memory
 registry (faster: no mmap writes on the hot path).
+
+Reloading (SPEC 7, sidecar/reload.py): SIGHUP, `POST /-/reload` on the admin listener and,
+with `--watch`, a changed rule file each make a process reload its rules; the paths and
+the start-up flags are handed to its `Reloader`. A SIGHUP that arrives before the event loop
+handles it is remembered, never fatal. With `--workers N` every worker reloads by itself
+(each owns its own table and pools; there is no shared state to hand over):
+- SIGHUP to the parent is forwarded to every worker (SIGHUP is blocked in the parent while
+  it spawns them, and the workers inherit the block until they can handle it).
+- `POST /-/reload` reaches ONE worker (they share the admin socket). That worker reloads
+  and answers with its own result (200 or 400 with the diagnostics), then writes its pid to
+  a pipe the parent waits on; the parent sends SIGHUP to every other worker, which reload
+  within milliseconds from the same files. The admin socket stays shared rather than
+  served by the parent: the parent stays a plain supervisor, and `/metrics` already
+  answers for all processes from any worker.
+- `--watch`: every worker polls the files itself (a few stat() calls per poll).
+So one trigger is one reload attempt per process: `sidecar_rules_reloads_total` (summed
+over processes) rises by N, and a bad edit is logged by each worker.
 """
 
 from __future__ import annotations
@@ -40,7 +57,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported inside functions at run time: `sidecar --help` stays light
+    from multiprocessing.connection import Connection
+
     from sidecar.config import Config
+    from sidecar.reload import Reloader
     from sidecar.runtime import Runtime
 
 log = logging.getLogger("sidecar")
@@ -60,6 +80,8 @@ ADMIN_GRACE_S = 1.0
 # How long the parent of `--workers N` waits for a worker beyond --grace before killing it.
 WORKER_EXIT_SLACK_S = 5.0
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The trigger name of `POST /-/reload` (in log lines, and the one passed on to other workers).
+ADMIN_TRIGGER = "POST /-/reload"
 
 
 class ServeError(Exception):
@@ -76,6 +98,7 @@ class Options:
     primary: str | None
     grace_s: float
     workers: int
+    watch: bool = False
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -106,10 +129,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="processes sharing the listen address (default 1)",
     )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload when a rule file changes (polled twice a second); SIGHUP and "
+        "POST /-/reload on the admin address always reload",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     _setup_logging()
+    _remember_sighup()
     if args.workers < 1:
         print("sidecar serve: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -123,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         primary=args.primary,
         grace_s=args.grace,
         workers=args.workers,
+        watch=args.watch,
     )
     try:
         loaded = load_config(opts)
@@ -151,6 +182,20 @@ def _setup_logging() -> None:
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False
+
+
+_early_sighup = False
+
+
+def _note_sighup(_signum: int, _frame: object) -> None:
+    global _early_sighup
+    _early_sighup = True
+
+
+def _remember_sighup() -> None:
+    """Until the event loop handles SIGHUP, note it (its default action would kill us)."""
+    with contextlib.suppress(ValueError):  # not the main thread (in-process callers)
+        signal.signal(signal.SIGHUP, _note_sighup)
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -248,6 +293,7 @@ def run_worker(
     files: int,
     proxy_sock: socket.socket,
     admin_sock: socket.socket | None,
+    notify: Connection | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; exit status 0 after a graceful shutdown."""
     try:
@@ -257,7 +303,7 @@ def run_worker(
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(opts, config, files, proxy_sock, admin_sock))
+        return runner.run(_serve(opts, config, files, proxy_sock, admin_sock, notify))
 
 
 def _hypercorn_config(sock: socket.socket, *, grace_s: float, proxy: bool) -> Any:
@@ -288,6 +334,7 @@ async def _serve(
     files: int,
     proxy_sock: socket.socket,
     admin_sock: socket.socket | None,
+    notify: Connection | None = None,
 ) -> int:
     from hypercorn.asyncio import serve
 
@@ -304,13 +351,15 @@ async def _serve(
     admin_addr = address_of(admin_sock) if admin_sock is not None else None
     runtime = Runtime(config, files=files, paths=opts.paths)
     await runtime.start()
+    reloader, reload_tasks = _reloading(opts, runtime, stop, notify)
     proxy_done = asyncio.Event()
     admin_task: asyncio.Task[None] | None = None
     try:
         if admin_sock is not None:
             admin_cfg = _hypercorn_config(admin_sock, grace_s=ADMIN_GRACE_S, proxy=False)
+            admin_app = AdminApp(runtime, reload=lambda: reloader.reload(ADMIN_TRIGGER))
             admin_task = asyncio.create_task(
-                serve(AdminApp(runtime), admin_cfg, shutdown_trigger=proxy_done.wait)  # type: ignore[arg-type]
+                serve(admin_app, admin_cfg, shutdown_trigger=proxy_done.wait)  # type: ignore[arg-type]
             )
         proxy_cfg = _hypercorn_config(proxy_sock, grace_s=opts.grace_s, proxy=True)
         proxy_task = asyncio.create_task(
@@ -328,9 +377,46 @@ async def _serve(
         proxy_done.set()
         if admin_task is not None:
             await admin_task
+        for task in reload_tasks:
+            task.cancel()
+        await asyncio.gather(*reload_tasks, return_exceptions=True)
         await runtime.close()
     log.info("stopped")
     return 0
+
+
+def _reloading(
+    opts: Options, runtime: Runtime, stop: asyncio.Event, notify: Connection | None
+) -> tuple[Reloader, set[asyncio.Task[Any]]]:
+    """The process's reload coordinator, its SIGHUP handler and (--watch) its watcher."""
+    from sidecar.reload import Reloader, ReloadResult
+
+    def after(trigger: str, _result: ReloadResult) -> None:
+        if trigger == ADMIN_TRIGGER and notify is not None:
+            notify.send_bytes(str(os.getpid()).encode("ascii"))  # the parent tells the rest
+
+    reloader = Reloader(
+        runtime, opts.paths, prepare=lambda config: apply_overrides(config, opts), after=after
+    )
+    tasks: set[asyncio.Task[Any]] = set()
+    loop = asyncio.get_running_loop()
+
+    def spawn(trigger: str) -> None:
+        if stop.is_set():
+            return
+        task = loop.create_task(reloader.reload(trigger))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    global _early_sighup
+    loop.add_signal_handler(signal.SIGHUP, spawn, "SIGHUP")
+    if _early_sighup:
+        _early_sighup = False
+        spawn("SIGHUP")
+    if opts.watch:
+        tasks.add(loop.create_task(reloader.watch()))
+        log.info("watching the rule files of %s for changes", " ".join(opts.paths))
+    return reloader, tasks
 
 
 def _log_start(runtime: Runtime, listen: str, admin: str | None) -> None:
@@ -354,12 +440,17 @@ def _log_start(runtime: Runtime, listen: str, admin: str | None) -> None:
 
 
 def _worker_main(
-    opts: Options, proxy_sock: socket.socket, admin_sock: socket.socket | None
+    opts: Options,
+    proxy_sock: socket.socket,
+    admin_sock: socket.socket | None,
+    notify: Connection | None = None,
 ) -> None:
     """A worker process: reload the configuration (quietly: the parent printed it) and serve."""
     _setup_logging()
     for sig in (signal.SIGTERM, signal.SIGINT):  # until the loop installs its handlers
         signal.signal(sig, signal.SIG_IGN)
+    _remember_sighup()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the parent
     try:
         loaded = load_config(opts, quiet=True)
     except ServeError as exc:
@@ -368,7 +459,7 @@ def _worker_main(
     if loaded is None:
         sys.exit(1)
     config, files = loaded
-    sys.exit(run_worker(opts, config, files, proxy_sock, admin_sock))
+    sys.exit(run_worker(opts, config, files, proxy_sock, admin_sock, notify))
 
 
 def _supervise(opts: Options, config: Config) -> int:
@@ -393,23 +484,45 @@ def _supervise(opts: Options, config: Config) -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signum)
 
+    def forward_sighup(_signum: int, _frame: object) -> None:
+        if not stopping:
+            _signal_workers(procs, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # Workers inherit the block and lift it once they handle SIGHUP (default: terminate).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    signal.signal(signal.SIGHUP, forward_sighup)
+    # Workers write their pid here after a POST /-/reload; the parent tells the others.
+    reloads, notify = ctx.Pipe(duplex=False)
     try:
         for sock in socks:
-            p = ctx.Process(target=_worker_main, args=(opts, sock, admin_sock), daemon=False)
+            p = ctx.Process(
+                target=_worker_main, args=(opts, sock, admin_sock, notify), daemon=False
+            )
             p.start()
             procs.append(p)
         for sock in socks:
             sock.close()
         if admin_sock is not None:
             admin_sock.close()
+        notify.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         status = 0
         from multiprocessing.connection import wait
 
         pending = list(procs)
+        listening: list[Any] = [reloads]
         while pending:
-            ready = wait([p.sentinel for p in pending])
+            ready = wait([p.sentinel for p in pending] + listening)
+            if reloads in ready:
+                try:
+                    sender = int(reloads.recv_bytes())
+                except (EOFError, OSError, ValueError):
+                    listening = []  # every worker is gone
+                else:
+                    if not stopping:
+                        _signal_workers(procs, signal.SIGHUP, skip=sender)
             for p in [p for p in pending if p.sentinel in ready]:
                 p.join()
                 pending.remove(p)
@@ -421,6 +534,7 @@ def _supervise(opts: Options, config: Config) -> int:
                         forward(signal.SIGTERM, None)
         return status
     finally:
+        reloads.close()
         for p in procs:
             if p.is_alive():
                 p.join(opts.grace_s + WORKER_EXIT_SLACK_S)
@@ -428,6 +542,13 @@ def _supervise(opts: Options, config: Config) -> int:
                     p.kill()
                     p.join()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _signal_workers(procs: Sequence[Any], signum: int, *, skip: int | None = None) -> None:
+    for p in procs:
+        if p.pid is not None and p.pid != skip and p.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signum)
 
 
 def _mark_dead(pid: int | None) -> None:
