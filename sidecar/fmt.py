@@ -5,12 +5,12 @@ output line: a statement, a block's opening line, or its closing `}`. Each
 entry remembers the source region it came from. The comments the parser
 collected (`File.comments`, lark COMMENT tokens with positions) are then
 placed among the entries by position: a trailing comment goes to the end of
-the entry whose source lines hold it (a second one on the same entry, e.g. in
-the middle of a `when` split over lines, moves onto its own line above the
-statement), and an own-line comment goes before the first entry that ends
-after it, at that entry's indentation (inside a block when it was). Blank
-lines follow the source, at most one in a row; never right after `{` or before
-`}`; and always one between top-level statements when either is a block.
+the entry whose source lines hold it (when one entry gets several, as a `when`
+split over lines can, the earlier ones move onto their own lines above it), and
+an own-line comment goes before the first entry that ends after it, at that
+entry's indentation (inside a block when it was). Blank lines follow the
+source, at most one in a row; never right after `{` or before `}`; and always
+one between top-level statements when either is a block.
 
 Values are printed from the AST: strings re-quoted (only `"` and `\\` are
 escaped, the only escapes the language has), numbers, durations, sizes and
@@ -47,7 +47,7 @@ class _Entry:
     top: int  # index of the top-level statement it belongs to
     closing: bool = False  # a block's `}`
     opening: bool = False  # a block's `{` line
-    trailing: str | None = None
+    trailing: ast.Comment | None = None
     before: list[ast.Comment] = field(default_factory=list)  # own-line comments above it
 
 
@@ -175,11 +175,12 @@ def _place(entries: list[_Entry], comments: tuple[ast.Comment, ...]) -> list[ast
             for e in entries:
                 if e.first < pos and e.first[0] <= pos[0] <= e.last[0]:
                     owner = e
-            if owner is not None and owner.trailing is None:
-                owner.trailing = c.text.rstrip()
-                continue
             if owner is not None:
-                owner.before.append(c)
+                # The last comment on a statement's lines stays at its end; an earlier
+                # one (a `when` split over lines) moves above it, keeping their order.
+                if owner.trailing is not None:
+                    owner.before.append(owner.trailing)
+                owner.trailing = c
                 continue
         target = next((e for e in entries if e.last > pos), None)
         if target is None:
@@ -220,7 +221,7 @@ def format_file(file: ast.File) -> str:
         comment_depth = e.depth + 1 if e.closing else e.depth
         for c in e.before:
             emit(comment_depth, c.text.rstrip(), c.span.line, c.span.line, e.top, False, False)
-        text = e.text if e.trailing is None else f"{e.text}  {e.trailing}"
+        text = e.text if e.trailing is None else f"{e.text}  {e.trailing.text.rstrip()}"
         emit(e.depth, text, e.first[0], e.last[0], e.top, e.closing, e.opening)
     for c in tail:
         emit(0, c.text.rstrip(), c.span.line, c.span.line, None, False, False)
