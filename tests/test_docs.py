@@ -1,0 +1,135 @@
+"""docs/rules.md and README.md stay true to the code.
+
+- every diagnostic code of the validator's catalogue is documented (table and section);
+- every ```mirror block is a configuration that passes check; every ```mirror-invalid block
+  gives the code of the section it is in;
+- the README's quick start is the two commands, and CI runs the test one; its rule
+  examples pass check; it names every command and every metric.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sidecar.cli import COMMANDS
+from sidecar.dsl import loads
+from sidecar.dsl.validate import CODES
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES_MD = ROOT / "docs" / "rules.md"
+README = ROOT / "README.md"
+
+FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+SECTION = re.compile(r"^### `([a-z0-9-]+)`$", re.MULTILINE)
+
+
+def blocks(path: Path, lang: str) -> list[tuple[int, str]]:
+    """(line number, text) of every fenced block with this info string."""
+    text = path.read_text(encoding="utf-8")
+    return [
+        (text.count("\n", 0, m.start()) + 1, m.group(2))
+        for m in FENCE.finditer(text)
+        if m.group(1) == lang
+    ]
+
+
+def diagnostics_part(text: str) -> tuple[int, str]:
+    """(offset, text) of the "## Diagnostics" chapter: its `### \\`code\\`` headings."""
+    offset = text.index("\n## Diagnostics\n")
+    return offset, text[offset:]
+
+
+def section_of(path: Path, line: int) -> str | None:
+    """The diagnostic section (`### \\`code\\``) holding `line`, if any."""
+    text = path.read_text(encoding="utf-8")
+    offset, _ = diagnostics_part(text)
+    code = None
+    for m in SECTION.finditer(text, offset):
+        if text.count("\n", 0, m.start()) + 1 > line:
+            break
+        code = m.group(1)
+    return code
+
+
+def assert_valid(text: str, where: str) -> None:
+    result = loads(text, where)
+    errors = [d for d in result.diagnostics if d.severity == "error"]
+    assert result.config is not None and not errors, f"{where}: {errors}"
+
+
+def test_every_code_has_a_row_and_a_section() -> None:
+    text = RULES_MD.read_text(encoding="utf-8")
+    sections = SECTION.findall(diagnostics_part(text)[1])
+    assert sorted(sections) == sorted(CODES)
+    for code, description in CODES.items():
+        severity = "warning" if description.startswith("warning: ") else "error"
+        row = f"| [`{code}`](#{code}) | {severity} | {description.removeprefix('warning: ')} |"
+        assert row in text, f"docs/rules.md: the table row of {code} differs from CODES"
+
+
+VALID = blocks(RULES_MD, "mirror")
+INVALID = blocks(RULES_MD, "mirror-invalid")
+
+
+@pytest.mark.parametrize(("line", "text"), VALID, ids=[f"line{n}" for n, _ in VALID])
+def test_valid_examples_pass_check(line: int, text: str) -> None:
+    assert_valid(text, f"docs/rules.md:{line}")
+    code = section_of(RULES_MD, line)
+    if code is not None:  # a "Fixed" example no longer gives its section's diagnostic
+        result = loads(text, f"docs/rules.md:{line}")
+        assert code not in {d.code for d in result.diagnostics}
+
+
+@pytest.mark.parametrize(("line", "text"), INVALID, ids=[f"line{n}" for n, _ in INVALID])
+def test_invalid_examples_give_their_code(line: int, text: str) -> None:
+    code = section_of(RULES_MD, line)
+    assert code is not None, f"docs/rules.md:{line}: a bad example outside a code section"
+    result = loads(text, f"docs/rules.md:{line}")
+    assert code in {d.code for d in result.diagnostics}
+
+
+def test_enough_examples() -> None:
+    assert len(VALID) >= len(CODES)
+    assert len(INVALID) >= 20
+
+
+# --- README -------------------------------------------------------------------------------------
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_tests() -> None:
+    text = README.read_text(encoding="utf-8")
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = next(b for lang, b in FENCE.findall(quick) if lang == "sh")
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == ["./dev demo", "./dev test"]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "./dev test" in ci
+
+
+@pytest.mark.parametrize(
+    ("line", "text"),
+    blocks(README, "mirror"),
+    ids=[f"line{n}" for n, _ in blocks(README, "mirror")],
+)
+def test_readme_rule_examples_pass_check(line: int, text: str) -> None:
+    assert_valid(text, f"README.md:{line}")
+
+
+def test_readme_names_every_command_and_metric() -> None:
+    text = README.read_text(encoding="utf-8")
+    for name, _, _ in COMMANDS:
+        assert f"sidecar {name}" in text, name
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.prom import Metrics
+
+    m = Metrics(CollectorRegistry())
+    for collector in vars(m).values():
+        name = getattr(collector, "_name", None)
+        if isinstance(name, str) and name.startswith("sidecar_"):
+            kind = getattr(collector, "_type", "")
+            shown = f"{name}_total" if kind == "counter" else name
+            assert f"`{shown}`" in text, shown
