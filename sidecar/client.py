@@ -59,6 +59,9 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 # Servers commonly drop idle keep-alive connections after 60-75 s (nginx 75 s, hypercorn 5 s);
 # 30 s keeps us under most of them, and a stale one is detected and retried anyway.
 DEFAULT_IDLE_TIMEOUT_S = 30.0
+# aclose() waits this long for aborted sockets to be closed by the event loop (one iteration
+# in practice); the bound only keeps a misbehaving transport from hanging shutdown.
+CLOSE_WAIT_S = 1.0
 
 
 class Response:
@@ -242,7 +245,7 @@ class ConnectionPool:
         for conn in conns:
             conn.close(abort=True)
         if conns:
-            await asyncio.wait([conn.closed for conn in conns])
+            await asyncio.wait([conn.closed for conn in conns], timeout=CLOSE_WAIT_S)
 
     async def __aenter__(self) -> ConnectionPool:
         return self
