@@ -24,8 +24,8 @@ registry (faster: no mmap writes on the hot path).
 
 Reloading (SPEC 7, sidecar/reload.py): SIGHUP, `POST /-/reload` on the admin listener and,
 with `--watch`, a changed rule file each make a process reload its rules; the paths and
-the start-up flags are handed to its `Reloader`. A SIGHUP that arrives before the event loop
-handles it is remembered, never fatal. With `--workers N` every worker reloads by itself
+the start-up flags are handed to its `Reloader`. SIGHUP stays blocked until the event loop
+handles it (its default action would kill the process), so an early one waits, never fatal. With `--workers N` every worker reloads by itself
 (each owns its own table and pools; there is no shared state to hand over):
 - SIGHUP to the parent is forwarded to every worker (SIGHUP is blocked in the parent while
   it spawns them, and the workers inherit the block until they can handle it).
@@ -139,7 +139,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _setup_logging()
-    _remember_sighup()
+    _hold_sighup()
     if args.workers < 1:
         print("sidecar serve: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -184,18 +184,11 @@ def _setup_logging() -> None:
         root.propagate = False
 
 
-_early_sighup = False
-
-
-def _note_sighup(_signum: int, _frame: object) -> None:
-    global _early_sighup
-    _early_sighup = True
-
-
-def _remember_sighup() -> None:
-    """Until the event loop handles SIGHUP, note it (its default action would kill us)."""
-    with contextlib.suppress(ValueError):  # not the main thread (in-process callers)
-        signal.signal(signal.SIGHUP, _note_sighup)
+def _hold_sighup() -> None:
+    """Block SIGHUP until the event loop handles it (`_reloading`); one sent meanwhile stays
+    pending and is handled then, once. Threads started meanwhile inherit the block, so the
+    signal can only reach the main thread's handler."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -408,11 +401,8 @@ def _reloading(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    global _early_sighup
     loop.add_signal_handler(signal.SIGHUP, spawn, "SIGHUP")
-    if _early_sighup:
-        _early_sighup = False
-        spawn("SIGHUP")
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # see _hold_sighup
     if opts.watch:
         tasks.add(loop.create_task(reloader.watch()))
         log.info("watching the rule files of %s for changes", " ".join(opts.paths))
@@ -449,8 +439,7 @@ def _worker_main(
     _setup_logging()
     for sig in (signal.SIGTERM, signal.SIGINT):  # until the loop installs its handlers
         signal.signal(sig, signal.SIG_IGN)
-    _remember_sighup()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the parent
+    _hold_sighup()  # already blocked by the parent, inherited; kept until the loop handles it
     try:
         loaded = load_config(opts, quiet=True)
     except ServeError as exc:
@@ -490,8 +479,8 @@ def _supervise(opts: Options, config: Config) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    # Workers inherit the block and lift it once they handle SIGHUP (default: terminate).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    # SIGHUP is blocked since run(): the workers inherit the block and lift it once their
+    # loop handles SIGHUP; the parent lifts it once they are started.
     signal.signal(signal.SIGHUP, forward_sighup)
     # Workers write their pid here after a POST /-/reload; the parent tells the others.
     reloads, notify = ctx.Pipe(duplex=False)
