@@ -8,7 +8,10 @@ two different `Content-Length`s, a `Transfer-Encoding` other than `chunked`, a m
   classic request-smuggling ambiguity when another hop prefers the length);
 - `Transfer-Encoding` on an HTTP/1.0 request (RFC 9112 section 6.1: the framing is faulty);
 - a header section larger than h11's limit when it arrives in one read;
-- `CONNECT` and authority-form targets (a reverse proxy is never a tunnel).
+- `CONNECT` and authority-form targets (a reverse proxy is never a tunnel);
+- control characters other than HTAB in a header value (h11 refuses only CR, LF and NUL;
+  RFC 9110 section 5.5 makes the others invalid too, and another hop may parse them
+  differently).
 
 Absolute-form targets (`GET http://host/p HTTP/1.1`) are accepted as an origin server must
 (RFC 9112 section 3.2.2): the path and query are used and the target's authority replaces
@@ -20,6 +23,7 @@ the headers with no allocation on the common path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -54,6 +58,11 @@ HEADERS_TOO_LARGE = Refusal(431, "Request Header Fields Too Large")
 BAD_TARGET = Refusal(400, "Bad Request: invalid request target")
 CONNECT_REFUSED = Refusal(405, "Method Not Allowed: CONNECT is not proxied")
 
+BAD_HEADER_VALUE = Refusal(400, "Bad Request: control character in a header value")
+
+# Any CTL but HTAB (RFC 9110 section 5.5); search() returns None without allocating.
+_CTL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+
 # Per-header framing overhead in the head: ": " and CRLF.
 _HEADER_OVERHEAD_BYTES = 4
 
@@ -71,6 +80,8 @@ def inspect(
     te: bytes | None = None
     for name, value in headers:
         size += len(name) + len(value) + _HEADER_OVERHEAD_BYTES
+        if _CTL_IN_VALUE(value) is not None:
+            return BAD_HEADER_VALUE
         if name == b"content-length":
             if length is not None and value != length:
                 return CONFLICTING_CL
