@@ -20,7 +20,7 @@ job still unfinished ends as `failed`), so the final counts add up per canary:
 dispatched == completed + failed + panicked; drops are counted apart.
 
 On a terminal the view is a rich live table; otherwise (a pipe, CI) a plain line every
-PLAIN_INTERVAL_S. `--format json` prints the summary as one JSON document on stdout (the
+PLAIN_INTERVAL_S (sidecar/demo_view.py). `--format json` prints the summary as one JSON document on stdout (the
 progress goes to stderr). Ctrl-C stops the traffic early, settles, prints the summary and
 exits 130; a second Ctrl-C abandons the settling.
 """
@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from string import Template
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -52,8 +52,6 @@ MAX_IN_FLIGHT = 32
 CLIENT_TIMEOUT_S = 10.0
 # Latency samples kept for the primary's percentiles (~40 minutes at the default rate).
 MAX_LATENCY_SAMPLES = 100_000
-LIVE_REFRESH_PER_S = 4
-PLAIN_INTERVAL_S = 2.0
 # Extra settle time beyond a canary's own timeout (its deadline covers queue + round trip).
 SETTLE_SLACK_S = 0.5
 # Grace for the demo apps' in-flight requests at the end (v3's stalls are not waited for).
@@ -62,7 +60,6 @@ EXIT_INTERRUPTED = 130
 
 RULES_PACKAGE = "sidecar.demo_rules"
 RULES_FILE = "demo.mirror"
-DROPS = ("dropped_full", "dropped_oversize", "dropped_rate", "dropped_aborted")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +128,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from sidecar import diagnostics
     from sidecar.admin import AdminApp
     from sidecar.demo_apps import PROFILES, DemoApp
+    from sidecar.demo_view import View, summarize
     from sidecar.dsl import loads
     from sidecar.proxy import ProxyApp
     from sidecar.runtime import Runtime
@@ -295,248 +293,3 @@ class Traffic:
         self.latencies_s.append(time.perf_counter() - started)
         code = f"{resp.status_code // 100}xx"
         self.codes[code] = self.codes.get(code, 0) + 1
-
-
-# --- numbers ----------------------------------------------------------------------------------
-
-
-def summarize(
-    runtime: Runtime, traffic: Traffic, apps: Mapping[str, Any], *, elapsed: float
-) -> dict[str, Any]:
-    """Everything the view and the JSON summary show, as plain data."""
-    lat = sorted(traffic.latencies_s)
-    primary = {
-        "requests": traffic.sent,
-        "responses": dict(sorted(traffic.codes.items())),
-        "errors": traffic.errors,
-        "skipped": traffic.skipped,
-        "served": apps["primary"].requests,
-        "p50_ms": _ms(_percentile(lat, 0.50)),
-        "p99_ms": _ms(_percentile(lat, 0.99)),
-    }
-    canaries: dict[str, Any] = {}
-    for name, pool in runtime.current.canary_pools.items():
-        stats = pool.stats()._asdict()
-        stats["in_flight"] = (
-            stats["dispatched"] - stats["completed"] - stats["failed"] - stats["panicked"]
-        )
-        stats["dropped"] = sum(stats[d] for d in DROPS)
-        stats["p50_ms"] = _ms(canary_quantile(name, 0.5))
-        stats["responses"] = canary_responses(name)
-        stats["served"] = apps[name].requests if name in apps else None
-        canaries[name] = stats
-    return {"elapsed_s": round(elapsed, 2), "primary": primary, "canaries": canaries}
-
-
-def canary_quantile(canary: str, q: float) -> float | None:
-    """`histogram_quantile(q, sidecar_mirror_duration_seconds{canary=...})` in seconds."""
-    from sidecar import prom
-
-    buckets: list[tuple[float, float]] = []
-    for metric in prom.metrics().mirror_duration.collect():
-        for s in metric.samples:
-            if s.name.endswith("_bucket") and s.labels.get("canary") == canary:
-                buckets.append((float(s.labels["le"]), s.value))
-    return histogram_quantile(q, buckets)
-
-
-def canary_responses(canary: str) -> dict[str, int]:
-    """`sidecar_mirror_responses_total{canary=...}` by status class (completed round trips)."""
-    from sidecar import prom
-
-    codes: dict[str, int] = {}
-    for metric in prom.metrics().mirror_responses.collect():
-        for s in metric.samples:
-            if s.name.endswith("_total") and s.labels.get("canary") == canary:
-                codes[s.labels["code"]] = int(s.value)
-    return dict(sorted(codes.items()))
-
-
-def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
-    """Prometheus's estimate from cumulative (upper bound, count) buckets; None when empty."""
-    ordered = sorted(buckets)
-    if not ordered or ordered[-1][1] <= 0:
-        return None
-    rank = q * ordered[-1][1]
-    lower, below = 0.0, 0.0
-    for upper, count in ordered:
-        if count >= rank:
-            if upper == float("inf"):
-                return lower
-            if count == below:
-                return upper
-            return lower + (upper - lower) * (rank - below) / (count - below)
-        lower, below = upper, count
-    return lower
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
-
-
-# --- the view ---------------------------------------------------------------------------------
-
-
-class View:
-    """A rich live table on a terminal, plain periodic lines elsewhere."""
-
-    def __init__(self, out: TextIO, *, duration: float) -> None:
-        from rich.console import Console
-
-        self.out = out
-        self.console = Console(file=out, highlight=False)
-        self.tty = self.console.is_terminal
-        self.duration = duration
-        self.phase = "traffic"
-
-    def header(self, addresses: Mapping[str, str], rate: float) -> None:
-        a = addresses
-        self._line(
-            f"sidecar demo: proxy http://{a['listen']} -> primary http://{a['primary']}; "
-            f"canaries v2 http://{a['v2']} (healthy), v3 http://{a['v3']} (slow, failing); "
-            f"admin http://{a['admin']}/metrics; {rate:g} req/s for {self.duration:g} s"
-            + (" (Ctrl-C stops early)" if self.tty else "")
-        )
-
-    @contextlib.asynccontextmanager
-    async def live(self, sample: Callable[[], dict[str, Any]]) -> Any:
-        """Refresh the view from `sample()` while the body runs."""
-        if self.tty:
-            from rich.live import Live
-
-            with Live(
-                self._tables(sample()),
-                console=self.console,
-                refresh_per_second=LIVE_REFRESH_PER_S,
-                transient=True,
-            ) as live:
-                task = asyncio.create_task(
-                    self._tick(1 / LIVE_REFRESH_PER_S, lambda: live.update(self._tables(sample())))
-                )
-                try:
-                    yield
-                finally:
-                    task.cancel()
-            return
-        task = asyncio.create_task(
-            self._tick(PLAIN_INTERVAL_S, lambda: self._line(plain_progress(sample(), self.phase)))
-        )
-        try:
-            yield
-        finally:
-            task.cancel()
-
-    async def _tick(self, interval_s: float, show: Callable[[], None]) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            show()
-
-    def summary(self, doc: dict[str, Any]) -> None:
-        if self.tty:
-            self.console.print(self._tables(doc, final=True))
-        else:
-            for line in plain_summary(doc):
-                self._line(line)
-
-    def _line(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
-
-    def _tables(self, doc: dict[str, Any], *, final: bool = False) -> Any:
-        from rich import box
-        from rich.console import Group
-        from rich.table import Table
-
-        title = (
-            f"summary after {doc['elapsed_s']:.1f} s"
-            + (" (interrupted)" if doc.get("interrupted") else "")
-            if final
-            else f"{self.phase}: {doc['elapsed_s']:.1f} s of {self.duration:g} s"
-        )
-        p = doc["primary"]
-        prim = Table(
-            title=f"sidecar demo - {title}",
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-        )
-        for col in ("primary", "requests", "responses", "errors", "p50", "p99"):
-            left = col in ("primary", "responses")
-            prim.add_column(col, justify="left" if left else "right", no_wrap=True)
-        codes = " ".join(f"{k} {v}" for k, v in p["responses"].items()) or "-"
-        prim.add_row(
-            "via proxy",
-            str(p["requests"]),
-            codes,
-            str(p["errors"]),
-            _fmt_ms(p["p50_ms"]),
-            _fmt_ms(p["p99_ms"]),
-        )
-        notes = []
-        for name, c in doc["canaries"].items():
-            why = ", ".join(f"{d.removeprefix('dropped_')} {c[d]}" for d in DROPS if c[d])
-            codes = " ".join(f"{k} {v}" for k, v in c["responses"].items())
-            notes.append(f"{name}: responses {codes or '-'}; dropped {why or '-'}")
-        can = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        cols = ("canary", "dispatched", "completed", "failed", "panicked", "in flight")
-        for col in (*cols, "dropped", "p50"):
-            can.add_column(col, justify="left" if col == "canary" else "right", no_wrap=True)
-        for name, c in doc["canaries"].items():
-            can.add_row(
-                name,
-                *(str(c[k.replace(" ", "_")]) for k in cols[1:]),
-                str(c["dropped"]),
-                _fmt_ms(c["p50_ms"]),
-            )
-        parts: list[Any] = [prim, can, *notes]
-        if final:
-            parts.append(_verdict(doc))
-        return Group(*parts)
-
-
-def plain_progress(doc: dict[str, Any], phase: str) -> str:
-    p = doc["primary"]
-    parts = [
-        f"[{doc['elapsed_s']:6.1f}s {phase}] primary {p['requests']} req p50 {_fmt_ms(p['p50_ms'])}"
-    ]
-    for name, c in doc["canaries"].items():
-        parts.append(
-            f"{name} dispatched {c['dispatched']} completed {c['completed']} failed {c['failed']} "
-            f"dropped {c['dropped']} p50 {_fmt_ms(c['p50_ms'])}"
-        )
-    return " | ".join(parts)
-
-
-def plain_summary(doc: dict[str, Any]) -> list[str]:
-    """The final lines: one for the primary and one `canary NAME: key=value ...` per canary."""
-    p = doc["primary"]
-    codes = " ".join(f"{k}={v}" for k, v in p["responses"].items())
-    lines = [
-        f"summary: elapsed_s={doc['elapsed_s']} interrupted={'yes' if doc.get('interrupted') else 'no'}",
-        f"primary: requests={p['requests']} {codes} errors={p['errors']} "
-        f"p50_ms={p['p50_ms']} p99_ms={p['p99_ms']}".replace("  ", " "),
-    ]
-    keys = ("dispatched", "completed", "failed", "panicked", *DROPS)
-    for name, c in doc["canaries"].items():
-        fields = " ".join(f"{k}={c[k]}" for k in keys)
-        lines.append(f"canary {name}: {fields} p50_ms={c['p50_ms']}")
-    lines.append(_verdict(doc))
-    return lines
-
-
-def _verdict(doc: dict[str, Any]) -> str:
-    settled = all(c["in_flight"] == 0 for c in doc["canaries"].values())
-    check = "add up" if settled else "DO NOT add up (a bug: please report it)"
-    return (
-        f"per canary, dispatched = completed + failed + panicked: the counts {check}; "
-        f"the primary's p50 stayed {_fmt_ms(doc['primary']['p50_ms'])} whatever the canaries did."
-    )
-
-
-def _fmt_ms(ms: float | None) -> str:
-    return "-" if ms is None else f"{ms:.1f} ms"
