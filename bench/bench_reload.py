@@ -210,7 +210,11 @@ def main() -> int:
         reload_s: list[float] = []
         failed_reloads: list[str] = []
         for i in range(args.reloads):
-            rule_file.write_text(rules("B" if i % 2 == 0 else "A", ports))
+            # Atomically, as config management does: a worker still loading the previous
+            # version must never read a half-written file (that reload would fail, rightly).
+            tmp = work / "rules.mirror.tmp"
+            tmp.write_text(rules("B" if i % 2 == 0 else "A", ports))
+            os.replace(tmp, rule_file)
             t0 = time.perf_counter()
             if args.trigger == "post":
                 code, body = http("POST", f"{admin}/-/reload")
