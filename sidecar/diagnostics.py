@@ -15,6 +15,9 @@ from typing import Literal
 
 Severity = Literal["error", "warning"]
 
+# Width of the line-number gutter in rendered diagnostics (`   12 | ...`).
+GUTTER_WIDTH = 5
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Span:
@@ -86,8 +89,11 @@ def render(diag: Diagnostic, sources: Mapping[str, str]) -> str:
     width = 1
     if diag.span.end_line == diag.span.line and diag.span.end_column > col:
         width = min(diag.span.end_column - col, max(1, len(line) + 1 - col))
-    gutter = " " * len(num)
-    return f"{head}\n {num} | {line}\n {gutter} | {' ' * (col - 1)}{'^' * width}"
+    # The line number right-aligned in a fixed gutter, as SPEC section 2 shows it.
+    gutter = max(GUTTER_WIDTH, len(num))
+    return (
+        f"{head}\n{num:>{gutter}} | {line}\n{'':>{gutter}} | {' ' * (col - 1)}{'^' * width}"
+    )
 
 
 def summary(diags: Sequence[Diagnostic], files: int) -> str:

@@ -59,8 +59,8 @@ def test_text_output_has_caret_and_summary(
     assert (
         lines[0] == f'{path}:4:15: error: unknown canary "v9" (did you mean "v2"?) [unknown-canary]'
     )
-    assert lines[1] == " 4 | mirror b { to v9 }"
-    assert lines[2] == "   |               ^^"
+    assert lines[1] == "    4 | mirror b { to v9 }"
+    assert lines[2] == "      |               ^^"
     assert lines[-1] == "1 error, 0 warnings in 1 file"
 
 
