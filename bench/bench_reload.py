@@ -73,6 +73,32 @@ http {{
 }}
 """
 
+# `--canary-delay-ms`: alpha and beta become this Python server, answering after a delay, so
+# that retired pools hold queued and in-flight jobs when they are swapped out.
+SLOW_CANARY = """
+import asyncio, sys
+DELAY = float(sys.argv[2]) / 1000
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\\r\\n\\r\\n")
+            length = 0
+            for line in head.split(b"\\r\\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            if length:
+                await reader.readexactly(length)
+            await asyncio.sleep(DELAY)
+            writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\n\\r\\nslow\\n")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
 
 def rules(config: str, ports: dict[str, int]) -> str:
     other = "alpha" if config == "A" else "beta"
@@ -150,6 +176,12 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=0.1, help="seconds between reloads")
     ap.add_argument("--trigger", choices=("post", "sighup"), default="post")
     ap.add_argument("--workers", type=int, default=1, help="sidecar serve --workers")
+    ap.add_argument(
+        "--canary-delay-ms",
+        type=float,
+        default=0.0,
+        help="alpha and beta answer after this delay (0: nginx answers at once)",
+    )
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-reload-"))
@@ -158,7 +190,13 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         conf = work / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=work, **ports))
+        nginx_ports = dict(ports)
+        if args.canary_delay_ms > 0:
+            for n in ("alpha", "beta"):
+                nginx_ports[n] = free_port()  # nginx's copy unused; the slow server takes it
+                slow = [PY, "-c", SLOW_CANARY, str(ports[n]), str(args.canary_delay_ms)]
+                procs.append(subprocess.Popen(slow))
+        conf.write_text(NGINX_CONF.format(dir=work, **nginx_ports))
         procs.append(subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"]))
         for n in ("primary", "shared", "alpha", "beta"):
             wait_port(ports[n])
@@ -260,8 +298,10 @@ def main() -> int:
             if o not in ("completed", "failed", "panicked")
         )
 
+        delay = f"alpha/beta answer after {args.canary_delay_ms:g} ms; "
         print(
-            f"sidecar serve --workers {args.workers}; {args.reloads} reloads by {args.trigger}, "
+            (delay if args.canary_delay_ms else "")
+            + f"sidecar serve --workers {args.workers}; {args.reloads} reloads by {args.trigger}, "
             f"every {args.interval}s; wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{wrk_seconds}s"
         )
         print(
