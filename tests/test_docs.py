@@ -3,18 +3,24 @@
 - every diagnostic code of the validator's catalogue is documented (table and section);
 - every ```mirror block is a configuration that passes check; every ```mirror-invalid block
   gives the code of the section it is in;
+- the `check` output shown for each bad example is what check prints today
+  (`pytest --regen-goldens tests/test_docs.py` rewrites it);
 - the README's quick start is the two commands, and CI runs the test one; its rule
   examples pass check; it names every command and every metric.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from sidecar.cli import COMMANDS
+from sidecar.cli import main as cli_main
 from sidecar.dsl import loads
 from sidecar.dsl.validate import CODES
 
@@ -133,3 +139,42 @@ def test_readme_names_every_command_and_metric() -> None:
             kind = getattr(collector, "_type", "")
             shown = f"{name}_total" if kind == "counter" else name
             assert f"`{shown}`" in text, shown
+
+
+# --- the documented `check` output --------------------------------------------------------------
+
+OUTPUT = re.compile(
+    r"^```mirror-invalid\n(?P<bad>.*?)^```\n\n```text\n\$ sidecar check bad\.mirror\n(?P<out>.*?)^```$",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def check_output(text: str, where: Path) -> str:
+    (where / "bad.mirror").write_text(text, encoding="utf-8")
+    out = io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(where)  # so that the output names the file `bad.mirror`
+    try:
+        with contextlib.redirect_stdout(out):
+            cli_main(["check", "bad.mirror"])
+    finally:
+        os.chdir(cwd)
+    return out.getvalue()
+
+
+def test_documented_check_output_is_current(tmp_path: Path, regen_goldens: bool) -> None:
+    """Like the goldens: `pytest --regen-goldens tests/test_docs.py` rewrites the outputs."""
+    text = RULES_MD.read_text(encoding="utf-8")
+    matches = list(OUTPUT.finditer(text))
+    assert len(matches) == len(INVALID)
+    stale = []
+    new = text
+    for m in reversed(matches):
+        actual = check_output(m["bad"], tmp_path)
+        if actual != m["out"]:
+            stale.append(text.count("\n", 0, m.start()) + 1)
+            new = new[: m.start("out")] + actual + new[m.end("out") :]
+    if regen_goldens and stale:
+        RULES_MD.write_text(new, encoding="utf-8")
+        return
+    assert not stale, f"docs/rules.md: stale `check` output at lines {sorted(stale)}"
