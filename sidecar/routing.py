@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import random as _random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from operator import methodcaller
 from types import MappingProxyType
@@ -57,14 +57,13 @@ from sidecar.config import (
     Config,
     DropHeader,
     RewritePath,
-    RuleSpec,
     SampleSpec,
     SetHeader,
 )
 from sidecar.diagnostics import Span
-from sidecar.dsl import ast
 from sidecar.predicates import Check, Predicate, compile_expr
 from sidecar.request import RequestView
+from sidecar.rule_index import RuleIndex
 
 __all__ = [
     "CompiledExclude",
@@ -217,7 +216,7 @@ class _Decider:
     marks: tuple[tuple[bytes, _ValueSet], ...]  # (lower-case header name, mark values)
     excludes: tuple[Check, ...]
     hot: tuple[_Hot, ...]
-    index: _Index | None
+    index: RuleIndex | None
     reachable: int  # how many distinct canaries the rules can choose
 
     def decide(self, view: RequestView) -> tuple[Tee, ...]:
@@ -307,7 +306,7 @@ class RoutingTable:
     decide: Callable[[RequestView], tuple[Tee, ...]]
     _marks: tuple[tuple[bytes, frozenset[str]], ...]
     _decider: _Decider
-    _index: _Index | None
+    _index: RuleIndex | None
 
     def __init__(self, config: Config, *, random: Random = _random.random) -> None:
         self.config = config
@@ -332,7 +331,7 @@ class RoutingTable:
             if c.mark is not None:
                 marks.setdefault(c.mark[0].lower().encode("latin-1"), set()).add(c.mark[1])
         self._marks = tuple((name, frozenset(values)) for name, values in marks.items())
-        self._index = _Index(config.rules) if len(config.rules) >= INDEX_MIN_RULES else None
+        self._index = RuleIndex(config.rules) if len(config.rules) >= INDEX_MIN_RULES else None
         self._decider = _Decider(
             self._marks,
             tuple(e.when.check for e in self.excludes),
@@ -476,123 +475,6 @@ def _rule_trace(
         sample=detail,
         tees=tuple(t for t in tees if t.rule == rule.name),
     )
-
-
-# --- the candidate index for large tables ------------------------------------------------
-
-# A necessary condition of one test: (kind, key, value). Kinds: "method", "path" (exact),
-# "prefix" (path prefix), "host", "header" (key: lower-case name), "query", "cookie".
-_Cond = tuple[str, str, str]
-_REGEX_META = frozenset(".^$*+?{}[]\\|()")
-
-
-def _regex_prefix(pattern: str) -> str:
-    """A literal every match of `^literal...` must start with; "" when there is none."""
-    if not pattern.startswith("^") or "|" in pattern:
-        return ""  # unanchored, or an alternation that may bypass the literal
-    lit: list[str] = []
-    for ch in pattern[1:]:
-        if ch in _REGEX_META:
-            if ch in "*?{" and lit:
-                lit.pop()  # that quantifier makes the previous character optional
-            break
-        lit.append(ch)
-    return "".join(lit)
-
-
-def _conditions(expr: ast.Expr) -> list[_Cond] | None:
-    """Conditions one of which holds whenever `expr` holds; None if no such set is known."""
-    if isinstance(expr, ast.Group):
-        return _conditions(expr.inner)
-    if isinstance(expr, ast.Or):
-        out: list[_Cond] = []
-        for operand in expr.operands:
-            sub = _conditions(operand)
-            if sub is None:
-                return None
-            out.extend(sub)
-        return out
-    if isinstance(expr, ast.And):
-        # Any operand's conditions will do; prefer one that is not about the method,
-        # which has only a handful of values and so selects little.
-        found = [c for c in map(_conditions, expr.operands) if c is not None]
-        found.sort(key=lambda conds: any(kind == "method" for kind, _, _ in conds))
-        return found[0] if found else None
-    if not isinstance(expr, ast.Test):
-        return None  # `not`: its operand failing says nothing indexable
-    args = [a.value for a in expr.args]
-    key = "" if expr.key is None else expr.key.value
-    subject, op = expr.subject, expr.op
-    if subject in ("method", "path", "host") and op in ("==", "in"):
-        return [(subject, "", a) for a in args]
-    if subject in ("header", "query", "cookie") and op in ("==", "in"):
-        name = key.lower() if subject == "header" else key
-        return [(subject, name, a) for a in args]
-    if subject == "path" and op == "^=" and args[0]:
-        return [("prefix", "", args[0])]
-    if subject == "path" and op == "~" and (prefix := _regex_prefix(args[0])):
-        return [("prefix", "", prefix)]
-    return None
-
-
-class _Index:
-    """Rule numbers by a necessary condition; `candidates(view)` in configuration order."""
-
-    __slots__ = ("_always", "_by", "_multi", "_prefix_lengths", "_use_host")
-
-    def __init__(self, rules: Sequence[RuleSpec]) -> None:
-        always: list[int] = []
-        by: dict[tuple[str, str, str], list[int]] = {}
-        for i, r in enumerate(rules):
-            conds = None if r.when is None else _conditions(r.when)
-            if conds is None:
-                always.append(i)
-                continue
-            for cond in set(conds):
-                by.setdefault(cond, []).append(i)
-        self._always = tuple(always)
-        self._by = {cond: tuple(ids) for cond, ids in by.items()}
-        self._prefix_lengths = sorted({len(v) for kind, _, v in by if kind == "prefix"})
-        # Only look up what some rule is indexed by: computing `host` or reading a
-        # header costs time for every request.
-        self._multi: tuple[tuple[str, str], ...] = tuple(
-            sorted({(kind, name) for kind, name, _ in by if kind in ("header", "query", "cookie")})
-        )
-        self._use_host = any(kind == "host" for kind, _, _ in by)
-
-    def candidates(self, view: RequestView) -> list[int]:
-        by = self._by
-        found: set[int] = set(self._always)
-        path = view.path
-        hit = by.get(("method", "", view.method))
-        if hit:
-            found.update(hit)
-        hit = by.get(("path", "", path))
-        if hit:
-            found.update(hit)
-        if self._use_host:
-            hit = by.get(("host", "", view.host))
-            if hit:
-                found.update(hit)
-        for n in self._prefix_lengths:
-            if n > len(path):
-                break
-            hit = by.get(("prefix", "", path[:n]))
-            if hit:
-                found.update(hit)
-        for kind, name in self._multi:
-            values = (
-                view.header(name)
-                if kind == "header"
-                else view.query(name)
-                if kind == "query"
-                else view.cookie(name)
-            )
-            for value in values:
-                hit = by.get((kind, name, value))
-                if hit:
-                    found.update(hit)
-        return sorted(found)
 
 
 def compile_table(config: Config, *, random: Random = _random.random) -> RoutingTable:

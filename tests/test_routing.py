@@ -21,6 +21,7 @@ from sidecar.config import (
 )
 from sidecar.request import RequestView
 from sidecar.routing import RoutingTable, Tee, compile_table
+from sidecar.rule_index import regex_prefix
 from tests.routing_helpers import CANARIES, canary, config, load_text, or_, req, rule, t
 
 API = t("path", "^=", "/api/")
@@ -313,7 +314,7 @@ def test_rule_text_end_to_end() -> None:
     ],
 )
 def test_regex_prefix(pattern: str, prefix: str) -> None:
-    assert routing._regex_prefix(pattern) == prefix
+    assert regex_prefix(pattern) == prefix
 
 
 def _big_rules() -> str:
