@@ -1,6 +1,6 @@
 """sidecar: a request-shadowing reverse proxy, and the same engine as an ASGI middleware.
 
-    from sidecar import Mirror, Outcome, MirrorInfo, Upstream
+from sidecar import Mirror, Outcome, MirrorInfo, Upstream
 """
 
 from __future__ import annotations

@@ -91,9 +91,7 @@ def render(diag: Diagnostic, sources: Mapping[str, str]) -> str:
         width = min(diag.span.end_column - col, max(1, len(line) + 1 - col))
     # The line number right-aligned in a fixed gutter, as SPEC section 2 shows it.
     gutter = max(GUTTER_WIDTH, len(num))
-    return (
-        f"{head}\n{num:>{gutter}} | {line}\n{'':>{gutter}} | {' ' * (col - 1)}{'^' * width}"
-    )
+    return f"{head}\n{num:>{gutter}} | {line}\n{'':>{gutter}} | {' ' * (col - 1)}{'^' * width}"
 
 
 def summary(diags: Sequence[Diagnostic], files: int) -> str:
