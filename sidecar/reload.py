@@ -82,6 +82,7 @@ class _Loaded:
     report: str  # rendered diagnostics + summary, as `check` prints them ("" when none)
     error: str | None  # why there is no config, when it is not in `report`
     files: int
+    kept_addresses: tuple[str, ...] = ()  # listen/admin changes ignored until a restart
 
 
 class Reloader:
@@ -116,7 +117,7 @@ class Reloader:
             self._fingerprint = fingerprint(self.paths)
             running = self.runtime.config
             try:
-                loaded = await asyncio.to_thread(_load, self.paths, self._prepare)
+                loaded = await asyncio.to_thread(_load, self.paths, self._prepare, running)
             except Exception as exc:  # _load reports problems; this is a bug, said once
                 log.exception("reload (%s): internal error", trigger)
                 loaded = _Loaded(
@@ -130,7 +131,7 @@ class Reloader:
                 result = self._failed(trigger, running, loaded)
                 prom.record_reload(False)
             else:
-                result = self._swap(trigger, running, loaded.config, loaded.table, loaded)
+                result = self._swap(trigger, running, loaded)
                 prom.record_reload(True)
         if self._after is not None:
             try:
@@ -166,30 +167,16 @@ class Reloader:
         log.error("%s:\n%s", summary, report)
         return ReloadResult(ok=False, summary=summary, report=report)
 
-    def _swap(
-        self,
-        trigger: str,
-        running: Config,
-        config: Config,
-        table: RoutingTable,
-        loaded: _Loaded,
-    ) -> ReloadResult:
-        kept_addresses: list[str] = []
-        if config.listen != running.listen:
-            kept_addresses.append(f"listen {config.listen} (still {running.listen})")
-        if config.admin != running.admin:
-            kept_addresses.append(f"admin {config.admin or 'off'} (still {running.admin or 'off'})")
-        if kept_addresses:
+    def _swap(self, trigger: str, running: Config, loaded: _Loaded) -> ReloadResult:
+        config, table = loaded.config, loaded.table
+        assert config is not None and table is not None
+        if loaded.kept_addresses:
             log.warning(
                 "reload (%s): %s: changing listen or admin needs a restart; "
                 "the running addresses are kept",
                 trigger,
-                "; ".join(kept_addresses),
+                "; ".join(loaded.kept_addresses),
             )
-            from sidecar.routing import compile_table
-
-            config = replace(config, listen=running.listen, admin=running.admin)
-            table = compile_table(config)  # so /rules shows the addresses in use
         if loaded.report:
             log.warning("reload (%s): the configuration has warnings:\n%s", trigger, loaded.report)
         self.runtime.swap(config, table=table)
@@ -203,8 +190,9 @@ class Reloader:
         return ReloadResult(ok=True, summary=summary, report=loaded.report)
 
 
-def _load(paths: Sequence[str], prepare: Callable[[Config], Config]) -> _Loaded:
-    """Step 1, in a worker thread: load + validate + flags + compile; never raises."""
+def _load(paths: Sequence[str], prepare: Callable[[Config], Config], running: Config) -> _Loaded:
+    """Step 1, in a worker thread: load + validate + flags + the running addresses + compile;
+    never raises."""
     from sidecar import diagnostics
     from sidecar.dsl import load
     from sidecar.dsl.loader import internal_error
@@ -238,12 +226,26 @@ def _load(paths: Sequence[str], prepare: Callable[[Config], Config]) -> _Loaded:
         return _Loaded(config=None, table=None, report=report, error=None, files=files)
     try:
         config = prepare(result.config)
+        kept: list[str] = []
+        if config.listen != running.listen:
+            kept.append(f"listen {config.listen} (still {running.listen})")
+        if config.admin != running.admin:
+            kept.append(f"admin {config.admin or 'off'} (still {running.admin or 'off'})")
+        if kept:  # /rules then shows the addresses in use
+            config = replace(config, listen=running.listen, admin=running.admin)
         table = compile_table(config)
     except Exception as exc:
         return _Loaded(
             config=None, table=None, report=report, error=f"sidecar serve: {exc}", files=files
         )
-    return _Loaded(config=config, table=table, report=report, error=None, files=files)
+    return _Loaded(
+        config=config,
+        table=table,
+        report=report,
+        error=None,
+        files=files,
+        kept_addresses=tuple(kept),
+    )
 
 
 def describe_changes(old: Config, new: Config) -> str:
