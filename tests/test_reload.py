@@ -14,8 +14,10 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -30,6 +32,9 @@ from tests.support.serve import (
     serve_proxy,
     sidecar_command,
 )
+
+if TYPE_CHECKING:
+    from sidecar.config import Config
 
 # SPEC 7: a good edit changes where tees go within a second of the trigger.
 SWITCH_DEADLINE_S = 1.0
@@ -347,3 +352,79 @@ async def test_listen_and_admin_changes_warn_and_keep_the_old_addresses(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- in process: the runtime and the coordinator without a server --------------------------
+
+
+def _config(text: str) -> Config:
+    from sidecar.dsl import loads
+
+    result = loads(text)
+    assert result.config is not None, result.diagnostics
+    return result.config
+
+
+async def test_retired_pool_waits_for_every_older_snapshot() -> None:
+    """A pool kept by one reload and retired by the next still serves requests that began
+    two snapshots ago: it closes only once those have ended."""
+    from sidecar.runtime import Runtime
+
+    head = "primary http://127.0.0.1:1\n"
+    c1 = "canary c1 { server http://127.0.0.1:2 }\n"
+    c2 = "canary c2 { server http://127.0.0.1:3 }\n"
+    runtime = Runtime(_config(head + c1 + "mirror m { to c1 }\n"), files=1, paths=("<s>",))
+    await runtime.start()
+    try:
+        first = runtime.current
+        pool = first.canary_pools["c1"]
+        first.active += 1  # a request still running on the first table
+        runtime.swap(_config(head + c1 + c2 + "mirror m { to c1, c2 }\n"))  # c1 kept
+        assert runtime.current.canary_pools["c1"] is pool
+        runtime.swap(_config(head + c2 + "mirror m { to c2 }\n"))  # c1 removed
+        await asyncio.sleep(0.2)  # several retirement polls
+        assert not pool._closing  # the first table's request may still tee to it
+        first.active -= 1
+        await wait_until(lambda: pool._closing, what="the retired pool to close")
+    finally:
+        await runtime.close()
+
+
+async def test_concurrent_reloads_are_serialised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from sidecar import reload as reload_module
+    from sidecar.reload import Reloader
+    from sidecar.runtime import Runtime
+
+    path = tmp_path / "r.mirror"
+    path.write_text("primary http://127.0.0.1:1\n")
+    runtime = Runtime(_config(path.read_text()), files=1, paths=(str(path),))
+    await runtime.start()
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+    real_load = reload_module._load
+
+    def counting_load(*args: Any) -> Any:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        try:
+            time.sleep(0.01)  # a slow load widens any overlap
+            return real_load(*args)
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(reload_module, "_load", counting_load)
+    try:
+        reloader = Reloader(runtime, [str(path)], prepare=lambda c: c)
+        results = await asyncio.gather(*(reloader.reload(f"t{i}") for i in range(8)))
+        assert all(r.ok for r in results)
+        assert most == 1
+    finally:
+        await runtime.close()
