@@ -2,8 +2,10 @@
 
 Run by hand (needs root for apt-get the first time):
 
-    .venv/bin/python bench/bench_proxy.py            # full run, ~3 minutes
-    .venv/bin/python bench/bench_proxy.py --quick    # 3 s per scenario
+    .venv/bin/python bench/bench_proxy.py                 # 3 rounds x 8 s, ~10 minutes
+    .venv/bin/python bench/bench_proxy.py --quick         # 1 round x 3 s
+    .venv/bin/python bench/bench_proxy.py --only sidecar --scenarios mirror --rounds 5
+    .venv/bin/python bench/bench_proxy.py --variant before=/tmp/old-tree   # A/B in one run
 
 Everything listens on 127.0.0.1. One nginx instance (1 worker) plays the
 upstream and the canaries: `fast` answers at once, `slow` after 500 ms
@@ -12,6 +14,14 @@ nobody listens on. Each proxy (sidecar with one worker process, nginx with one
 worker and `mirror` + `mirror_request_body on`) is measured with wrk
 (`-t1 -c32 --latency`) per scenario; the canaries count what they receive.
 The hypercorn hello-world app is the ceiling of our server stack.
+
+The machine may be shared (other test suites running): every figure is the median of
+`--rounds` rounds, and each round measures every proxy and scenario once, interleaved, so
+that the ratios (the targets) compare runs made under the same load. `--variant
+NAME=TREE` adds another sidecar whose code comes from TREE (a directory holding `sidecar/`
+and `grammar/`, e.g. `git archive HEAD~3 sidecar grammar | tar -x -C TREE`), for
+before/after figures from one run. Sidecar's own outcome counters (from its admin
+`/metrics`) are reported next to what the canary logged.
 
 Prints one table of ratios and writes bench/out/proxy.json and
 bench/out/proxy.png (when matplotlib is installed: pip install '.[bench]').
@@ -26,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,11 +49,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 PY = sys.executable
-SIDECAR = [str(Path(PY).parent / "sidecar")]
 WRK_THREADS = 1
 WRK_CONNECTIONS = 32
 POST_BYTES = 4096
 READY_TIMEOUT_S = 15.0
+START_ATTEMPTS = 3  # a fresh port is picked per start; others may grab it meanwhile
 
 POST_LUA = f"""
 wrk.method = "POST"
@@ -55,17 +66,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
 def ensure_tools() -> None:
@@ -83,19 +83,6 @@ def ensure_tools() -> None:
 
 
 # --- processes -----------------------------------------------------------------
-
-
-@dataclass
-class Ports:
-    upstream: int
-    fast: int
-    slow: int
-    blackhole: int
-    dead: int
-    nginx_proxy: int
-    sidecar: int
-    sidecar_admin: int
-    hello: int
 
 
 NGINX_BACKENDS = """
@@ -182,6 +169,17 @@ while True:
     c, _ = s.accept(); held.append(c)   # accept and never answer
 """
 
+SIDECAR_MAIN = "import sys; from sidecar.cli import main; sys.exit(main())"
+
+
+@dataclass
+class Backends:
+    upstream: int
+    fast: int
+    slow: int
+    blackhole: int
+    dead: int
+
 
 class Lab:
     """The processes of one run; torn down in `close()` whatever happened."""
@@ -189,10 +187,12 @@ class Lab:
     def __init__(self, workdir: Path) -> None:
         self.dir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.ports = Ports(*(free_port() for _ in range(9)))
+        self.ports = Backends(*(free_port() for _ in range(5)))
 
     def spawn(self, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw
+        )
         self.procs.append(proc)
         return proc
 
@@ -222,51 +222,74 @@ class Lab:
         for port in (p.upstream, p.fast, p.slow, p.blackhole):
             wait_port(port)
 
-    def canary_port(self, canary: str) -> int:
-        return int(getattr(self.ports, canary))
+    def canary_port(self, canary: str | None) -> int:
+        return int(getattr(self.ports, canary or "dead"))
 
-    def start_nginx_proxy(self, canary: str | None) -> subprocess.Popen[bytes]:
-        p = self.ports
+    def start(self, proxy: str, canary: str | None, trees: dict[str, str]) -> Proxy:
+        """Start one proxy on fresh ports; retried when a port was taken meanwhile."""
+        for attempt in range(START_ATTEMPTS):
+            try:
+                if proxy == "nginx":
+                    return self._start_nginx(canary)
+                if proxy == "hello":
+                    return self._start_hello()
+                return self._start_sidecar(canary, trees.get(proxy))
+            except RuntimeError as exc:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                print(f"  (retrying {proxy} start: {str(exc).strip()[-120:]})", file=sys.stderr)
+        raise AssertionError("unreachable")
+
+    def _start_nginx(self, canary: str | None) -> Proxy:
+        port = free_port()
         mirror = "mirror /_mirror;" if canary else ""
         conf = self.dir / "proxy.conf"
         conf.write_text(
             NGINX_PROXY.format(
                 dir=self.dir,
-                upstream=p.upstream,
-                canary=self.canary_port(canary) if canary else p.dead,
-                port=p.nginx_proxy,
+                upstream=self.ports.upstream,
+                canary=self.canary_port(canary),
+                port=port,
                 mirror=mirror,
             )
         )
         proc = self.spawn(["nginx", "-c", str(conf), "-g", "daemon off;"])
-        wait_port(p.nginx_proxy)
-        return proc
+        wait_port(port, proc)
+        return Proxy(proc, port, None)
 
-    def start_sidecar(self, canary: str | None) -> subprocess.Popen[bytes]:
-        p = self.ports
+    def _start_sidecar(self, canary: str | None, tree: str | None) -> Proxy:
+        port, admin = free_port(), free_port()
         rule = "mirror all { to target }" if canary else ""
         rules = self.dir / "sidecar.mirror"
         rules.write_text(
             SIDECAR_RULES.format(
-                port=p.sidecar,
-                admin=p.sidecar_admin,
-                upstream=p.upstream,
-                canary=self.canary_port(canary) if canary else p.dead,
+                port=port,
+                admin=admin,
+                upstream=self.ports.upstream,
+                canary=self.canary_port(canary),
                 rule=rule,
             )
         )
-        proc = self.spawn([*SIDECAR, "serve", str(rules)], cwd=self.dir)
-        wait_http(f"http://127.0.0.1:{p.sidecar_admin}/readyz", proc)
-        return proc
+        env = dict(os.environ)
+        if tree is not None:
+            env["PYTHONPATH"] = tree
+        proc = self.spawn([PY, "-c", SIDECAR_MAIN, "serve", str(rules)], cwd=self.dir, env=env)
+        try:
+            wait_http(f"http://127.0.0.1:{admin}/readyz", proc)
+        except RuntimeError:
+            self.stop(proc)
+            raise
+        return Proxy(proc, port, admin)
 
-    def start_hello(self) -> subprocess.Popen[bytes]:
+    def _start_hello(self) -> Proxy:
+        port = free_port()
         app = self.dir / "hello_app.py"
         app.write_text(HELLO_APP)
-        argv = [PY, "-m", "hypercorn", "--bind", f"127.0.0.1:{self.ports.hello}"]
+        argv = [PY, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}"]
         argv += ["--worker-class", "uvloop", "--workers", "1", "hello_app:app"]
         proc = self.spawn(argv, cwd=self.dir)
-        wait_port(self.ports.hello)
-        return proc
+        wait_port(port, proc)
+        return Proxy(proc, port, None)
 
     def canary_hits(self, canary: str | None) -> int | None:
         if canary not in ("fast", "slow"):
@@ -282,6 +305,27 @@ class Lab:
         time.sleep(0.3)
 
 
+@dataclass
+class Proxy:
+    proc: subprocess.Popen[bytes]
+    port: int
+    admin: int | None  # sidecar's admin port (its /metrics)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"process exited with {proc.returncode}: {err}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {READY_TIMEOUT_S}s")
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -295,6 +339,23 @@ def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} not ready after {READY_TIMEOUT_S}s")
+
+
+def mirror_outcomes(admin: int | None) -> dict[str, int]:
+    """sidecar_mirror_requests_total summed by outcome, from the admin /metrics."""
+    if admin is None:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    for m in re.finditer(
+        r'^sidecar_mirror_requests_total\{[^}]*outcome="(\w+)"[^}]*\}\s+([\d.e+]+)$', text, re.M
+    ):
+        out[m.group(1)] = out.get(m.group(1), 0) + int(float(m.group(2)))
+    return out
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -336,6 +397,9 @@ class Result:
     requests: int
     canary_received: int | None
     cpu_us_per_req: float | None
+    outcomes: dict[str, int] | None = None
+    rounds: int = 1
+    rps_rounds: list[float] | None = None
 
 
 def parse_latency(text: str, pct: str) -> float:
@@ -347,16 +411,19 @@ def parse_latency(text: str, pct: str) -> float:
 
 
 def run_wrk(
-    url: str, seconds: float, post: bool, workdir: Path
+    url: str, seconds: int, post: bool, workdir: Path
 ) -> tuple[float, float, float, int, int]:
     argv = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency"]
     if post:
         script = workdir / "post.lua"
         script.write_text(POST_LUA)
         argv += ["-s", str(script)]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 30)
+    out = done.stdout
+    rps_m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total_m = re.search(r"(\d+) requests in", out)
+    if rps_m is None or total_m is None:
+        raise RuntimeError(f"wrk failed: {' '.join(argv)}\n{out}{done.stderr}")
     errors = 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
@@ -364,77 +431,141 @@ def run_wrk(
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if m:
         errors += int(m.group(1))
-    return rps, parse_latency(out, "50"), parse_latency(out, "99"), errors, total
+    return (
+        float(rps_m.group(1)),
+        parse_latency(out, "50"),
+        parse_latency(out, "99"),
+        errors,
+        int(total_m.group(1)),
+    )
 
 
+NO_MIRROR = "GET, no mirror"
+POST_NO_MIRROR = "POST 4KiB, no mirror"
+MIRROR_FAST = "GET, mirror fast"
+HELLO = "GET (hypercorn ceiling)"
 SCENARIOS: list[tuple[str, str | None, bool]] = [
-    ("GET, no mirror", None, False),
-    ("POST 4KiB, no mirror", None, True),
-    ("GET, mirror fast", "fast", False),
+    (NO_MIRROR, None, False),
+    (POST_NO_MIRROR, None, True),
+    (MIRROR_FAST, "fast", False),
     ("POST 4KiB, mirror fast", "fast", True),
     ("GET, mirror slow (500ms)", "slow", False),
     ("GET, mirror blackhole", "blackhole", False),
     ("GET, mirror dead port", "dead", False),
 ]
+MISBEHAVING = ("GET, mirror slow (500ms)", "GET, mirror blackhole", "GET, mirror dead port")
 
 
-def measure(lab: Lab, seconds: float) -> list[Result]:
-    results: list[Result] = []
-    p = lab.ports
-
-    def one(
-        proxy: str, scenario: str, url: str, pids: list[int], canary: str | None, post: bool
-    ) -> None:
+def one(
+    lab: Lab,
+    proxy: str,
+    scenario: str,
+    canary: str | None,
+    post: bool,
+    seconds: int,
+    trees: dict[str, str],
+) -> Result:
+    """Start the proxy, warm it up, measure once, stop it."""
+    if proxy == "direct":
+        url, pids, px = f"http://127.0.0.1:{lab.ports.upstream}/", [], None
+    else:
+        px = lab.start(proxy, canary, trees)
+        url, pids = f"http://127.0.0.1:{px.port}/api/items", [px.proc.pid]
+    try:
+        run_wrk(url, 1, post, lab.dir)  # warm-up: connections open, caches warm
+        if canary in ("fast", "slow"):
+            time.sleep(0.6 if canary == "slow" else 0.2)  # let warm-up mirrors land first
         lab.reset_canary_logs()
-        run_wrk(url, 1, post, lab.dir)  # warm-up: connections, JIT-free but caches warm
-        lab.reset_canary_logs()
+        before = mirror_outcomes(px.admin if px else None)
         cpu0 = cpu_seconds(pids)
         rps, p50, p99, errors, total = run_wrk(url, seconds, post, lab.dir)
         cpu = cpu_seconds(pids) - cpu0
         time.sleep(1.0 if canary in ("fast", None) else 0.2)  # let mirrors land in the log
-        res = Result(
-            proxy,
-            scenario,
-            rps,
-            p50,
-            p99,
-            errors,
-            total,
-            lab.canary_hits(canary),
-            (cpu / total * 1e6) if pids and total else None,
-        )
-        results.append(res)
-        print(
-            f"  {proxy:8} {scenario:28} {rps:10.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
-            f"  errors {errors}  canary {res.canary_received}",
-            file=sys.stderr,
-        )
-
-    one("direct", "GET", f"http://127.0.0.1:{p.upstream}/", [], None, False)
-    hello = lab.start_hello()
-    one(
-        "hello", "GET (hypercorn ceiling)", f"http://127.0.0.1:{p.hello}/", [hello.pid], None, False
+        after = mirror_outcomes(px.admin if px else None)
+    finally:
+        if px is not None:
+            lab.stop(px.proc)
+    outcomes = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+    res = Result(
+        proxy,
+        scenario,
+        rps,
+        p50,
+        p99,
+        errors,
+        total,
+        lab.canary_hits(canary),
+        (cpu / total * 1e6) if pids and total else None,
+        outcomes or None,
     )
-    lab.stop(hello)
-    for scenario, canary, post in SCENARIOS:
-        for proxy in ("sidecar", "nginx"):
-            proc = (
-                lab.start_sidecar(canary) if proxy == "sidecar" else lab.start_nginx_proxy(canary)
-            )
-            port = p.sidecar if proxy == "sidecar" else p.nginx_proxy
-            try:
-                one(proxy, scenario, f"http://127.0.0.1:{port}/api/items", [proc.pid], canary, post)
-            finally:
-                lab.stop(proc)
-    return results
+    print(
+        f"  {proxy:14} {scenario:26} {rps:8.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
+        f"  err {errors}  canary {res.canary_received}"
+        + (f"  cpu {res.cpu_us_per_req:.0f} us/req" if res.cpu_us_per_req else "")
+        + (f"  {outcomes}" if outcomes else ""),
+        file=sys.stderr,
+    )
+    return res
+
+
+def plan(
+    proxies: list[str], scenarios: list[tuple[str, str | None, bool]]
+) -> list[tuple[str, str, str | None, bool]]:
+    """One round: (proxy, scenario, canary, post), the ceiling first, proxies interleaved."""
+    steps: list[tuple[str, str, str | None, bool]] = []
+    if "nginx" in proxies:
+        steps.append(("direct", "GET", None, False))
+    steps.append(("hello", HELLO, None, False))
+    for scenario, canary, post in scenarios:
+        steps += [(px, scenario, canary, post) for px in proxies]
+    return steps
+
+
+def measure(
+    lab: Lab,
+    proxies: list[str],
+    scenarios: list[tuple[str, str | None, bool]],
+    seconds: int,
+    rounds: int,
+    trees: dict[str, str],
+) -> list[Result]:
+    runs: dict[tuple[str, str], list[Result]] = {}
+    for n in range(rounds):
+        print(f"round {n + 1}/{rounds}", file=sys.stderr)
+        for proxy, scenario, canary, post in plan(proxies, scenarios):
+            r = one(lab, proxy, scenario, canary, post, seconds, trees)
+            runs.setdefault((proxy, scenario), []).append(r)
+    return [median_result(rs) for rs in runs.values()]
+
+
+def median_result(rs: list[Result]) -> Result:
+    """Medians per field (requests, canary hits and outcomes from the median-rps round)."""
+    by_rps = sorted(rs, key=lambda r: r.rps)
+    mid = by_rps[(len(by_rps) - 1) // 2]
+    cpus = [r.cpu_us_per_req for r in rs if r.cpu_us_per_req is not None]
+    return Result(
+        mid.proxy,
+        mid.scenario,
+        statistics.median(r.rps for r in rs),
+        statistics.median(r.p50_ms for r in rs),
+        statistics.median(r.p99_ms for r in rs),
+        max(r.errors for r in rs),
+        mid.requests,
+        mid.canary_received,
+        statistics.median(cpus) if cpus else None,
+        mid.outcomes,
+        len(rs),
+        [round(r.rps) for r in rs],
+    )
 
 
 def table(results: list[Result]) -> str:
     by = {(r.proxy, r.scenario): r for r in results}
-    hello = by[("hello", "GET (hypercorn ceiling)")]
-    base = {px: by[(px, "GET, no mirror")] for px in ("sidecar", "nginx")}
+    proxies = list(dict.fromkeys(r.proxy for r in results if r.proxy not in ("direct", "hello")))
+    base = {px: by[(px, NO_MIRROR)] for px in proxies if (px, NO_MIRROR) in by}
     lines = [
-        "| scenario | proxy | req/s | x own no-mirror | p50 ms | p99 ms | errors | canary got | CPU µs/req |",
+        "| scenario | proxy | req/s | x own no-mirror | p50 ms | p99 ms | errors "
+        "| canary got | CPU µs/req |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -443,26 +574,41 @@ def table(results: list[Result]) -> str:
         got = "-" if r.canary_received is None else f"{r.canary_received}/{r.requests}"
         cpu = "-" if r.cpu_us_per_req is None else f"{r.cpu_us_per_req:.0f}"
         lines.append(
-            f"| {r.scenario} | {r.proxy} | {r.rps:.0f} | {ratio} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
-            f"| {r.errors} | {got} | {cpu} |"
+            f"| {r.scenario} | {r.proxy} | {r.rps:.0f} | {ratio} | {r.p50_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {r.errors} | {got} | {cpu} |"
         )
-    s = base["sidecar"]
-    lines.append("")
-    lines.append("| target | measured | goal |")
-    lines.append("|---|---:|---:|")
-    lines.append(f"| sidecar no-mirror / hypercorn hello | {s.rps / hello.rps:.2f} | >= 0.45 |")
-    fast = by[("sidecar", "GET, mirror fast")]
-    lines.append(f"| sidecar mirror fast / own no-mirror | {fast.rps / s.rps:.2f} | >= 0.70 |")
-    nfast = by[("nginx", "GET, mirror fast")]
-    lines.append(
-        f"| nginx mirror fast / own no-mirror | {nfast.rps / base['nginx'].rps:.2f} | (ref) |"
-    )
-    for sc in ("GET, mirror slow (500ms)", "GET, mirror blackhole", "GET, mirror dead port"):
-        r = by[("sidecar", sc)]
-        lines.append(f"| sidecar {sc}: throughput / no-mirror | {r.rps / s.rps:.2f} | >= 0.95 |")
-        lines.append(f"| sidecar {sc}: p99 / no-mirror p99 | {r.p99_ms / s.p99_ms:.2f} | <= 1.10 |")
-    post = by[("sidecar", "POST 4KiB, no mirror")]
-    lines.append(f"| sidecar POST 4KiB cost / GET cost | {s.rps / post.rps:.2f} | <= 1.30 |")
+    hello = by.get(("hello", HELLO))
+    lines += ["", "| target | proxy | measured | goal | met |", "|---|---|---:|---:|:---:|"]
+
+    def target(name: str, px: str, value: float, goal: str, ok: bool) -> None:
+        lines.append(f"| {name} | {px} | {value:.2f} | {goal} | {'yes' if ok else 'NO'} |")
+
+    for px in proxies:
+        s = base.get(px)
+        if s is None:
+            continue
+        if hello is not None and px != "nginx":
+            v = s.rps / hello.rps
+            target("no-mirror req/s / hypercorn hello-world", px, v, ">= 0.45", v >= 0.45)
+        fast = by.get((px, MIRROR_FAST))
+        if fast is not None:
+            v = fast.rps / s.rps
+            target("mirror fast req/s / own no-mirror", px, v, ">= 0.70", v >= 0.70)
+            if fast.canary_received is not None:
+                v = fast.canary_received / fast.requests
+                target("mirror fast: canary got / requests", px, v, ">= 1.00", v >= 1.0)
+        for sc in MISBEHAVING:
+            bad = by.get((px, sc))
+            if bad is None:
+                continue
+            v = bad.rps / s.rps
+            target(f"{sc}: req/s / own no-mirror", px, v, ">= 0.95", v >= 0.95)
+            v = bad.p99_ms / s.p99_ms
+            target(f"{sc}: p99 / own no-mirror p99", px, v, "<= 1.10", v <= 1.10)
+        post = by.get((px, POST_NO_MIRROR))
+        if post is not None:
+            v = s.rps / post.rps
+            target("POST 4KiB cost / GET cost (no mirror)", px, v, "<= 1.30", v <= 1.30)
     return "\n".join(lines)
 
 
@@ -474,44 +620,80 @@ def chart(results: list[Result], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    scen = [sc for sc, _, _ in SCENARIOS]
-    side = {r.scenario: r.rps for r in results if r.proxy == "sidecar"}
-    ngx = {r.scenario: r.rps for r in results if r.proxy == "nginx"}
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    proxies = list(dict.fromkeys(r.proxy for r in results if r.proxy not in ("direct", "hello")))
+    scen = list(dict.fromkeys(r.scenario for r in results if r.proxy in proxies))
+    rps = {(r.proxy, r.scenario): r.rps for r in results}
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    width = 0.8 / max(1, len(proxies))
     xs = range(len(scen))
-    ax.bar([x - 0.2 for x in xs], [side[s] for s in scen], 0.4, label="sidecar (1 worker)")
-    ax.bar([x + 0.2 for x in xs], [ngx[s] for s in scen], 0.4, label="nginx mirror (1 worker)")
+    for i, px in enumerate(proxies):
+        offset = (i - (len(proxies) - 1) / 2) * width
+        label = "nginx mirror (1 worker)" if px == "nginx" else f"{px} (1 worker)"
+        ax.bar([x + offset for x in xs], [rps.get((px, s), 0) for s in scen], width, label=label)
+    ceiling = rps.get(("hello", HELLO))
+    if ceiling:
+        ax.axhline(ceiling, color="grey", linestyle="--", linewidth=1)
+        ax.text(len(scen) - 0.5, ceiling, " hypercorn hello-world", va="bottom", ha="right",
+                fontsize=8, color="grey")  # fmt: skip
     ax.set_xticks(list(xs), [textwrap.fill(s, 14) for s in scen], fontsize=8)
     ax.set_ylabel("requests/s (wrk -t1 -c32)")
     ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("Throughput by canary behaviour (log scale)")
+    ax.legend(fontsize=8)
+    ax.set_title("Throughput by canary behaviour (median of rounds, log scale)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=8.0, help="wrk duration per scenario")
-    ap.add_argument("--quick", action="store_true", help="3 s per scenario")
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=8, help="wrk duration per scenario")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
+    ap.add_argument("--quick", action="store_true", help="1 round of 3 s per scenario")
+    ap.add_argument(
+        "--only", choices=["sidecar", "nginx"], help="measure one proxy (with the ceiling)"
+    )
+    ap.add_argument(
+        "--scenarios", metavar="TEXT", help="only scenarios whose name contains TEXT (and GET)"
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=TREE",
+        help="measure the sidecar of source tree TREE as NAME (repeatable; replaces the "
+        "working tree's, which is NAME=. then)",
+    )
+    ap.add_argument("--out", type=Path, default=OUT, help="output directory")
     args = ap.parse_args()
-    seconds = 3.0 if args.quick else args.seconds
+    seconds, rounds = (3, 1) if args.quick else (args.seconds, args.rounds)
+    trees = {k: str(Path(v).resolve()) for k, v in (x.split("=", 1) for x in args.variant)}
+    # With variants, only they are measured (name one `sidecar=.` to include this tree).
+    proxies = [*(trees or ["sidecar"]), "nginx"]
+    if args.only == "sidecar":
+        proxies.remove("nginx")
+    elif args.only == "nginx":
+        proxies = ["nginx"]
+    scenarios = [
+        s for s in SCENARIOS if not args.scenarios or args.scenarios in s[0] or s[0] == NO_MIRROR
+    ]
     ensure_tools()
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
         lab = Lab(Path(tmp))
         try:
             lab.start_backends()
-            results = measure(lab, seconds)
+            results = measure(lab, proxies, scenarios, seconds, rounds, trees)
         finally:
             lab.close()
     text = table(results)
+    cmd = " ".join(["bench/bench_proxy.py", *sys.argv[1:]])
+    print(f"\n{cmd}: {rounds} round(s) x {seconds} s, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}\n")
     print(text)
-    (OUT / "proxy.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    (OUT / "proxy.md").write_text(text + "\n")
-    if chart(results, OUT / "proxy.png"):
-        print(f"\nchart: {OUT / 'proxy.png'}")
+    (args.out / "proxy.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    (args.out / "proxy.md").write_text(text + "\n")
+    if chart(results, args.out / "proxy.png"):
+        print(f"\nchart: {args.out / 'proxy.png'}")
     return 0
 
 

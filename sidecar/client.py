@@ -10,7 +10,7 @@ and warm); on checkout, one that is too old or that the server closed meanwhile 
 
 `request()` returns a `Response` as soon as the head is in; the response keeps its permit and
 connection until the body has been read to the end (then the connection goes back on the stack,
-if h11 says both sides are DONE and keep-alive) or until `aclose()` (then it is closed unless it
+if both sides are complete and keep-alive) or until `aclose()` (then it is closed unless it
 was complete). Any exception on the way, including cancellation by the caller's
 `asyncio.timeout`, aborts the connection, frees the permit and propagates unchanged.
 
@@ -18,7 +18,8 @@ A reused connection can turn out to be closed by the server only when we write t
 response byte arrived and the body is bytes (so it can be sent again), the request is retried
 once on a fresh connection. A streamed body is never retried.
 
-The wire work (h11, the protocol, the error tree and its translation) is in `client_conn`.
+The wire work (the protocol, the error tree and its translation) is in `client_conn`; the
+HTTP/1.1 wire format (request head, response parser) in `http1`.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Response:
         self._conn: Connection | None = conn
         self.status = status
         self.reason = reason
-        self.headers = headers  # names lower-case, as h11 (and ASGI) have them
+        self.headers = headers  # names lower-case, as ASGI has them
         self.http_version = http_version
 
     @property
@@ -217,9 +218,7 @@ class ConnectionPool:
                 self._discard(conn, abort=True)
             self._slots.release()
             raise
-        return Response(
-            self, conn, head.status_code, head.reason, list(head.headers), head.http_version
-        )
+        return Response(self, conn, head.status_code, head.reason, head.headers, head.http_version)
 
     @asynccontextmanager
     async def stream(

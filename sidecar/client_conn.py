@@ -1,22 +1,28 @@
-"""One HTTP/1.1 client connection: an asyncio Protocol driving an h11 state machine.
+"""One HTTP/1.1 client connection: an asyncio Protocol driving `sidecar.http1`'s parser.
 
 How this works
 --------------
 The protocol callbacks do no parsing: `data_received` appends the chunk to a list and wakes the
 one coroutine that may be waiting (a connection serves one exchange at a time). That coroutine
-asks h11 for the next event and feeds it the pending chunks only when h11 says NEED_DATA, so h11
-never buffers more than what the transport delivered since the last event, and the pending list
-is bounded by pausing the transport past `READ_HIGH_WATER_BYTES` (backpressure from a slow
-consumer reaches the server through TCP).
+asks the parser for the next thing (the head, body bytes, the end) and feeds it the pending
+chunks only when the parser needs more, so the parser never buffers more than what the
+transport delivered since it last asked, and the pending list is bounded by pausing the
+transport past `READ_HIGH_WATER_BYTES` (backpressure from a slow consumer reaches the server
+through TCP).
 
-A bytes body goes out with the request head in one `write`. A streamed body is written by a
+The request head is written by `http1.encode_request_head` (one join, validated in one regex
+pass). A bytes body goes out with the head in one `write`. A streamed body is written by a
 small sender task, so the coroutine waiting for the response head also sees a response that
-arrives before the upload ends (say a 413): the sender is then cancelled and h11 leaves the
-connection in a state that is never reused.
+arrives before the upload ends (say a 413): the sender is then cancelled and the connection,
+its request unfinished, is never reused.
+
+A connection is reusable only when the request was sent whole, the response was read to its
+end, both sides allow keep-alive (no `Connection: close`, not HTTP/1.0, not a body delimited
+by EOF) and nothing arrived beyond the response.
 
 The error tree lives here because this is the one place foreign exceptions are translated:
-`_translate` maps OSError (connect, transport) and h11's errors to `ClientError` subclasses,
-each carrying the short `reason` the engine reports as a failure reason.
+`_translate` maps OSError (connect, transport) and `http1.ProtocolError`s to `ClientError`
+subclasses, each carrying the short `reason` the engine reports as a failure reason.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import ssl
 from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Literal, cast
 
-import h11
+from sidecar import http1
+from sidecar.http1 import CHUNKED, Head, ProtocolError, ResponseParser, chunk_frame
 
 if TYPE_CHECKING:  # only for annotations: keeps this module free of config's imports
     from sidecar.config import Endpoint
@@ -39,7 +46,9 @@ READ_HIGH_WATER_BYTES = 256 * 1024
 # larger one is handed to the transport as a separate buffer instead of being copied.
 COALESCE_BODY_BYTES = 64 * 1024
 # Largest response head we accept (h11's default is 16 KiB; some upstreams send big cookies).
-MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_BYTES = http1.MAX_HEAD_BYTES
+
+_LAST_CHUNK = b"0\r\n\r\n"
 
 Body = bytes | AsyncIterable[bytes]
 
@@ -87,18 +96,20 @@ class LocalProtocolError(ClientError):
 
 # What the boundary translates; anything else (the caller's own exceptions, cancellation)
 # passes through unchanged.
-_FOREIGN = (OSError, h11.ProtocolError)
+_FOREIGN = (OSError, ProtocolError)
 
 
 def _translate(exc: BaseException, phase: Literal["connect", "read", "write"]) -> ClientError:
-    """The one boundary where OSError and h11 exceptions become `ClientError`s.
+    """The one boundary where OSError and wire-format errors become `ClientError`s.
 
     Used as `except _FOREIGN as exc: raise _translate(exc, phase) from exc` (a plain function,
     not a context manager: this is on the per-request path).
     """
-    if isinstance(exc, h11.LocalProtocolError):
+    if isinstance(exc, http1.RequestError):
         return LocalProtocolError(str(exc))
-    if isinstance(exc, h11.RemoteProtocolError):
+    if isinstance(exc, http1.Truncated):  # the server hung up mid-response: a reset
+        return ReadError(f"server closed the connection: {exc}")
+    if isinstance(exc, http1.ResponseError):
         return RemoteProtocolError(str(exc))
     # OSError, including TimeoutError (connect), ssl.SSLError and socket.gaierror
     message = f"{type(exc).__name__}: {exc}"
@@ -133,17 +144,19 @@ class Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.transport: asyncio.Transport | None = None
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._parser = ResponseParser()
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._eof = False  # the server closed its side (or the connection is gone)
-        self._eof_fed = False  # h11 has been told about the EOF
+        self._eof_fed = False  # the parser has been told about the EOF
         self._lost_exc: Exception | None = None
         self._reading_paused = False
         self._writing_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._request_done = True  # our side of the exchange was sent whole
+        self._keep_alive = True  # our request did not say `Connection: close`
         self.closed: asyncio.Future[None] = loop.create_future()
         self.received_any = False  # any byte since the current request began (retry rule)
         self.idle_since = 0.0
@@ -161,7 +174,9 @@ class Connection(asyncio.Protocol):
             assert self.transport is not None
             self._reading_paused = True
             self.transport.pause_reading()
-        self._wake()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -207,16 +222,17 @@ class Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        h = self.h11
+        p = self._parser
         return (
-            h.our_state is h11.DONE
-            and h.their_state is h11.DONE
+            self._request_done
+            and self._keep_alive
+            and p.done
+            and p.keep_alive
+            and not p.trailing_data  # bytes after the response: the next one would be garbled
             and not self.is_stale
-            and not h.trailing_data[0]  # bytes after the response: the next one would be garbled
         )
 
     def start_next_cycle(self, now: float) -> None:
-        self.h11.start_next_cycle()
         self.idle_since = now
 
     def close(self, *, abort: bool) -> None:
@@ -240,62 +256,72 @@ class Connection(asyncio.Protocol):
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: Body
     ) -> None:
         """Write the head and, for a bytes body, the whole body; start the sender otherwise."""
-        assert self.transport is not None
-        self.received_any = False
-        h = self.h11
-        try:
-            head = h.send(h11.Request(method=method, target=target, headers=headers))
-            assert head is not None
-            if self._eof:
-                raise ConnectionResetError("connection closed by the server")
-            if isinstance(body, bytes):
-                if not body:
-                    end = h.send(h11.EndOfMessage())  # b"" or the empty chunked terminator
-                    self.transport.write(head + end if end else head)
-                elif len(body) <= COALESCE_BODY_BYTES:
-                    data = h.send(h11.Data(data=body))
-                    end = h.send(h11.EndOfMessage())
-                    assert data is not None and end is not None
-                    self.transport.write(b"".join((head, data, end)))
-                else:
-                    parts = h.send_with_data_passthrough(h11.Data(data=body))
-                    end = h.send(h11.EndOfMessage())
-                    assert parts is not None and end is not None
-                    self.transport.writelines([head, *parts, end])
-                return
-            self.transport.write(head)
-        except _FOREIGN as exc:
-            raise _translate(exc, "write") from exc
-        self._sender = self._loop.create_task(self._send_stream(body))
-        self._sender.add_done_callback(self._wake)
-
-    async def _send_stream(self, body: AsyncIterable[bytes]) -> None:
-        """The sender task: h11 frames each chunk; stops quietly if the connection is gone."""
         transport = self.transport
         assert transport is not None
-        h = self.h11
-        # Only the h11 and transport calls are translated: whatever the caller's iterator
-        # raises (an aborted upload) must reach the caller unchanged.
+        self.received_any = False
+        try:
+            head, framing, self._keep_alive = http1.encode_request_head(method, target, headers)
+            if self._eof:
+                raise ConnectionResetError("connection closed by the server")
+            self._parser.start(head_request=method == b"HEAD")
+            if isinstance(body, bytes):
+                self._request_done = True
+                if framing == CHUNKED:
+                    if body:
+                        transport.writelines([head, *chunk_frame(body), _LAST_CHUNK])
+                    else:
+                        transport.write(head + _LAST_CHUNK)
+                elif len(body) != framing:
+                    self._request_done = False
+                    raise http1.RequestError(_length_mismatch(len(body), framing))
+                elif not body:
+                    transport.write(head)
+                elif len(body) <= COALESCE_BODY_BYTES:
+                    transport.write(head + body)
+                else:
+                    transport.writelines([head, body])
+                return
+            self._request_done = False
+            transport.write(head)
+        except _FOREIGN as exc:
+            raise _translate(exc, "write") from exc
+        self._sender = self._loop.create_task(self._send_stream(body, framing))
+        self._sender.add_done_callback(self._wake)
+
+    async def _send_stream(self, body: AsyncIterable[bytes], framing: int) -> None:
+        """The sender task: frames each chunk; stops quietly if the connection is gone."""
+        transport = self.transport
+        assert transport is not None
+        chunked = framing == CHUNKED
+        sent = 0
+        # Only the framing checks and transport calls are translated: whatever the caller's
+        # iterator raises (an aborted upload) must reach the caller unchanged.
         async for chunk in body:
             if self._eof:
                 return  # the reader reports what happened (a response, or a reset)
             if not chunk:
                 continue
             try:
-                parts = h.send_with_data_passthrough(h11.Data(data=chunk))
-                assert parts is not None
-                transport.writelines(parts)
+                if chunked:
+                    transport.writelines(chunk_frame(chunk))
+                else:
+                    sent += len(chunk)
+                    if sent > framing:
+                        raise http1.RequestError(_length_mismatch(sent, framing))
+                    transport.write(chunk)
             except _FOREIGN as exc:
                 raise _translate(exc, "write") from exc
             if self._writing_paused:
                 await self._drain()
         if not self._eof:
             try:
-                end = h.send(h11.EndOfMessage())
-                assert end is not None
-                transport.write(end)
+                if chunked:
+                    transport.write(_LAST_CHUNK)
+                elif sent != framing:
+                    raise http1.RequestError(_length_mismatch(sent, framing))
             except _FOREIGN as exc:
                 raise _translate(exc, "write") from exc
+            self._request_done = True
 
     async def _drain(self) -> None:
         while self._writing_paused and not self._eof:
@@ -305,60 +331,77 @@ class Connection(asyncio.Protocol):
             finally:
                 self._drain_waiter = None
 
-    async def receive_head(self) -> h11.Response:
+    async def receive_head(self) -> Head:
         """The final response head (1xx skipped). A sender still running is cancelled."""
+        parser = self._parser
         while True:
-            event = await self._next_event()
-            if isinstance(event, h11.Response):
+            try:
+                head = parser.next_head()
+            except ProtocolError as exc:
+                raise _translate(exc, "read") from exc
+            if head is not None:
                 break
-            if not isinstance(event, h11.InformationalResponse):  # pragma: no cover - h11 rule
-                raise RemoteProtocolError(f"unexpected {type(event).__name__} before response")
+            await self._more()
         sender = self._sender
         if sender is not None:
             self._sender = None
             if not sender.done():
-                # The server answered before the upload ended: stop sending. h11 still has us in
-                # SEND_BODY, so the connection will be closed rather than reused.
+                # The server answered before the upload ended: stop sending. The request is
+                # unfinished, so the connection will be closed rather than reused.
                 sender.cancel()
                 await asyncio.wait((sender,))
             failure = None if sender.cancelled() else sender.exception()
             if failure is not None and not isinstance(failure, ClientError):
                 raise failure  # the caller's body iterator failed: the caller's own exception
-        return event
+        return head
 
     async def receive_body(self, sink: list[bytes] | None) -> int:
         """Read the body to its end in one call (appending to `sink` if given); its size."""
+        parser = self._parser
         size = 0
         while True:
-            event = await self._next_event()
-            if type(event) is h11.Data:
-                data = event.data
+            try:
+                data = parser.next_data()
+            except ProtocolError as exc:
+                raise _translate(exc, "read") from exc
+            if data is None:
+                await self._more()
+            elif data:
                 size += len(data)
                 if sink is not None:
-                    sink.append(data if type(data) is bytes else bytes(data))
-            elif type(event) is h11.EndOfMessage:
-                return size
+                    sink.append(data)
             else:
-                raise RemoteProtocolError(f"unexpected {type(event).__name__} in response body")
+                return size
 
     async def receive_data(self) -> bytes | None:
         """The next body chunk as it arrives, or None at the end of the response."""
-        event = await self._next_event()
-        if isinstance(event, h11.Data):
-            data = event.data
-            return data if type(data) is bytes else bytes(data)
-        if isinstance(event, h11.EndOfMessage):
-            return None
-        raise RemoteProtocolError(f"unexpected {type(event).__name__} in response body")
-
-    async def _next_event(self) -> h11.Event:
+        parser = self._parser
         while True:
             try:
-                event = self._poll_event()
-            except _FOREIGN as exc:
+                data = parser.next_data()
+            except ProtocolError as exc:
                 raise _translate(exc, "read") from exc
-            if event is not None:
-                return event
+            if data is None:
+                await self._more()
+            else:
+                return data or None
+
+    async def _more(self) -> None:
+        """Give the parser what has arrived, the EOF, or else wait for the transport."""
+        while True:
+            if self._chunks:
+                self._feed()
+                return
+            if self._eof:
+                if self._eof_fed:  # pragma: no cover - the parser raises Truncated first
+                    raise ReadError("server closed the connection")
+                self._eof_fed = True
+                lost = self._lost_exc
+                if lost is not None and not self.received_any:
+                    # e.g. ECONNRESET on a reused connection (retryable)
+                    raise _translate(lost, "read") from lost
+                self._parser.feed_eof()
+                return
             sender = self._sender
             if sender is not None and sender.done() and not sender.cancelled():
                 failure = sender.exception()
@@ -367,43 +410,13 @@ class Connection(asyncio.Protocol):
                     raise failure  # the body iterator's own exception, or a WriteError
             await self._wait()
 
-    def _poll_event(self) -> h11.Event | None:
-        """The next h11 event from what has arrived so far; None: wait for more."""
-        h = self.h11
-        while True:
-            try:
-                event = h.next_event()
-            except h11.RemoteProtocolError as exc:
-                if self._eof_fed:  # the server hung up mid-response: a reset, not garbage
-                    raise ReadError(f"server closed the connection: {exc}") from exc
-                raise
-            if event is not h11.NEED_DATA:
-                if isinstance(event, h11.ConnectionClosed):
-                    raise ReadError("server closed the connection")
-                if event is h11.PAUSED:  # only after a complete response; a caller bug
-                    raise RemoteProtocolError("read past the end of the response")
-                assert not isinstance(event, type)
-                return event
-            if self._chunks:
-                self._feed()
-            elif self._eof:
-                if self._eof_fed:
-                    raise ReadError("server closed the connection")
-                self._eof_fed = True
-                if self._lost_exc is not None and not self.received_any:
-                    raise self._lost_exc  # e.g. ECONNRESET on a reused connection (retryable)
-                h.receive_data(b"")
-            else:
-                return None
-
     def _feed(self) -> None:
         chunks = self._chunks
         if len(chunks) == 1:
-            self.h11.receive_data(chunks[0])
-            chunks.clear()
+            self._parser.feed(chunks[0])
         else:
-            self.h11.receive_data(b"".join(chunks))
-            chunks.clear()
+            self._parser.feed(b"".join(chunks))
+        chunks.clear()
         self._buffered = 0
         if self._reading_paused:
             assert self.transport is not None
@@ -416,3 +429,8 @@ class Connection(asyncio.Protocol):
             await self._waiter
         finally:
             self._waiter = None
+
+
+def _length_mismatch(size: int, declared: int) -> str:
+    much = "much" if size > declared else "little"
+    return f"too {much} data for declared Content-Length ({size} bytes, declared {declared})"
