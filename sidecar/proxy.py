@@ -186,7 +186,8 @@ class ProxyApp:
         receive: Receive,
         send: Send,
     ) -> int:
-        """Forward and relay; returns the status sent to the client (0: none, client gone)."""
+        """Forward and relay; returns the status sent to the client (0: none, client gone;
+        a response cut off after its head still counts with the status it was sent)."""
         response_started = False
         try:
             async with asyncio.timeout(snap.primary_timeout_s):
@@ -210,14 +211,14 @@ class ProxyApp:
         except TimeoutError:
             if response_started:
                 self._log_error("primary timed out mid-response after %gs", snap.primary_timeout_s)
-                return 0
+                return status  # the client got this head (then a cut-off body): count it
             self._log_error("primary timed out after %gs: 504", snap.primary_timeout_s)
             await _plain(send, 504, b"Gateway Timeout: the primary did not answer in time\n")
             return 504
         except ClientError as exc:
             if response_started:
                 self._log_error("primary broke off mid-response: %s", exc)
-                return 0
+                return status  # the client got this head (then a cut-off body): count it
             what = "unreachable" if isinstance(exc, ConnectError) else "failed"
             self._log_error("primary %s: %s: 502", what, exc)
             await _plain(send, 502, f"Bad Gateway: the primary {what}\n".encode())

@@ -159,7 +159,9 @@ async def _open(proxy: ServeProcess) -> tuple[asyncio.StreamReader, asyncio.Stre
 )
 async def test_broken_body_reaches_the_client_truncated_then_closed(env: Env, fault: str) -> None:
     """After the head the status cannot change: the client gets the bytes that came and
-    then a closed connection, never a complete-looking response (as nginx does)."""
+    then a closed connection, never a complete-looking response (as nginx does). The
+    request is counted with the status the client got, as nginx logs it."""
+    ok_before = metric(await env.proxy.metrics(), "sidecar_requests_total", code="2xx")
     reader, writer = await _open(env.proxy)
     try:
         writer.write(f"GET /{fault}/x HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -181,6 +183,8 @@ async def test_broken_body_reaches_the_client_truncated_then_closed(env: Env, fa
         assert not body.endswith(b"0\r\n\r\n"), body[-50:]
     await _settled(env.proxy, env.primary, env.canary, env.baseline_fds)
     assert "mid-response" in env.proxy.log()
+    text = await env.proxy.metrics()
+    assert metric(text, "sidecar_requests_total", code="2xx") == ok_before + 1
 
 
 async def test_slow_headers_past_the_timeout_504_and_primary_connection_closed(env: Env) -> None:
