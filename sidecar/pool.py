@@ -63,11 +63,12 @@ class Outcome(enum.Enum):
 class MirrorInfo:
     """One outcome of one tee. `status`/`duration` when completed; `error` when failed/panicked."""
 
+    # Field order as SPEC section 6 lists them (positional construction follows it).
     outcome: Outcome
-    canary: str
-    rule: str | None
     status: int | None = None
     duration: float | None = None
+    canary: str = ""
+    rule: str | None = None
     error: str | None = None
 
 
@@ -342,7 +343,7 @@ class CanaryPool:
         observe = self._observe
         if observe is not None:
             try:
-                observe(MirrorInfo(outcome, self.name, rule, status, duration, error))
+                observe(MirrorInfo(outcome, status, duration, self.name, rule, error))
             except Exception:
                 log.exception("observe hook failed for %s (%s)", self.name, outcome.value)
         return outcome

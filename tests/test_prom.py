@@ -17,8 +17,8 @@ def test_each_outcome_counted_once_with_canary_and_rule() -> None:
     for outcome in Outcome:
         info = MirrorInfo(
             outcome,
-            "v2",
-            "api",
+            canary="v2",
+            rule="api",
             status=503 if outcome is Outcome.COMPLETED else None,
             duration=0.02 if outcome is Outcome.COMPLETED else None,
         )
@@ -36,7 +36,7 @@ def test_each_outcome_counted_once_with_canary_and_rule() -> None:
         )
     assert value(reg, "sidecar_mirror_duration_seconds_count", canary="v2") == 1
     assert value(reg, "sidecar_mirror_responses_total", canary="v2", code="5xx") == 1
-    prom.observe(MirrorInfo(Outcome.DISPATCHED, "lib", None), registry=reg)
+    prom.observe(MirrorInfo(Outcome.DISPATCHED, canary="lib"), registry=reg)
     assert (
         value(reg, "sidecar_mirror_requests_total", canary="lib", rule="", outcome="dispatched")
         == 1
