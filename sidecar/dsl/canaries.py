@@ -87,6 +87,8 @@ def check_canary(node: ast.Canary, r: Report) -> cfg.CanarySpec | None:
             transforms.append(cfg.DropHeader(names=tuple(n.value for n in st.names)))
         else:
             r.check("invalid-regex", st.pattern.span, values.regex_problem(st.pattern.value))
+            problem = values.replacement_problem(st.pattern.value, st.replacement.value)
+            r.check("invalid-replacement", st.replacement.span, problem)
             transforms.append(
                 cfg.RewritePath(pattern=st.pattern.value, replacement=st.replacement.value)
             )

@@ -46,6 +46,7 @@ CODES: dict[str, str] = {
     "invalid-host": "`host` is not a valid host[:port]",
     "invalid-method": "an HTTP method is not a bare upper-case word",
     "invalid-regex": "a regular expression does not compile",
+    "invalid-replacement": "a `rewrite path` replacement refers to a group its pattern does not have",
     "invalid-cidr": "a `client in (...)` entry is not an IP address or CIDR block",
     "invalid-duration": "a duration has an unknown unit or is not greater than zero",
     "invalid-size": "a size has an unknown unit or is not a whole number",

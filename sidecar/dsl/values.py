@@ -107,6 +107,19 @@ def regex_problem(pattern: str) -> str | None:
     return None
 
 
+def replacement_problem(pattern: str, replacement: str) -> str | None:
+    """A `rewrite path` replacement whose group references (`\\2`, `\\g<name>`) the pattern lacks."""
+    try:
+        compiled = re.compile(pattern)
+    except (re.error, OverflowError, RecursionError):
+        return None  # the pattern has its own diagnostic
+    try:
+        compiled.sub(replacement, "")  # parses the template (group references) even without a match
+    except (re.error, IndexError) as exc:
+        return f"invalid replacement: {exc}"
+    return None
+
+
 def cidr_problem(cidr: str) -> str | None:
     try:
         ipaddress.ip_network(cidr, strict=False)
