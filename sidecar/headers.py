@@ -67,9 +67,28 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
 
     Order and repeated headers (e.g. `Set-Cookie`) are kept. Names are lower-cased.
     """
-    items = [(name.lower(), value) for name, value in headers]
-    listed = connection_tokens(items)
-    return [(n, v) for n, v in items if not is_hop_by_hop(n) and n not in listed]
+    return _strip(headers, HOP_BY_HOP)
+
+
+def _strip(headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]) -> Headers:
+    """`strip_hop_by_hop` that also drops the names in `drop` (a superset of HOP_BY_HOP).
+
+    One pass on the hot path; the names `Connection` lists are removed afterwards, and
+    only when it lists any.
+    """
+    out: Headers = []
+    listed: set[bytes] | None = None
+    for name, value in headers:
+        name = name.lower()
+        if name in drop or name.startswith(PROXY_PREFIX):
+            if name == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")}
+                listed = tokens if listed is None else listed | tokens
+            continue
+        out.append((name, value))
+    if listed:
+        return [(n, v) for n, v in out if n not in listed]
+    return out
 
 
 def add_forwarded(
@@ -143,7 +162,7 @@ _Op = _Set | _Drop | _Rewrite
 
 # Never copied onto a shadow request: framing is recomputed from the body copy, and a
 # canary must not be asked for `100-continue`.
-_SHADOW_DROP: frozenset[bytes] = frozenset({EXPECT, CONTENT_LENGTH, TRANSFER_ENCODING})
+_SHADOW_DROP: frozenset[bytes] = HOP_BY_HOP | {EXPECT, CONTENT_LENGTH}
 
 
 def _encode_path(path: str) -> bytes:
@@ -195,7 +214,7 @@ class ShadowTemplate:
         (`default_host` when preserving and the client sent none), and `Content-Length`
         equal to `body_length` (none when 0), never `Transfer-Encoding`. `Host` comes first.
         """
-        out = [(n, v) for n, v in strip_hop_by_hop(headers) if n not in _SHADOW_DROP]
+        out = _strip(headers, _SHADOW_DROP)
         add_forwarded(out, client=client, scheme=scheme)
         path = raw_path
         for op in self.ops:
@@ -207,20 +226,27 @@ class ShadowTemplate:
             else:
                 text = path.decode("latin-1")
                 path = _encode_path(op.pattern.sub(op.replacement, text, count=1))
-        if self.mark is not None:
-            mark_name = self.mark[0]
-            out = [(n, v) for n, v in out if n != mark_name]
-            out.append(self.mark)
+        # The mark overwrites: every header of its name goes, the mark comes last (before
+        # Content-Length); folded into the final pass, which also puts Host first.
+        mark = self.mark
+        mark_name = mark[0] if mark is not None else None
         host = self.host
+        if host is None and mark_name == HOST:
+            host = mark[1] if mark is not None else None
         if host is None:
             for n, v in out:
-                if n == HOST:
+                if n == HOST and n != mark_name:
                     host = v
                     break
             else:
                 host = default_host
         final: Headers = [(HOST, host)] if host is not None else []
-        final.extend((n, v) for n, v in out if n != HOST)
+        if mark is None:
+            final += [(n, v) for n, v in out if n != HOST]
+        else:
+            final += [(n, v) for n, v in out if n != HOST and n != mark_name]
+            if mark_name != HOST:
+                final.append(mark)
         if body_length:
             final.append((CONTENT_LENGTH, str(body_length).encode("ascii")))
         target = path + b"?" + query_string if query_string else path
