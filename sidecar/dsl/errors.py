@@ -78,9 +78,8 @@ CATALOGUE: dict[str, list[str]] = {
     ],
     "a sample rate is a percentage (10%) or a fraction (0.1)": ["mirror a { sample all }"],
     "canary names after `to` are separated by commas": ["mirror a { to b c }"],
-    'strings end on the same line; the only escapes are \\" and \\\\': [
+    "strings end on the same line (close it with `\"`)": [
         'mirror a { when path == "/a }',
-        'mirror a { when path == "\\n" }',
     ],
 }
 

@@ -42,7 +42,10 @@ class _By(NamedTuple):
 
 
 def _unescape(raw: str) -> str:
-    """The inside of a STRING token, with its \\" and \\\\ escapes undone."""
+    """The inside of a STRING token, with its \\" and \\\\ escapes undone.
+
+    Any other backslash sequence is kept as written (`"\\d+"` is the regex `\\d+`).
+    """
     inner = raw[1:-1]
     return _ESCAPE.sub(r"\1", inner) if "\\" in inner else inner
 
