@@ -17,6 +17,10 @@ Severity = Literal["error", "warning"]
 
 # Width of the line-number gutter in rendered diagnostics (`   12 | ...`).
 GUTTER_WIDTH = 5
+# Tabs in an echoed source line are expanded to this many columns.
+TAB_WIDTH = 4
+# Longer source lines are cut in the echo (a minified or binary file is one huge line).
+MAX_SHOWN_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,16 +83,20 @@ def render(diag: Diagnostic, sources: Mapping[str, str]) -> str:
     lines = text.split("\n")
     if not 1 <= diag.span.line <= len(lines):
         return head
-    line = lines[diag.span.line - 1].removesuffix("\r").expandtabs(4)
+    raw = lines[diag.span.line - 1].removesuffix("\r")
+    # Tabs are shown as spaces, so the caret's columns are measured on the expanded text.
+    start = len(raw[: diag.span.column - 1].expandtabs(TAB_WIDTH)) + 1
+    end = start + 1
+    if diag.span.end_line == diag.span.line and diag.span.end_column > diag.span.column:
+        end = len(raw[: diag.span.end_column - 1].expandtabs(TAB_WIDTH)) + 1
+    line = raw.expandtabs(TAB_WIDTH)
     # Never echo control characters (binary garbage, terminal escapes) to a terminal.
     line = "".join(c if c.isprintable() else "\ufffd" for c in line)
-    if len(line) > 200:  # a minified or garbage line: show a window, not a megabyte
-        line = line[:200] + "..."
+    if len(line) > MAX_SHOWN_CHARS:  # a minified or garbage line: show a window, not a megabyte
+        line = line[:MAX_SHOWN_CHARS] + "..."
     num = str(diag.span.line)
-    col = max(1, min(diag.span.column, len(line) + 1))
-    width = 1
-    if diag.span.end_line == diag.span.line and diag.span.end_column > col:
-        width = min(diag.span.end_column - col, max(1, len(line) + 1 - col))
+    col = max(1, min(start, len(line) + 1))
+    width = max(1, min(end - col, len(line) + 1 - col))
     # The line number right-aligned in a fixed gutter, as SPEC section 2 shows it.
     gutter = max(GUTTER_WIDTH, len(num))
     return f"{head}\n{num:>{gutter}} | {line}\n{'':>{gutter}} | {' ' * (col - 1)}{'^' * width}"
