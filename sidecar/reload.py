@@ -36,6 +36,7 @@ trigger reaches all of them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -144,6 +145,9 @@ class Reloader:
         """Reload whenever the configuration's files change (runs until cancelled)."""
         if self._fingerprint is None:
             self._fingerprint = fingerprint(self.paths)
+            if sources_changed(self.runtime.config, self.paths):
+                # Edited between the start-up load and this first look: not lost.
+                await self.reload("watch")
         while True:
             await asyncio.sleep(poll_s)
             seen = fingerprint(self.paths)
@@ -279,3 +283,20 @@ def fingerprint(paths: Sequence[str]) -> Fingerprint:
         else:
             items.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
     return tuple(items)
+
+
+def sources_changed(config: Config, paths: Sequence[str]) -> bool:
+    """Whether the configuration's files now differ from the ones `config` was loaded from."""
+    from sidecar.dsl.loader import expand
+
+    files, _, usage = expand(paths)
+    if usage is not None:
+        return True
+    current: list[tuple[str, str]] = []
+    for name in files:
+        try:
+            with open(name, "rb") as f:
+                current.append((name, hashlib.sha256(f.read()).hexdigest()))
+        except OSError:
+            return True
+    return current != [(s.path, s.sha256) for s in config.sources]

@@ -428,3 +428,32 @@ async def test_concurrent_reloads_are_serialised(
         assert most == 1
     finally:
         await runtime.close()
+
+
+async def test_watch_sees_an_edit_made_before_it_first_looked(tmp_path: Path) -> None:
+    """An edit between the start-up load and the watcher's first poll is not lost."""
+    from sidecar.dsl import load
+    from sidecar.reload import Reloader
+    from sidecar.runtime import Runtime
+
+    path = tmp_path / "r.mirror"
+    path.write_text("primary http://127.0.0.1:1\n")
+    loaded = load([str(path)])
+    assert loaded.config is not None
+    runtime = Runtime(loaded.config, files=1, paths=(str(path),))
+    await runtime.start()
+    path.write_text("primary http://127.0.0.1:2\n")  # before the watcher exists
+    reloader = Reloader(runtime, [str(path)], prepare=lambda c: c)
+    watcher = asyncio.create_task(reloader.watch(poll_s=0.05, settle_s=0.01))
+    try:
+        await wait_until(
+            lambda: (
+                runtime.config.primary is not None and runtime.config.primary.endpoint.port == 2
+            ),
+            what="the watcher to load the edit made before it started",
+        )
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await runtime.close()
