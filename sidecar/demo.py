@@ -132,7 +132,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from sidecar.dsl import loads
     from sidecar.proxy import ProxyApp
     from sidecar.runtime import Runtime
-    from sidecar.server import _hypercorn_config, address_of, bind
+    from sidecar.server import address_of, bind, hypercorn_config
 
     names = ("primary", "v2", "v3", "listen", "admin")
     socks = {name: bind("127.0.0.1:0", reuse_port=False) for name in names}
@@ -157,7 +157,7 @@ async def _demo(args: argparse.Namespace) -> int:
     stop_servers = asyncio.Event()
 
     def serve_on(name: str, app: ASGIApp, *, proxy: bool = False) -> asyncio.Task[None]:
-        cfg = _hypercorn_config(socks[name], grace_s=APP_GRACE_S, proxy=proxy)
+        cfg = hypercorn_config(socks[name], grace_s=APP_GRACE_S, proxy=proxy)
         hyper_app: Any = app  # hypercorn's own ASGI types are narrower than sidecar.asgi's
         return asyncio.create_task(serve(hyper_app, cfg, shutdown_trigger=stop_servers.wait))
 

@@ -299,7 +299,7 @@ def run_worker(
         return runner.run(_serve(opts, config, files, proxy_sock, admin_sock, notify))
 
 
-def _hypercorn_config(sock: socket.socket, *, grace_s: float, proxy: bool) -> Any:
+def hypercorn_config(sock: socket.socket, *, grace_s: float, proxy: bool) -> Any:
     from hypercorn.config import Config as HyperConfig
 
     from sidecar.framing import MAX_HEADER_SECTION_BYTES
@@ -349,12 +349,12 @@ async def _serve(
     admin_task: asyncio.Task[None] | None = None
     try:
         if admin_sock is not None:
-            admin_cfg = _hypercorn_config(admin_sock, grace_s=ADMIN_GRACE_S, proxy=False)
+            admin_cfg = hypercorn_config(admin_sock, grace_s=ADMIN_GRACE_S, proxy=False)
             admin_app = AdminApp(runtime, reload=lambda: reloader.reload(ADMIN_TRIGGER))
             admin_task = asyncio.create_task(
                 serve(admin_app, admin_cfg, shutdown_trigger=proxy_done.wait)  # type: ignore[arg-type]
             )
-        proxy_cfg = _hypercorn_config(proxy_sock, grace_s=opts.grace_s, proxy=True)
+        proxy_cfg = hypercorn_config(proxy_sock, grace_s=opts.grace_s, proxy=True)
         proxy_task = asyncio.create_task(
             serve(ProxyApp(runtime), proxy_cfg, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
         )
