@@ -139,6 +139,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _setup_logging()
+    import prometheus_client
+
+    # `*_created` timestamps double the /metrics output for no operational value; the
+    # process is ours, so this global switch touches no library user's metrics.
+    prometheus_client.disable_created_metrics()
     _hold_sighup()
     if args.workers < 1:
         print("sidecar serve: --workers must be at least 1", file=sys.stderr)
