@@ -78,7 +78,7 @@ CATALOGUE: dict[str, list[str]] = {
     ],
     "a sample rate is a percentage (10%) or a fraction (0.1)": ["mirror a { sample all }"],
     "canary names after `to` are separated by commas": ["mirror a { to b c }"],
-    "strings end on the same line (close it with `\"`)": [
+    'strings end on the same line (close it with `"`)': [
         'mirror a { when path == "/a }',
     ],
 }
