@@ -13,8 +13,9 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
    are any, `RequestTees.begin()` admits what it can at once (`body off`, no body, a known
    length over a cap) and keeps the rest pending on the body.
 4. The body: when the first `http.request` message is the whole body (the common case for
-   small bodies), it is sent as bytes (one write, retryable on a stale connection);
-   otherwise an async generator streams it chunk by chunk, `Content-Length` passed through
+   small bodies; hypercorn's empty closing message is taken at once when the first one
+   already holds the whole `Content-Length`), it is sent as bytes (one write, retryable on
+   a stale connection); otherwise an async generator streams it chunk by chunk, `Content-Length` passed through
    when known, else chunked, feeding each chunk object to the tees as it goes. The body is
    never buffered: hypercorn's bounded app queue and the client's write flow control
    give backpressure both ways. Body whole -> `tees.finish()` (admission, never awaits);
@@ -152,7 +153,21 @@ class ProxyApp:
                     tees.abort()
                 return
             first: bytes = message.get("body", b"")
-            if not message.get("more_body", False):
+            more: bool = message.get("more_body", False)
+            if more and framed > 0 and len(first) == framed:
+                # hypercorn ends every body with an empty message: when the first one holds
+                # the whole declared length, take that end now and send the body as bytes
+                # (one write with the head, retryable, no sender task).
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    if tees is not None:
+                        tees.abort()
+                    return
+                rest: bytes = message.get("body", b"")
+                if rest:  # more than declared (h11 never lets that through): stream it
+                    first += rest
+                more = message.get("more_body", False)
+            if not more:
                 body = first
                 if tees is not None:
                     tees.feed(first)
