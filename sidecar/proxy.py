@@ -15,10 +15,10 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
 4. The body: when the first `http.request` message is the whole body (the common case for
    small bodies; hypercorn's empty closing message is taken at once when the first one
    already holds the whole `Content-Length`), it is sent as bytes (one write, retryable on
-   a stale connection); otherwise an async generator streams it chunk by chunk, `Content-Length` passed through
-   when known, else chunked, feeding each chunk object to the tees as it goes. The body is
-   never buffered: hypercorn's bounded app queue and the client's write flow control
-   give backpressure both ways. Body whole -> `tees.finish()` (admission, never awaits);
+   a stale connection); otherwise an async generator streams it chunk by chunk,
+   `Content-Length` passed through when known, else chunked, feeding each chunk object to
+   the tees as it goes. The body is never buffered: hypercorn's bounded app queue and the
+   client's write flow control give backpressure both ways. Body whole -> `tees.finish()` (admission, never awaits);
    client gone mid-upload -> `tees.abort()`.
 5. The primary exchange runs on the snapshot's pooled keep-alive `ConnectionPool` under
    the primary `timeout` (the whole round trip). No response head: 502 (unreachable or
