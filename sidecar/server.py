@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     # `*_created` timestamps double the /metrics output for no operational value; the
     # process is ours, so this global switch touches no library user's metrics.
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     _hold_sighup()
     if args.workers < 1:
         print("sidecar serve: --workers must be at least 1", file=sys.stderr)
