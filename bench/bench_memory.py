@@ -30,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import sidecar.dsl  # noqa: E402, F401  (first: works around a config<->dsl import cycle)
 from tests.servers import serve_asgi  # noqa: E402
 from tests.support.faults import FaultServer  # noqa: E402
 from tests.support.primary import PrimaryApp  # noqa: E402

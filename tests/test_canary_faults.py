@@ -24,7 +24,6 @@ import httpx
 import pytest
 import pytest_asyncio
 
-import sidecar.dsl  # noqa: F401  (first: works around a config<->dsl import cycle)
 from tests.servers import RecordingCanary, serve_asgi
 from tests.support.faults import FaultServer, census
 from tests.support.primary import PrimaryApp

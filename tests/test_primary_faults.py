@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-import sidecar.dsl  # noqa: F401  (first: works around a config<->dsl import cycle)
 from tests.servers import RecordingCanary
 from tests.support.faults import TRUNCATED_DECLARED_BYTES, TRUNCATED_SENT_BYTES, FaultServer, census
 from tests.support.serve import ServeProcess, metric, serve_proxy

@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-import sidecar.dsl  # noqa: F401  (first: works around a config<->dsl import cycle)
 from tests.servers import RecordingCanary, serve_asgi
 from tests.support.primary import PrimaryApp
 from tests.support.serve import free_port, metric, serve_proxy

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-import sidecar.dsl  # noqa: F401  (first: works around a config<->dsl import cycle)
 from tests.servers import RecordingCanary, serve_asgi, wait_until
 from tests.support.primary import PrimaryApp
 from tests.support.serve import (

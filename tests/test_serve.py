@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-import sidecar.dsl  # noqa: F401  (first: works around a config<->dsl import cycle)
 from tests.servers import serve_asgi, wait_until
 from tests.support.primary import PrimaryApp
 from tests.support.serve import free_port, metric, serve_proxy, sidecar_command
