@@ -2,7 +2,7 @@
 
 Run by hand (needs root for apt-get the first time):
 
-    .venv/bin/python bench/bench_proxy.py                 # 3 rounds x 8 s, ~10 minutes
+    .venv/bin/python bench/bench_proxy.py                 # 2 rounds x 2 pairs x 5 s, ~15 min
     .venv/bin/python bench/bench_proxy.py --quick         # 1 round x 3 s
     .venv/bin/python bench/bench_proxy.py --only sidecar --scenarios mirror --rounds 5
     .venv/bin/python bench/bench_proxy.py --variant before=/tmp/old-tree   # A/B in one run
@@ -15,13 +15,18 @@ worker and `mirror` + `mirror_request_body on`) is measured with wrk
 (`-t1 -c32 --latency`) per scenario; the canaries count what they receive.
 The hypercorn hello-world app is the ceiling of our server stack.
 
-The machine may be shared (other test suites running): every figure is the median of
-`--rounds` rounds, and each round measures every proxy and scenario once, interleaved, so
-that the ratios (the targets) compare runs made under the same load. `--variant
-NAME=TREE` adds another sidecar whose code comes from TREE (a directory holding `sidecar/`
-and `grammar/`, e.g. `git archive HEAD~3 sidecar grammar | tar -x -C TREE`), for
-before/after figures from one run. Sidecar's own outcome counters (from its admin
-`/metrics`) are reported next to what the canary logged.
+The machine may be shared (other test suites running), so the ratios (the targets)
+are paired: per round and proxy, a reference process (no mirroring) runs the whole
+round, and every run of a scenario comes right next to a run of the reference (before
+it, then after it, alternately), under the same load; a ratio is the median over the
+pairs of all rounds (`--rounds` x `--pairs`). The hypercorn hello-world ceiling is paired
+with sidecar's reference the same way, and an A/A control (a second process with the
+reference's own configuration) shows what the pairing reads when nothing differs.
+Absolute figures in the table are medians of all runs. `--variant NAME=TREE` measures
+the sidecar of another source tree (a directory holding `sidecar/` and `grammar/`, e.g.
+`git archive HEAD~3 sidecar grammar | tar -x -C TREE`), for before/after figures from
+one run. Sidecar's own outcome counters (from its admin `/metrics`) are reported next
+to what the canary logged.
 
 Prints one table of ratios and writes bench/out/proxy.json and
 bench/out/proxy.png (when matplotlib is installed: pip install '.[bench]').
@@ -53,6 +58,7 @@ WRK_THREADS = 1
 WRK_CONNECTIONS = 32
 POST_BYTES = 4096
 READY_TIMEOUT_S = 15.0
+WARMUP_S = 2  # each process's warm-up before its first measured run
 START_ATTEMPTS = 3  # a fresh port is picked per start; others may grab it meanwhile
 
 POST_LUA = f"""
@@ -444,6 +450,7 @@ NO_MIRROR = "GET, no mirror"
 POST_NO_MIRROR = "POST 4KiB, no mirror"
 MIRROR_FAST = "GET, mirror fast"
 HELLO = "GET (hypercorn ceiling)"
+CONTROL = "GET, no mirror (A/A control)"
 SCENARIOS: list[tuple[str, str | None, bool]] = [
     (NO_MIRROR, None, False),
     (POST_NO_MIRROR, None, True),
@@ -452,39 +459,36 @@ SCENARIOS: list[tuple[str, str | None, bool]] = [
     ("GET, mirror slow (500ms)", "slow", False),
     ("GET, mirror blackhole", "blackhole", False),
     ("GET, mirror dead port", "dead", False),
+    # A/A control: a second process with the reference's own configuration. Its ratio
+    # shows what the pairing itself reads (process placement, order) when nothing differs.
+    (CONTROL, None, False),
 ]
 MISBEHAVING = ("GET, mirror slow (500ms)", "GET, mirror blackhole", "GET, mirror dead port")
 
 
-def one(
+def load(
     lab: Lab,
+    px: Proxy | None,
     proxy: str,
     scenario: str,
     canary: str | None,
     post: bool,
     seconds: int,
-    trees: dict[str, str],
 ) -> Result:
-    """Start the proxy, warm it up, measure once, stop it."""
-    if proxy == "direct":
-        url, pids, px = f"http://127.0.0.1:{lab.ports.upstream}/", [], None
+    """One wrk run against a running proxy (None: straight to the upstream)."""
+    if px is None:
+        url, pids = f"http://127.0.0.1:{lab.ports.upstream}/", []
     else:
-        px = lab.start(proxy, canary, trees)
         url, pids = f"http://127.0.0.1:{px.port}/api/items", [px.proc.pid]
-    try:
-        run_wrk(url, 1, post, lab.dir)  # warm-up: connections open, caches warm
-        if canary in ("fast", "slow"):
-            time.sleep(0.6 if canary == "slow" else 0.2)  # let warm-up mirrors land first
+    if canary in ("fast", "slow"):
         lab.reset_canary_logs()
-        before = mirror_outcomes(px.admin if px else None)
-        cpu0 = cpu_seconds(pids)
-        rps, p50, p99, errors, total = run_wrk(url, seconds, post, lab.dir)
-        cpu = cpu_seconds(pids) - cpu0
-        time.sleep(1.0 if canary in ("fast", None) else 0.2)  # let mirrors land in the log
-        after = mirror_outcomes(px.admin if px else None)
-    finally:
-        if px is not None:
-            lab.stop(px.proc)
+    before = mirror_outcomes(px.admin if px else None)
+    cpu0 = cpu_seconds(pids)
+    rps, p50, p99, errors, total = run_wrk(url, seconds, post, lab.dir)
+    cpu = cpu_seconds(pids) - cpu0
+    if canary in ("fast", "slow"):
+        time.sleep(1.0 if canary == "fast" else 0.6)  # let the last mirrors land in the log
+    after = mirror_outcomes(px.admin if px else None)
     outcomes = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
     res = Result(
         proxy,
@@ -499,7 +503,7 @@ def one(
         outcomes or None,
     )
     print(
-        f"  {proxy:14} {scenario:26} {rps:8.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
+        f"  {proxy:10} {scenario:26} {rps:8.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms"
         f"  err {errors}  canary {res.canary_received}"
         + (f"  cpu {res.cpu_us_per_req:.0f} us/req" if res.cpu_us_per_req else "")
         + (f"  {outcomes}" if outcomes else ""),
@@ -508,17 +512,15 @@ def one(
     return res
 
 
-def plan(
-    proxies: list[str], scenarios: list[tuple[str, str | None, bool]]
-) -> list[tuple[str, str, str | None, bool]]:
-    """One round: (proxy, scenario, canary, post), the ceiling first, proxies interleaved."""
-    steps: list[tuple[str, str, str | None, bool]] = []
-    if "nginx" in proxies:
-        steps.append(("direct", "GET", None, False))
-    steps.append(("hello", HELLO, None, False))
-    for scenario, canary, post in scenarios:
-        steps += [(px, scenario, canary, post) for px in proxies]
-    return steps
+@dataclass
+class Pair:
+    """One scenario run next to a run of its reference (that proxy's no-mirror GET, or for
+    the ceiling sidecar's no-mirror GET), back to back, so both see the same load."""
+
+    proxy: str
+    scenario: str
+    rps_ratio: float  # scenario req/s / reference req/s
+    p99_ratio: float
 
 
 def measure(
@@ -527,19 +529,59 @@ def measure(
     scenarios: list[tuple[str, str | None, bool]],
     seconds: int,
     rounds: int,
+    pairs: int,
     trees: dict[str, str],
-) -> list[Result]:
+) -> tuple[list[Result], list[Pair]]:
+    """`rounds` x: per proxy, one reference process (no mirror) runs all round; each
+    scenario's process is started, warmed up, and measured `pairs` times, each right next
+    to a run of the reference (before it, then after it, alternately)."""
     runs: dict[tuple[str, str], list[Result]] = {}
+    paired: list[Pair] = []
+
+    def keep(r: Result) -> Result:
+        runs.setdefault((r.proxy, r.scenario), []).append(r)
+        return r
+
     for n in range(rounds):
         print(f"round {n + 1}/{rounds}", file=sys.stderr)
-        for proxy, scenario, canary, post in plan(proxies, scenarios):
-            r = one(lab, proxy, scenario, canary, post, seconds, trees)
-            runs.setdefault((proxy, scenario), []).append(r)
-    return [median_result(rs) for rs in runs.values()]
+        if "nginx" in proxies:
+            load(lab, None, "direct", "GET", None, False, 1)  # warm-up
+            keep(load(lab, None, "direct", "GET", None, False, seconds))
+        for proxy in proxies:
+            ref = lab.start(proxy, None, trees)
+            try:
+                load(lab, ref, proxy, NO_MIRROR, None, False, WARMUP_S)  # warm-up
+                steps: list[tuple[str, str, str | None, bool]] = [
+                    (proxy, sc, canary, post)
+                    for sc, canary, post in scenarios
+                    if sc != NO_MIRROR and (proxy != "nginx" or sc != HELLO)
+                ]
+                if proxy != "nginx":
+                    steps.insert(0, ("hello", HELLO, None, False))
+                for who, sc, canary, post in steps:
+                    px = lab.start(who, canary, trees)
+                    try:
+                        load(lab, px, who, sc, canary, post, WARMUP_S)  # warm-up
+                        if canary == "slow":
+                            time.sleep(0.6)  # the warm-up's mirrors land before counting
+                        for i in range(pairs):
+                            # Alternate which of the two goes first: no order bias.
+                            if i % 2 == 0:
+                                base = keep(load(lab, ref, proxy, NO_MIRROR, None, False, seconds))
+                                r = keep(load(lab, px, who, sc, canary, post, seconds))
+                            else:
+                                r = keep(load(lab, px, who, sc, canary, post, seconds))
+                                base = keep(load(lab, ref, proxy, NO_MIRROR, None, False, seconds))
+                            paired.append(Pair(proxy, sc, r.rps / base.rps, r.p99_ms / base.p99_ms))
+                    finally:
+                        lab.stop(px.proc)
+            finally:
+                lab.stop(ref.proc)
+    return [median_result(rs) for rs in runs.values()], paired
 
 
 def median_result(rs: list[Result]) -> Result:
-    """Medians per field (requests, canary hits and outcomes from the median-rps round)."""
+    """Medians per field (requests, canary hits and outcomes from the median-rps run)."""
     by_rps = sorted(rs, key=lambda r: r.rps)
     mid = by_rps[(len(by_rps) - 1) // 2]
     cpus = [r.cpu_us_per_req for r in rs if r.cpu_us_per_req is not None]
@@ -559,55 +601,79 @@ def median_result(rs: list[Result]) -> Result:
     )
 
 
-def table(results: list[Result]) -> str:
-    by = {(r.proxy, r.scenario): r for r in results}
+def pair_medians(paired: list[Pair]) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """(proxy, scenario) -> (median req/s ratio, median p99 ratio, pairs)."""
+    groups: dict[tuple[str, str], list[Pair]] = {}
+    for p in paired:
+        groups.setdefault((p.proxy, p.scenario), []).append(p)
+    return {
+        k: (
+            statistics.median(p.rps_ratio for p in ps),
+            statistics.median(p.p99_ratio for p in ps),
+            len(ps),
+        )
+        for k, ps in groups.items()
+    }
+
+
+def table(results: list[Result], paired: list[Pair]) -> str:
+    ratios = pair_medians(paired)
     proxies = list(dict.fromkeys(r.proxy for r in results if r.proxy not in ("direct", "hello")))
-    base = {px: by[(px, NO_MIRROR)] for px in proxies if (px, NO_MIRROR) in by}
     lines = [
-        "| scenario | proxy | req/s | x own no-mirror | p50 ms | p99 ms | errors "
+        "| scenario | proxy | req/s | x own no-mirror (paired) | p50 ms | p99 ms | errors "
         "| canary got | CPU µs/req |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        own = base.get(r.proxy)
-        ratio = f"{r.rps / own.rps:.2f}" if own else "-"
+        if r.proxy == "hello":
+            ratio = "-"
+        elif r.scenario == NO_MIRROR:
+            ratio = "1.00"
+        else:
+            rr = ratios.get((r.proxy, r.scenario))
+            ratio = f"{rr[0]:.2f}" if rr else "-"
         got = "-" if r.canary_received is None else f"{r.canary_received}/{r.requests}"
         cpu = "-" if r.cpu_us_per_req is None else f"{r.cpu_us_per_req:.0f}"
         lines.append(
             f"| {r.scenario} | {r.proxy} | {r.rps:.0f} | {ratio} | {r.p50_ms:.2f} "
             f"| {r.p99_ms:.2f} | {r.errors} | {got} | {cpu} |"
         )
-    hello = by.get(("hello", HELLO))
-    lines += ["", "| target | proxy | measured | goal | met |", "|---|---|---:|---:|:---:|"]
+    lines += [
+        "",
+        "| target | proxy | measured (median of pairs) | goal | met |",
+        "|---|---|---:|---:|:---:|",
+    ]
 
     def target(name: str, px: str, value: float, goal: str, ok: bool) -> None:
         lines.append(f"| {name} | {px} | {value:.2f} | {goal} | {'yes' if ok else 'NO'} |")
 
     for px in proxies:
-        s = base.get(px)
-        if s is None:
-            continue
-        if hello is not None and px != "nginx":
-            v = s.rps / hello.rps
+        rr = ratios.get((px, HELLO))
+        if rr is not None:
+            v = 1 / rr[0]
             target("no-mirror req/s / hypercorn hello-world", px, v, ">= 0.45", v >= 0.45)
-        fast = by.get((px, MIRROR_FAST))
-        if fast is not None:
-            v = fast.rps / s.rps
-            target("mirror fast req/s / own no-mirror", px, v, ">= 0.70", v >= 0.70)
-            if fast.canary_received is not None:
-                v = fast.canary_received / fast.requests
+        rr = ratios.get((px, MIRROR_FAST))
+        if rr is not None:
+            target("mirror fast req/s / own no-mirror", px, rr[0], ">= 0.70", rr[0] >= 0.70)
+            fast = [x for x in results if (x.proxy, x.scenario) == (px, MIRROR_FAST)]
+            if fast and fast[0].canary_received is not None:
+                v = fast[0].canary_received / fast[0].requests
                 target("mirror fast: canary got / requests", px, v, ">= 1.00", v >= 1.0)
         for sc in MISBEHAVING:
-            bad = by.get((px, sc))
-            if bad is None:
+            rr = ratios.get((px, sc))
+            if rr is None:
                 continue
-            v = bad.rps / s.rps
-            target(f"{sc}: req/s / own no-mirror", px, v, ">= 0.95", v >= 0.95)
-            v = bad.p99_ms / s.p99_ms
-            target(f"{sc}: p99 / own no-mirror p99", px, v, "<= 1.10", v <= 1.10)
-        post = by.get((px, POST_NO_MIRROR))
-        if post is not None:
-            v = s.rps / post.rps
+            target(f"{sc}: req/s / own no-mirror", px, rr[0], ">= 0.95", rr[0] >= 0.95)
+            target(f"{sc}: p99 / own no-mirror p99", px, rr[1], "<= 1.10", rr[1] <= 1.10)
+        rr = ratios.get((px, CONTROL))
+        if rr is not None:
+            lines.append(
+                f"| A/A control (same config, 2nd process): req/s, p99 ratios | {px} "
+                f"| {rr[0]:.2f}, {rr[1]:.2f} | 1.00 | - |"
+            )
+        rr = ratios.get((px, POST_NO_MIRROR))
+        if rr is not None:
+            v = 1 / rr[0]
             target("POST 4KiB cost / GET cost (no mirror)", px, v, "<= 1.30", v <= 1.30)
     return "\n".join(lines)
 
@@ -647,14 +713,17 @@ def chart(results: list[Result], path: Path) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--seconds", type=int, default=8, help="wrk duration per scenario")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
+    ap.add_argument("--seconds", type=int, default=5, help="wrk duration per run")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds; figures are medians")
+    ap.add_argument("--pairs", type=int, default=2, help="runs per scenario and round, each paired")
     ap.add_argument("--quick", action="store_true", help="1 round of 3 s per scenario")
     ap.add_argument(
         "--only", choices=["sidecar", "nginx"], help="measure one proxy (with the ceiling)"
     )
     ap.add_argument(
-        "--scenarios", metavar="TEXT", help="only scenarios whose name contains TEXT (and GET)"
+        "--scenarios",
+        metavar="TEXT[,TEXT]",
+        help="only scenarios whose name contains one of the TEXTs (and the reference)",
     )
     ap.add_argument(
         "--variant",
@@ -667,6 +736,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=OUT, help="output directory")
     args = ap.parse_args()
     seconds, rounds = (3, 1) if args.quick else (args.seconds, args.rounds)
+    pairs = 1 if args.quick else args.pairs
     trees = {k: str(Path(v).resolve()) for k, v in (x.split("=", 1) for x in args.variant)}
     # With variants, only they are measured (name one `sidecar=.` to include this tree).
     proxies = [*(trees or ["sidecar"]), "nginx"]
@@ -674,8 +744,9 @@ def main() -> int:
         proxies.remove("nginx")
     elif args.only == "nginx":
         proxies = ["nginx"]
+    wanted = args.scenarios.split(",") if args.scenarios else None
     scenarios = [
-        s for s in SCENARIOS if not args.scenarios or args.scenarios in s[0] or s[0] == NO_MIRROR
+        s for s in SCENARIOS if not wanted or any(w in s[0] for w in wanted) or s[0] == NO_MIRROR
     ]
     ensure_tools()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -683,14 +754,18 @@ def main() -> int:
         lab = Lab(Path(tmp))
         try:
             lab.start_backends()
-            results = measure(lab, proxies, scenarios, seconds, rounds, trees)
+            results, paired = measure(lab, proxies, scenarios, seconds, rounds, pairs, trees)
         finally:
             lab.close()
-    text = table(results)
+    text = table(results, paired)
     cmd = " ".join(["bench/bench_proxy.py", *sys.argv[1:]])
-    print(f"\n{cmd}: {rounds} round(s) x {seconds} s, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}\n")
+    print(
+        f"\n{cmd}: {rounds} round(s) x {pairs} pair(s) x {seconds} s, "
+        f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}\n"
+    )
     print(text)
-    (args.out / "proxy.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    doc = {"results": [asdict(r) for r in results], "pairs": [asdict(p) for p in paired]}
+    (args.out / "proxy.json").write_text(json.dumps(doc, indent=2))
     (args.out / "proxy.md").write_text(text + "\n")
     if chart(results, args.out / "proxy.png"):
         print(f"\nchart: {args.out / 'proxy.png'}")
