@@ -722,7 +722,7 @@ def main() -> int:
     )
     ap.add_argument(
         "--scenarios",
-        metavar="TEXT[,TEXT]",
+        metavar="TEXT[|TEXT]",
         help="only scenarios whose name contains one of the TEXTs (and the reference)",
     )
     ap.add_argument(
@@ -744,7 +744,7 @@ def main() -> int:
         proxies.remove("nginx")
     elif args.only == "nginx":
         proxies = ["nginx"]
-    wanted = args.scenarios.split(",") if args.scenarios else None
+    wanted = args.scenarios.split("|") if args.scenarios else None
     scenarios = [
         s for s in SCENARIOS if not wanted or any(w in s[0] for w in wanted) or s[0] == NO_MIRROR
     ]
