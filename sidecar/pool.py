@@ -13,7 +13,11 @@ and covers queue wait plus round trip.
 hand-off), skip it as `failed` ("deadline expired in queue") when its deadline passed,
 otherwise run the chain under `asyncio.timeout_at(deadline)`. The default chain picks a
 server by smooth weighted round-robin (nginx's algorithm: deterministic), sends the shadow
-request with that server's `ConnectionPool`, and reads the response to the end. A response
+request with that server's `ConnectionPool`, and reads the response to the end. A server
+whose connect failed is skipped for a short window that doubles while connects keep
+failing (`CONNECT_BACKOFF_S` up to `CONNECT_BACKOFF_MAX_S`, reset by a success); when
+every server is in its window the tee ends at once as `failed` ("connect"), so a dead
+canary costs no connect attempt per tee. A response
 is `completed` (any status); a client error or the deadline is `failed` with a short
 reason; anything else is a bug in the chain: logged once with its traceback, `panicked`,
 and the worker carries on, so the pool never loses a worker.
@@ -41,7 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sidecar.client import ClientError, ConnectionPool
+from sidecar.client import ClientError, ConnectError, ConnectionPool
 from sidecar.config import CanarySpec, Endpoint, RateSpec
 from sidecar.headers import Headers, ShadowTemplate
 
@@ -96,6 +100,13 @@ ERR_CONNECT = "connect"
 ERR_RESET = "reset"
 ERR_PROTOCOL = "protocol"
 ERR_ABANDONED = "abandoned at shutdown"
+
+# A server whose connect failed is not tried again for a short window, during which its
+# tees end at once as `failed` ("connect"): a dead canary then costs an admission and a
+# counter per tee instead of a connect attempt each (nginx: max_fails / fail_timeout). The
+# window doubles while connects keep failing, up to the maximum; a success resets it.
+CONNECT_BACKOFF_S = 0.05
+CONNECT_BACKOFF_MAX_S = 1.0
 
 
 class Body:
@@ -215,13 +226,22 @@ def connection_shares(weights: Sequence[int], workers: int) -> list[int] | None:
 
 
 class _Server:
-    __slots__ = ("endpoint", "host", "max_connections", "pool")
+    __slots__ = ("backoff", "down_until", "endpoint", "host", "max_connections", "pool")
 
     def __init__(self, endpoint: Endpoint, max_connections: int | None) -> None:
         self.endpoint = endpoint
         self.host = endpoint.authority.encode("ascii")
         self.max_connections = max_connections  # None: a throw-away pool per request
         self.pool: ConnectionPool | None = None
+        self.down_until = 0.0  # loop time until which this server is not tried (refused)
+        self.backoff = 0.0  # the current window; 0: the last connect succeeded
+
+    def refused(self, now: float) -> None:
+        """A connect failed: skip this server for a window that grows while they fail."""
+        if now < self.down_until:
+            return  # one of several concurrent attempts: the window is already set
+        self.backoff = min(self.backoff * 2, CONNECT_BACKOFF_MAX_S) or CONNECT_BACKOFF_S
+        self.down_until = now + self.backoff
 
 
 class CanaryPool:
@@ -482,19 +502,41 @@ class CanaryPool:
                 rule=job.rule,
             )
             return await self._chain(request)
-        server = self._servers[self._wrr.pick() if len(self._servers) > 1 else 0]
+        server = self._pick()
         target, headers, body = self._shadow(job, server.host)
-        if server.max_connections is None:
-            pool = ConnectionPool(server.endpoint, max_connections=1)
-            self._ephemeral_open += 1
-            try:
-                return await _exchange(pool, job.request.method, target, headers, body)
-            finally:
-                self._ephemeral_open -= 1
-                await pool.aclose()
-        if server.pool is None:
-            server.pool = ConnectionPool(server.endpoint, max_connections=server.max_connections)
-        return await _exchange(server.pool, job.request.method, target, headers, body)
+        try:
+            if server.max_connections is None:
+                pool = ConnectionPool(server.endpoint, max_connections=1)
+                self._ephemeral_open += 1
+                try:
+                    status = await _exchange(pool, job.request.method, target, headers, body)
+                finally:
+                    self._ephemeral_open -= 1
+                    await pool.aclose()
+            else:
+                if server.pool is None:
+                    server.pool = ConnectionPool(
+                        server.endpoint, max_connections=server.max_connections
+                    )
+                status = await _exchange(server.pool, job.request.method, target, headers, body)
+        except ConnectError:
+            assert self._loop is not None
+            server.refused(self._loop.time())
+            raise
+        server.backoff = 0.0
+        return status
+
+    def _pick(self) -> _Server:
+        """The next server by weighted round-robin, skipping any in its connect back-off;
+        raises ConnectError (a `failed` "connect") when every server is in one."""
+        servers = self._servers
+        assert self._loop is not None
+        now = self._loop.time()
+        for _ in range(len(servers)):
+            server = servers[self._wrr.pick() if len(servers) > 1 else 0]
+            if now >= server.down_until:
+                return server
+        raise ConnectError("connection refused moments ago; backing off", reason=ERR_CONNECT)
 
 
 class _Expired:
