@@ -42,7 +42,9 @@ SETTLE_TIMEOUT_S = 15.0
 # The mirror of an endless or dripping response must give up at its deadline (from
 # dispatch): the canary sees the connection close within the timeout plus this slack.
 DEADLINE_SLACK_S = 1.5
-SLOW_DELAY_S = 0.2  # x (1 running + 2 queued rounds) stays well inside the 1 s timeout
+SLOW_DELAY_S = 0.2  # x (1 running + 2 queued rounds) stays well inside its timeout
+# The slow canary's own timeout: room for a loaded CI machine, so its mirrors complete.
+SLOW_TIMEOUT_S = 5.0
 HEAL_REQUESTS = 5
 
 FAULTS = ("slow", "silent", "dead", "reset", "storm", "endless", "drip")
@@ -84,7 +86,7 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
             for name, url in urls.items():
                 lines.append(
                     f"canary {name} {{ server {url} workers {WORKERS} queue {QUEUE} "
-                    f"timeout {CANARY_TIMEOUT_S:g}s }}"
+                    f"timeout {SLOW_TIMEOUT_S if name == 'slow' else CANARY_TIMEOUT_S:g}s }}"
                 )
                 lines.append(f'mirror m_{name} {{ when path ^= "/{name}/" to {name} }}')
             rules = "\n".join(lines) + "\n"
