@@ -4,9 +4,9 @@ How this works
 --------------
 Admission (`try_admit`) runs on the request path and never awaits. It checks, in order,
 the rate bucket (`dropped_rate`), then room: a worker idle right now takes the job by
-hand-off (its waiting future is resolved directly), else the job goes to the queue if it
-holds fewer than `queue` jobs, else `dropped_full`. `queue 0` therefore admits only when a
-worker is idle. The job's deadline (`loop.time() + timeout_s`) is set here, at dispatch,
+hand-off (its waiting future is resolved directly), else the job goes to the queue; when
+`workers + queue` jobs are already admitted and unsettled it is `dropped_full` instead.
+`queue 0` therefore admits only when a worker is idle (parked, or free and about to look). The job's deadline (`loop.time() + timeout_s`) is set here, at dispatch,
 and covers queue wait plus round trip.
 
 `workers` tasks loop forever: take a job (or park a future in `_idle` and wait for a
@@ -333,6 +333,11 @@ class CanaryPool:
         bucket = self._bucket
         if bucket is not None and not bucket.has_token(now):
             return self.record(Outcome.DROPPED_RATE, job.rule)
+        # Room: admitted and unsettled jobs (queued or running) stay within workers + queue.
+        # Counting jobs, not parked workers, makes a worker that is free but has not yet
+        # parked (just started, or looping back) count as idle, so `queue 0` admits then.
+        if self._running >= self.spec.workers + self.spec.queue:
+            return self.record(Outcome.DROPPED_FULL, job.rule)
         job.deadline = now + self.spec.timeout_s
         idle = self._idle
         while idle:
@@ -341,9 +346,7 @@ class CanaryPool:
                 waiter.set_result(job)
                 break
         else:
-            if len(self._jobs) >= self.spec.queue:
-                return self.record(Outcome.DROPPED_FULL, job.rule)
-            self._jobs.append(job)
+            self._jobs.append(job)  # a free worker takes it before parking again
         if bucket is not None:
             bucket.take()
         self._running += 1

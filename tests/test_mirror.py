@@ -419,3 +419,21 @@ async def test_unused_socket_helper_closes_cleanly() -> None:
         port = int(url.rsplit(":", 1)[1])
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_first_requests_after_wrap_find_the_workers_idle() -> None:
+    """Pools start on the first request; their fresh workers count as idle at once, so with
+    `queue_size=0` a first burst gets exactly `workers` tees through, the rest dropped_full."""
+    async with RecordingCanary(behaviour="hold") as canary:
+        m = mirror_for(canary, workers=3, queue_size=0)
+        app = m.wrap(Primary())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            replies = await asyncio.gather(*(client.get(f"/b{i}") for i in range(6)))
+        assert [r.status_code for r in replies] == [200] * 6
+        stats = m.stats()
+        assert (stats.dispatched, stats.dropped_full) == (3, 3)
+        await canary.wait_for(3)
+        canary.release.set()
+        await m.aclose(drain=5.0)
+        assert m.stats().completed == 3
