@@ -164,9 +164,16 @@ def _finish(
         else:
             parsed.append(tree)
     digests = [SourceFile(path=n, sha256=hashlib.sha256(data).hexdigest()) for n, _, data in texts]
+    # The configuration's hash: sha256 of the sources' bytes in configuration order (for
+    # one file, that file's sha256sum).
+    whole = hashlib.sha256()
+    for _, _, data in texts:
+        whole.update(data)
     config: Config | None = None
     try:
-        config, problems = validate(parsed, sources=digests, complete=complete)
+        config, problems = validate(
+            parsed, sources=digests, sha256=whole.hexdigest(), complete=complete
+        )
     except Exception as exc:
         problems = [internal_error(files[0] if files else "<config>", exc)]
     diags.extend(problems)

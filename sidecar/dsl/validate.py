@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 from collections.abc import Sequence
 
 from sidecar import config as cfg
@@ -64,18 +63,14 @@ def validate(
     files: Sequence[ast.File],
     *,
     sources: Sequence[cfg.SourceFile] = (),
+    sha256: str = "",
     complete: bool = True,
 ) -> tuple[cfg.Config | None, list[Diagnostic]]:
-    """Check every file; return (Config or None if any error, every diagnostic, sorted)."""
-    return _Validator(complete).run(files, sources)
+    """Check every file; return (Config or None if any error, every diagnostic, sorted).
 
-
-def sources_sha256(sources: Sequence[cfg.SourceFile]) -> str:
-    """One digest over the files' digests in configuration order (order matters: it is routing)."""
-    h = hashlib.sha256()
-    for src in sources:
-        h.update(src.sha256.encode("ascii") + b"\n")
-    return h.hexdigest()
+    `sha256` is the configuration's content hash (the loader's: over the sources' bytes).
+    """
+    return _Validator(complete).run(files, sources, sha256)
 
 
 class _Validator:
@@ -92,7 +87,7 @@ class _Validator:
         self.excludes: list[cfg.ExcludeSpec] = []
 
     def run(
-        self, files: Sequence[ast.File], sources: Sequence[cfg.SourceFile]
+        self, files: Sequence[ast.File], sources: Sequence[cfg.SourceFile], sha256: str
     ) -> tuple[cfg.Config | None, list[Diagnostic]]:
         for file in files:
             for stmt in file.statements:
@@ -110,7 +105,7 @@ class _Validator:
             rules=tuple(self.rule_specs),
             excludes=tuple(self.excludes),
             sources=tuple(sources),
-            sha256=sources_sha256(sources),
+            sha256=sha256,
         )
         return config, self.r.sorted()
 
