@@ -9,6 +9,8 @@ two different `Content-Length`s, a `Transfer-Encoding` other than `chunked`, a m
 - `Transfer-Encoding` on an HTTP/1.0 request (RFC 9112 section 6.1: the framing is faulty);
 - a header section larger than h11's limit when it arrives in one read;
 - `CONNECT` and authority-form targets (a reverse proxy is never a tunnel);
+- a request line with an HTTP version other than 1.0 or 1.1 (h11 takes any `HTTP/d.d`),
+  and a request target past `MAX_TARGET_BYTES` (414, as nginx);
 - control characters other than HTAB in a header value (h11 refuses only CR, LF and NUL;
   RFC 9110 section 5.5 makes the others invalid too, and another hop may parse them
   differently).
@@ -32,6 +34,11 @@ from dataclasses import dataclass
 # the head is incomplete, so a large head arriving in one read would pass without this.
 # 16 KiB is h11's default and nginx's order of magnitude (4 x 8 KiB buffers).
 MAX_HEADER_SECTION_BYTES = 16 * 1024
+# A longer request target is refused with 414, as nginx does past its 8 KiB line buffer.
+MAX_TARGET_BYTES = 8 * 1024
+# The HTTP versions a request may carry (hypercorn's scope: "1.0", "1.1", "2"); h11 parses
+# any `HTTP/d.d`, so `HTTP/9.9` would otherwise be forwarded as 1.1.
+SUPPORTED_HTTP_VERSIONS = frozenset({"1.0", "1.1", "2"})
 
 # inspect() returns the request body's framing as an int: a length, or one of these.
 NO_BODY = 0
@@ -59,6 +66,8 @@ BAD_TARGET = Refusal(400, "Bad Request: invalid request target")
 CONNECT_REFUSED = Refusal(405, "Method Not Allowed: CONNECT is not proxied")
 
 BAD_HEADER_VALUE = Refusal(400, "Bad Request: control character in a header value")
+URI_TOO_LONG = Refusal(414, "URI Too Long")
+BAD_VERSION = Refusal(400, "Bad Request: unsupported HTTP version")
 
 # Any CTL but HTAB (RFC 9110 section 5.5); search() returns None without allocating.
 _CTL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
@@ -75,6 +84,10 @@ def inspect(
     `headers` are ASGI pairs (names lower-case). The target is checked too: origin-form,
     `*` for OPTIONS, or absolute-form (see `origin_form`).
     """
+    if http_version not in SUPPORTED_HTTP_VERSIONS:
+        return BAD_VERSION
+    if len(raw_path) > MAX_TARGET_BYTES:
+        return URI_TOO_LONG
     size = len(method) + len(raw_path) + 16  # request line: spaces, version, CRLF
     length: bytes | None = None
     te: bytes | None = None

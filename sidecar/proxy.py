@@ -145,6 +145,10 @@ class ProxyApp:
             )
 
         out_headers = forward_request_headers(headers, client=client, scheme=scheme)
+        if scope["http_version"] == "1.0" and not view.header_b(b"host"):
+            # HTTP/1.0 may omit Host; HTTP/1.1 to the primary needs one: its own authority,
+            # as nginx's default `proxy_set_header Host $proxy_host`.
+            out_headers.append((b"host", snap.primary.endpoint.authority.encode("ascii")))
         body: bytes | AsyncIterator[bytes] = b""
         if framed != framing.NO_BODY:
             message = await receive()

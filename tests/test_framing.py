@@ -80,6 +80,9 @@ def test_accepted(
         ("GET", b"*", "1.1", H, framing.BAD_TARGET),
         ("GET", b"http://user@evil.example/", "1.1", H, framing.BAD_TARGET),
         ("GET", b"ftp://evil.example/", "1.1", H, framing.BAD_TARGET),
+        ("GET", b"/", "9.9", H, framing.BAD_VERSION),
+        ("GET", b"/", "1.2", H, framing.BAD_VERSION),
+        ("GET", b"/" + b"a" * framing.MAX_TARGET_BYTES, "1.1", H, framing.URI_TOO_LONG),
     ],
 )
 def test_refused(

@@ -212,6 +212,8 @@ HOSTILE: dict[str, bytes | list[bytes]] = {
     "target_not_a_path": b"GET echo/h-tnopath HTTP/1.1\r\n" + H + b"\r\n",
     "target_userinfo": b"GET http://user@127.0.0.1/echo/h-tuser HTTP/1.1\r\n" + H + b"\r\n",
     "no_host": b"GET /echo/h-nohost HTTP/1.1\r\n\r\n",
+    "bad_version": b"GET /echo/h-badver HTTP/9.9\r\n" + H + b"\r\n",
+    "uri_too_long": b"GET /echo/h-longuri" + b"a" * 9000 + b" HTTP/1.1\r\n" + H + b"\r\n",
 }
 
 
@@ -429,3 +431,11 @@ async def test_marked_requests_are_not_mirrored(env: Env) -> None:
     assert metric(text, "sidecar_mirror_requests_total", outcome="dispatched") == before + 2
     for name in ("X-Mirror", "x-mirror", "X-MIRROR"):
         assert env.primary.saw(f"/echo/marked-{name}".encode())
+
+
+async def test_http10_without_host_reaches_the_primary(env: Env) -> None:
+    """HTTP/1.0 may omit Host: forwarded (with the primary's authority), not a 502."""
+    reply = await raw(env, b"GET /echo/h-http10 HTTP/1.0\r\n\r\n")
+    assert _status(reply) == 200, reply[:300]
+    await _barrier(env)
+    assert len(env.primary.saw(b"h-http10")) == 1
