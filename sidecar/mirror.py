@@ -72,6 +72,8 @@ class Upstream:
             raise ValueError(f"url: {exc}") from None
         if self.weight < 1:
             raise ValueError("weight must be at least 1")
+        if self.name is None:
+            object.__setattr__(self, "name", self.url)  # SPEC 6: the name defaults to the URL
 
     @property
     def canary(self) -> str:

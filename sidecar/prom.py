@@ -102,6 +102,8 @@ class Metrics:
         self.reloads = Counter(
             "sidecar_rules_reloads", "Configuration reloads by result.", ["result"], registry=r
         )
+        for result in ("ok", "error"):  # both series exist (at 0) before the first reload
+            self.reloads.labels(result)
         self.last_reload_success = Gauge(
             "sidecar_rules_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load.",

@@ -437,3 +437,8 @@ async def test_first_requests_after_wrap_find_the_workers_idle() -> None:
         canary.release.set()
         await m.aclose(drain=5.0)
         assert m.stats().completed == 3
+
+
+def test_upstream_name_defaults_to_its_url() -> None:
+    assert Upstream("http://127.0.0.1:9").name == "http://127.0.0.1:9"
+    assert Upstream("http://127.0.0.1:9", name="v2").name == "v2"

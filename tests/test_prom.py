@@ -93,3 +93,10 @@ def test_primary_rules_and_reload_metrics() -> None:
 def test_metrics_are_built_once_per_registry() -> None:
     reg = CollectorRegistry()
     assert prom.metrics(reg) is prom.metrics(reg)
+
+
+def test_reload_counters_exist_at_zero_before_any_reload() -> None:
+    reg = CollectorRegistry()
+    prom.Metrics(reg)
+    for result in ("ok", "error"):
+        assert reg.get_sample_value("sidecar_rules_reloads_total", {"result": result}) == 0.0
