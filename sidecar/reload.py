@@ -84,6 +84,11 @@ class _Loaded:
     error: str | None  # why there is no config, when it is not in `report`
     files: int
     kept_addresses: tuple[str, ...] = ()  # listen/admin changes ignored until a restart
+    declared: Addresses | None = None  # listen/admin as the files say (before the flags)
+
+
+# (listen, admin) as written in the rule files, before `--listen/--admin` override them.
+Addresses = tuple[str, str | None]
 
 
 class Reloader:
@@ -102,8 +107,12 @@ class Reloader:
         *,
         prepare: Callable[[Config], Config],
         after: Callable[[str, ReloadResult], None] | None = None,
+        declared: Addresses | None = None,
     ) -> None:
+        """`declared`: the files' listen/admin at start-up, when flags override them, so
+        that a later edit of them is still reported (it needs a restart either way)."""
         self.runtime = runtime
+        self._declared = declared
         self.paths = tuple(paths)
         self._prepare = prepare
         self._after = after
@@ -118,7 +127,9 @@ class Reloader:
             self._fingerprint = fingerprint(self.paths)
             running = self.runtime.config
             try:
-                loaded = await asyncio.to_thread(_load, self.paths, self._prepare, running)
+                loaded = await asyncio.to_thread(
+                    _load, self.paths, self._prepare, running, self._declared
+                )
             except Exception as exc:  # _load reports problems; this is a bug, said once
                 log.exception("reload (%s): internal error", trigger)
                 loaded = _Loaded(
@@ -133,6 +144,7 @@ class Reloader:
                 prom.record_reload(False)
             else:
                 result = self._swap(trigger, running, loaded)
+                self._declared = loaded.declared
                 prom.record_reload(True)
         if self._after is not None:
             try:
@@ -194,7 +206,12 @@ class Reloader:
         return ReloadResult(ok=True, summary=summary, report=loaded.report)
 
 
-def _load(paths: Sequence[str], prepare: Callable[[Config], Config], running: Config) -> _Loaded:
+def _load(
+    paths: Sequence[str],
+    prepare: Callable[[Config], Config],
+    running: Config,
+    declared: Addresses | None = None,
+) -> _Loaded:
     """Step 1, in a worker thread: load + validate + flags + the running addresses + compile;
     never raises."""
     from sidecar import diagnostics
@@ -230,11 +247,16 @@ def _load(paths: Sequence[str], prepare: Callable[[Config], Config], running: Co
         return _Loaded(config=None, table=None, report=report, error=None, files=files)
     try:
         config = prepare(result.config)
+        now: Addresses = (result.config.listen, result.config.admin)
         kept: list[str] = []
         if config.listen != running.listen:
             kept.append(f"listen {config.listen} (still {running.listen})")
+        elif declared is not None and now[0] != declared[0]:
+            kept.append(f"listen {now[0]} in the rules (--listen keeps {running.listen})")
         if config.admin != running.admin:
             kept.append(f"admin {config.admin or 'off'} (still {running.admin or 'off'})")
+        elif declared is not None and now[1] != declared[1]:
+            kept.append(f"admin {now[1] or 'off'} in the rules (--admin keeps {running.admin})")
         if kept:  # /rules then shows the addresses in use
             config = replace(config, listen=running.listen, admin=running.admin)
         table = compile_table(config)
@@ -249,6 +271,7 @@ def _load(paths: Sequence[str], prepare: Callable[[Config], Config], running: Co
         error=None,
         files=files,
         kept_addresses=tuple(kept),
+        declared=now,
     )
 
 

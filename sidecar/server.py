@@ -383,6 +383,16 @@ async def _serve(
     return 0
 
 
+def _declared_addresses(opts: Options) -> tuple[str, str | None] | None:
+    """The files' own listen/admin when flags override them (None: nothing to compare)."""
+    if opts.listen is None and opts.admin is None:
+        return None
+    from sidecar.dsl import load
+
+    config = load(list(opts.paths)).config
+    return None if config is None else (config.listen, config.admin)
+
+
 def _reloading(
     opts: Options, runtime: Runtime, stop: asyncio.Event, notify: Connection | None
 ) -> tuple[Reloader, set[asyncio.Task[Any]]]:
@@ -394,7 +404,11 @@ def _reloading(
             notify.send_bytes(str(os.getpid()).encode("ascii"))  # the parent tells the rest
 
     reloader = Reloader(
-        runtime, opts.paths, prepare=lambda config: apply_overrides(config, opts), after=after
+        runtime,
+        opts.paths,
+        prepare=lambda config: apply_overrides(config, opts),
+        after=after,
+        declared=_declared_addresses(opts),
     )
     tasks: set[asyncio.Task[Any]] = set()
     loop = asyncio.get_running_loop()

@@ -353,6 +353,19 @@ async def test_listen_and_admin_changes_warn_and_keep_the_old_addresses(
             proc.wait()
 
 
+async def test_listen_change_warns_even_when_the_flags_override_it(
+    tmp_path: Path, primary_url: str
+) -> None:
+    head = f"listen 127.0.0.1:{free_port()}\nprimary {primary_url}\n"
+    async with serve_proxy(tmp_path, head) as proxy:
+        path = rules_file(proxy)
+        path.write_text(f"listen 127.0.0.1:{free_port()}\nprimary {primary_url}\n")
+        answer = await post_reload(proxy)
+        assert answer.status_code == 200, answer.text
+        await wait_until(lambda: "needs a restart" in proxy.log(), what="the warning")
+        await get(proxy)  # still serving on the --listen address
+
+
 # --- in process: the runtime and the coordinator without a server --------------------------
 
 
