@@ -326,6 +326,14 @@ def hypercorn_config(sock: socket.socket, *, grace_s: float, proxy: bool) -> Any
     return hc
 
 
+def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: a connection task cancelled when `--grace` runs out is
+    shutdown, not an error (asyncio's stream callback reports it with a traceback)."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 async def _serve(
     opts: Options,
     config: Config,
@@ -341,6 +349,7 @@ async def _serve(
     from sidecar.runtime import Runtime
 
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_cancellation)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

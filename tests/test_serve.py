@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
@@ -105,6 +106,24 @@ async def test_sigterm_finishes_in_flight_request_then_exits_0(tmp_path: Path) -
             assert await proxy.wait_exit() == 0
         assert not _port_open(port)
         assert "shutting down" in proxy.log()
+
+
+async def test_sigterm_past_grace_exits_0_without_a_traceback(tmp_path: Path) -> None:
+    """A request still running when --grace runs out is cut off; the exit stays clean."""
+    app = PrimaryApp()
+    async with serve_asgi(app) as primary_url:
+        rules = f"primary {primary_url} {{ timeout 30s }}\n"
+        async with (
+            serve_proxy(tmp_path, rules, "--grace", "0.5") as proxy,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
+            request = asyncio.create_task(client.get(f"{proxy.url}/slow?s=20"))
+            await wait_until(lambda: len(app.requests) == 1, what="the primary request")
+            proxy.proc.send_signal(signal.SIGTERM)
+            assert await proxy.wait_exit() == 0
+            with contextlib.suppress(httpx.HTTPError):
+                await request
+        assert "Traceback" not in proxy.log(), proxy.log()
 
 
 async def test_workers_2_serve_and_metrics_count_across_processes(
