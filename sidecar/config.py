@@ -10,6 +10,8 @@ from its keyword arguments. The routing table (`routing.compile`) is built from
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -29,6 +31,40 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: big enough for API payloads, small en
 DEFAULT_MARK = ("X-Mirror", "1")
 MAX_WORKERS = 1024
 
+# RFC 1035/1123 host names: labels of letters, digits and hyphens, not starting or
+# ending with a hyphen, 1..63 characters each, at most 253 in all.
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+MAX_HOSTNAME_CHARS = 253
+
+
+def host_problem(host: str) -> str | None:
+    """None when `host` is a valid host for an address or URL, else what is wrong.
+
+    The one host check of the configuration (addresses, URLs, `--listen`...):
+    `[v6]` (bracketed IPv6), dotted-decimal IPv4 (anything all-numeric must be a
+    valid IPv4 address: `999.1.1.1` and `1.2.3` are not), or a DNS name.
+    """
+    if not host:
+        return "the host is missing"
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
+            return f'"{host}" is missing a "[" or "]"'
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f'"{host[1:-1]}" is not an IPv6 address'
+        return None
+    labels = host.removesuffix(".").split(".")
+    if all(label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f'"{host}" is not an IPv4 address'
+        return None
+    if len(host) > MAX_HOSTNAME_CHARS or not all(_DNS_LABEL.match(label) for label in labels):
+        return f'"{host}" is not a valid host name (letters, digits and inner hyphens per label)'
+    return None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Endpoint:
@@ -46,6 +82,9 @@ class Endpoint:
             raise ValueError(f"URL scheme must be http or https, not {parts.scheme!r}")
         if not parts.hostname:
             raise ValueError("URL has no host")
+        problem = host_problem(f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname)
+        if problem:
+            raise ValueError(problem)
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ValueError("URL must not have a path, query or fragment")
         if parts.username or parts.password:

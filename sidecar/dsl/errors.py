@@ -10,6 +10,7 @@ where a keyword was expected gets a did-you-mean from difflib.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import re
@@ -19,6 +20,10 @@ from lark import Lark, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, Une
 from sidecar.diagnostics import Diagnostic, Span
 
 CODE = "syntax-error"
+ADDRESS_HINT = "an address is host:port (the port is required), such as 127.0.0.1:8080"
+# Hints whose mistake has a more precise code than `syntax-error`: a port-less
+# `listen localhost` is an invalid address, the same code as `listen localhost:0`.
+HINT_CODES: dict[str, str] = {ADDRESS_HINT: "invalid-address"}
 
 # hint -> inputs that fail in the parser state (and on the token type) the hint is about.
 CATALOGUE: dict[str, list[str]] = {
@@ -37,10 +42,11 @@ CATALOGUE: dict[str, list[str]] = {
         "primary 127.0.0.1:8081",
         'primary "http://127.0.0.1:8081"',
     ],
-    "an address is host:port, such as 127.0.0.1:8080": [
+    ADDRESS_HINT: [
         "listen localhost",
         "listen 8080",
         "admin localhost",
+        "admin 8080",
         'listen "127.0.0.1:8080"',
     ],
     'strings are double-quoted, such as "/api/"': [
@@ -227,6 +233,22 @@ def syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str) -> Diagnos
     if close:
         message += f' (did you mean "{close[0]}"?)'
     hint = None if close else hint_for(exc)  # a did-you-mean is the better hint
+    span = _span(exc, text, filename)
+    if hint in HINT_CODES and expected:
+        # `admin 1.2.3.4` lexes as the number "1.2": show the whole word as written.
+        span, found = _word_span(span, text)
+        message = f"expected {wanted}, found {found}"
     if hint:
         message += f": {hint}"
-    return Diagnostic(span=_span(exc, text, filename), severity="error", code=CODE, message=message)
+    code = HINT_CODES.get(hint or "", CODE)
+    return Diagnostic(span=span, severity="error", code=code, message=message)
+
+
+def _word_span(span: Span, text: str) -> tuple[Span, str]:
+    """Widen a one-line span to the whitespace-delimited word starting there, and show it."""
+    line = text.splitlines()[span.line - 1] if span.line <= len(text.splitlines()) else ""
+    word = line[span.column - 1 :].split(maxsplit=1)[0] if line[span.column - 1 :].strip() else ""
+    if not word:
+        return span, "end of file"
+    shown = f'"{word}"' if not word.startswith('"') else word
+    return dataclasses.replace(span, end_column=span.column + len(word)), shown

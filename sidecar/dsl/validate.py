@@ -37,7 +37,7 @@ CODES: dict[str, str] = {
     "unknown-canary": "`to` names a canary that no canary block defines",
     "missing-server": "a canary block has no `server`",
     "missing-to": "a mirror rule has no `to`",
-    "invalid-address": "a listen/admin address is not host:port or [v6]:port with a port in 1..65535",
+    "invalid-address": "a listen/admin address is not host:port or [v6]:port with a valid IP address or host name and a port in 1..65535",
     "invalid-url": "a primary or server URL is not http(s)://host[:port] without path, query or credentials",
     "invalid-header-name": "a header name is not an RFC 7230 token",
     "invalid-header-value": "a header value contains control characters",
@@ -116,12 +116,14 @@ class _Validator:
         if isinstance(stmt, ast.Listen):
             if r.once("listen", stmt.span, (self.listen.span if self.listen else None)):
                 self.listen = stmt
-            r.check("invalid-address", stmt.span, values.address_problem(stmt.address_raw))
+            problem = values.address_problem(stmt.address_raw)
+            r.check("invalid-address", _value_span(stmt.span, stmt.address_raw), problem)
         elif isinstance(stmt, ast.Admin):
             if r.once("admin", stmt.span, (self.admin.span if self.admin else None)):
                 self.admin = stmt
             if stmt.address_raw is not None:
-                r.check("invalid-address", stmt.span, values.address_problem(stmt.address_raw))
+                problem = values.address_problem(stmt.address_raw)
+                r.check("invalid-address", _value_span(stmt.span, stmt.address_raw), problem)
         elif isinstance(stmt, ast.Primary):
             self._primary(stmt)
         elif isinstance(stmt, ast.Canary):
@@ -329,3 +331,9 @@ def _normalise(expr: ast.Expr) -> ast.Expr:
     if isinstance(expr, ast.Group):
         return dataclasses.replace(expr, inner=_normalise(expr.inner))
     return dataclasses.replace(expr, operands=tuple(_normalise(o) for o in expr.operands))
+
+
+def _value_span(statement: Span, raw: str) -> Span:
+    """The span of a statement's last token, `raw` (one token, so on the statement's last line)."""
+    column = max(1, statement.end_column - len(raw))
+    return dataclasses.replace(statement, line=statement.end_line, column=column)

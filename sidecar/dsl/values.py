@@ -9,11 +9,10 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from sidecar.config import Endpoint
+from sidecar.config import Endpoint, host_problem
 
 # RFC 7230 section 3.2.6 `token`: the characters a header name may use.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]*\Z")
 
 # Hop-by-hop headers (RFC 7230 section 6.1, plus the de facto Keep-Alive and Proxy-*):
@@ -51,28 +50,12 @@ def method_problem(method: str) -> str | None:
     return f'"{method}" is not an HTTP method'
 
 
-def _host_problem(host: str) -> str | None:
-    if not host:
-        return "the host is missing"
-    if host.startswith("["):
-        if not host.endswith("]"):
-            return f'"{host}" is missing its closing "]"'
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return f'"{host[1:-1]}" is not an IPv6 address'
-        return None
-    if not _HOSTNAME.match(host):
-        return f'"{host}" is not a valid host name or address'
-    return None
-
-
 def address_problem(raw: str) -> str | None:
     """`host:port` or `[v6]:port`, port 1..65535."""
     host, sep, port = raw.rpartition(":")
     if not sep:
         return f'"{raw}" is not host:port'
-    problem = _host_problem(host)
+    problem = host_problem(host)
     if problem:
         return problem
     if not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
@@ -83,12 +66,12 @@ def address_problem(raw: str) -> str | None:
 def host_header_problem(value: str) -> str | None:
     """A `host "name"` value: a host, optionally with :port."""
     if value.startswith("[") and value.endswith("]"):
-        return _host_problem(value)
+        return host_problem(value)
     if ":" in value and not value.startswith("["):
         return address_problem(value)
     if value.startswith("["):
         return address_problem(value)
-    return _host_problem(value)
+    return host_problem(value)
 
 
 def url_problem(raw: str) -> str | None:

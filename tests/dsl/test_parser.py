@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.dsl import ast, units
-from sidecar.dsl.errors import CATALOGUE, hint_for
+from sidecar.dsl.errors import CATALOGUE, HINT_CODES, hint_for
 from sidecar.dsl.parser import get_parser, parse
 
 
@@ -212,7 +212,7 @@ def test_ratios(raw: str, ratio: float | None) -> None:
 def test_each_catalogue_entry_still_fires(hint: str, example: str) -> None:
     file, diags = parse(example, "c.mirror")
     assert file is None and len(diags) == 1
-    assert diags[0].code == "syntax-error"
+    assert diags[0].code == HINT_CODES.get(hint, "syntax-error")
     assert diags[0].message.endswith(": " + hint), diags[0].message
     assert "expected " in diags[0].message and ", found " in diags[0].message
 

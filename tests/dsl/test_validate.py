@@ -110,6 +110,57 @@ def test_canary_statement_codes(stmt: str, expected: list[str]) -> None:
     assert codes(src) == expected
 
 
+@pytest.mark.parametrize(
+    ("stmt", "code"),
+    [
+        ("listen 256.0.0.1:8080", "invalid-address"),
+        ("listen 999.1.1.1:80", "invalid-address"),
+        ("listen 999.999.999.999:80", "invalid-address"),
+        ("admin 1.2.3:80", "invalid-address"),
+        ("listen -bad-:80", "invalid-address"),
+        ("listen a..b:80", "invalid-address"),
+        (f"listen {'a' * 64}.example:80", "invalid-address"),
+        ("primary http://999.1.1.1:80", "invalid-url"),
+        ("primary http://-x-:80", "invalid-url"),
+        ("canary c { server http://999.1.1.1:80 } mirror c { to c }", "invalid-url"),
+        ("canary c { server http://x-:80 } mirror c { to c }", "invalid-url"),
+    ],
+)
+def test_invalid_hosts_are_errors_at_the_value(stmt: str, code: str) -> None:
+    diags = loads(f"{stmt}\n", "h.mirror").diagnostics
+    errors = [d for d in diags if d.severity == "error"]
+    assert [d.code for d in errors] == [code]
+    value = stmt.split()[1] if not stmt.startswith("canary") else stmt.split()[4]
+    assert (errors[0].span.line, errors[0].span.column) == (1, stmt.index(value) + 1)
+
+
+@pytest.mark.parametrize("stmt", ["admin 1.2.3.4", "listen nohost", "listen 8080"])
+def test_a_port_less_address_is_an_invalid_address(stmt: str) -> None:
+    diags = loads(f"{stmt}\n", "h.mirror").diagnostics
+    assert [d.code for d in diags] == ["invalid-address"]
+    assert diags[0].span.column == stmt.index(" ") + 2
+    assert diags[0].span.end_column == len(stmt) + 1
+    assert "port is required" in diags[0].message
+
+
+@pytest.mark.parametrize(
+    "stmt",
+    [
+        "listen 0.0.0.0:8080",
+        "listen localhost:8080",
+        "listen my-host.example.com:80",
+        "listen [::1]:8080",
+        f"listen {'a' * 63}.example:80",
+        "primary http://255.255.255.255:80",
+        "primary https://api.example.com",
+        "primary http://[::1]:8081",
+    ],
+)
+def test_valid_hosts_are_accepted(stmt: str) -> None:
+    diags = loads(f"{stmt}\n", "h.mirror").diagnostics
+    assert [d.code for d in diags if d.severity == "error"] == []
+
+
 def test_all_problems_are_reported_not_just_the_first() -> None:
     src = (
         OK
