@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
     if args.expect is not None:
         return _run_expect(args, result)
     if args.format == "json":
-        print(diagnostics.to_json(diags))
+        print(diagnostics.to_json(diags, result.files))
     else:
         if diags:
-            print(diagnostics.render_all(diags, result.sources))
+            print(diagnostics.render_all(diags, result.sources, result.files))
         print(diagnostics.summary(diags, len(result.files)))
     return 1 if diagnostics.has_errors(diags, strict=args.strict) else 0
 
@@ -102,15 +102,16 @@ def _run_expect(args: argparse.Namespace, result: LoadResult) -> int:
         table = compile_table(result.config, random=always_in)
         results = [expect.run_case(table, case) for case in cases]
     failed = diagnostics.has_errors(diags, strict=args.strict) or not all(r.passed for r in results)
+    order = [*result.files, args.expect]
     if args.format == "json":
         doc = {
-            "diagnostics": [d.to_json() for d in diagnostics.sort(diags)],
+            "diagnostics": [d.to_json() for d in diagnostics.sort(diags, order)],
             **expect.to_json(results),
         }
         print(json.dumps(doc, indent=2))
     else:
         if diags:
-            print(diagnostics.render_all(diags, sources))
+            print(diagnostics.render_all(diags, sources, order))
         print(diagnostics.summary(result.diagnostics, len(result.files)))
         if cases and not results:
             print(f"{len(cases)} cases not run: the configuration has errors")

@@ -113,16 +113,31 @@ def summary(diags: Sequence[Diagnostic], files: int) -> str:
     )
 
 
-def sort(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
-    return sorted(diags, key=Diagnostic.sort_key)
+def sort(diags: Iterable[Diagnostic], order: Sequence[str] | None = None) -> list[Diagnostic]:
+    """By file, then line, column and code.
+
+    Files are taken in `order` (a configuration's files, as given: SPEC section 2);
+    diagnostics of files not in it (a directory, a path) come first, by name. Without
+    an order, files sort by name.
+    """
+    rank: dict[str, int] = {}
+    for i, name in enumerate(order or ()):
+        rank.setdefault(name, i)
+    return sorted(diags, key=lambda d: (rank.get(d.span.file, -1), *d.sort_key()))
 
 
-def render_all(diags: Iterable[Diagnostic], sources: Mapping[str, str]) -> str:
-    return "\n".join(render(d, sources) for d in sort(diags))
+def render_all(
+    diags: Iterable[Diagnostic], sources: Mapping[str, str], order: Sequence[str] | None = None
+) -> str:
+    """Every diagnostic rendered, in `order` of files (default: the order of `sources`'s
+    keys, which the loader fills in configuration order)."""
+    return "\n".join(
+        render(d, sources) for d in sort(diags, list(sources) if order is None else order)
+    )
 
 
-def to_json(diags: Iterable[Diagnostic]) -> str:
-    return json.dumps([d.to_json() for d in sort(diags)], indent=2)
+def to_json(diags: Iterable[Diagnostic], order: Sequence[str] | None = None) -> str:
+    return json.dumps([d.to_json() for d in sort(diags, order)], indent=2)
 
 
 def has_errors(diags: Iterable[Diagnostic], *, strict: bool = False) -> bool:

@@ -237,13 +237,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if result.config is None:  # configuration errors: exactly what `check` prints
         if args.format == "json":
-            print(diagnostics.to_json(result.diagnostics))
+            print(diagnostics.to_json(result.diagnostics, result.files))
         else:
-            print(diagnostics.render_all(result.diagnostics, result.sources))
+            print(diagnostics.render_all(result.diagnostics, result.sources, result.files))
             print(diagnostics.summary(result.diagnostics, len(result.files)))
         return 1
     if result.diagnostics:  # warnings only: keep stdout for the trace
-        print(diagnostics.render_all(result.diagnostics, result.sources), file=sys.stderr)
+        print(
+            diagnostics.render_all(result.diagnostics, result.sources, result.files),
+            file=sys.stderr,
+        )
     e = explain(compile_table(result.config, random=always_in), view, args.body_size)
     if args.format == "json":
         print(json.dumps(to_json(e), indent=2))

@@ -211,7 +211,8 @@ def load_config(opts: Options, *, quiet: bool = False) -> tuple[Config, int] | N
     if result.usage_error:
         raise ServeError(result.usage_error)
     if result.diagnostics and not quiet:
-        print(diagnostics.render_all(result.diagnostics, result.sources), file=sys.stderr)
+        rendered = diagnostics.render_all(result.diagnostics, result.sources, result.files)
+        print(rendered, file=sys.stderr)
         print(diagnostics.summary(result.diagnostics, len(result.files)), file=sys.stderr)
     if result.config is None:
         return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.diagnostics import Diagnostic, Span, render, summary
+from sidecar.diagnostics import Diagnostic, Span, render, render_all, sort, summary
 
 
 def diag(line: int, col: int, end_col: int) -> Diagnostic:
@@ -38,3 +38,21 @@ def test_control_characters_are_not_echoed() -> None:
 def test_summary_plurals() -> None:
     assert summary([diag(1, 1, 2)], 1) == "1 error, 0 warnings in 1 file"
     assert summary([], 3) == "0 errors, 0 warnings in 3 files"
+
+
+def _at(file: str, line: int) -> Diagnostic:
+    span = Span(file=file, line=line, column=1, end_line=line, end_column=2)
+    return Diagnostic(span=span, severity="error", code="x", message="m")
+
+
+def test_sort_takes_files_in_the_configuration_order() -> None:
+    diags = [_at("a.mirror", 2), _at("z.mirror", 1), _at("a.mirror", 1), _at("dir", 1)]
+    got = [(d.span.file, d.span.line) for d in sort(diags, ["z.mirror", "a.mirror"])]
+    # a diagnostic of a file outside the order (a directory) comes first
+    assert got == [("dir", 1), ("z.mirror", 1), ("a.mirror", 1), ("a.mirror", 2)]
+    assert [d.span.file for d in sort(diags)][-1] == "z.mirror"  # no order: by name
+
+
+def test_render_all_defaults_to_the_order_of_the_sources() -> None:
+    text = render_all([_at("a.mirror", 1), _at("z.mirror", 1)], {"z.mirror": "x", "a.mirror": "y"})
+    assert text.index("z.mirror:1:1") < text.index("a.mirror:1:1")

@@ -179,4 +179,4 @@ def _finish(
     diags.extend(problems)
     if any(d.severity == "error" for d in diags):
         config = None
-    return LoadResult(config=config, diagnostics=sort(diags), sources=sources, files=files)
+    return LoadResult(config=config, diagnostics=sort(diags, files), sources=sources, files=files)

@@ -199,3 +199,27 @@ def test_script_never_prints_a_traceback(tmp_path: Path) -> None:
         proc = run_script("check", path)
         assert proc.returncode in (0, 1)
         assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_diagnostics_follow_the_configuration_order_not_file_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SPEC 2: the files are taken in the order given. z1 is given first, so its
+    # problems come first, although "a1" sorts before "z1".
+    syn = write(tmp_path, "z1.mirror", "canary v2 {\n")
+    sem = write(tmp_path, "a1.mirror", 'mirror m { when path ~ "(" to v2 }\n')
+    code, out, _ = check([syn, sem], capsys)
+    heads = [line for line in out.splitlines() if ": error: " in line]
+    assert code == 1 and [h.split(":")[0] for h in heads] == [syn, sem], out
+    code, out, _ = check(["--format", "json", syn, sem], capsys)
+    assert [d["file"] for d in json.loads(out)] == [syn, sem]
+
+
+def test_unused_canaries_in_two_files_follow_the_order_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    z = write(tmp_path, "z.mirror", GOOD + "canary z3 { server http://127.0.0.1:1 }\n")
+    a = write(tmp_path, "a.mirror", "canary a3 { server http://127.0.0.1:1 }\n")
+    _, out, _ = check([z, a], capsys)
+    heads = [line for line in out.splitlines() if "[unused-canary]" in line]
+    assert [h.split(":")[0] for h in heads] == [z, a], out
