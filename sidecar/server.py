@@ -1,7 +1,7 @@
 """`sidecar serve`: hypercorn listeners, signals, graceful shutdown and `--workers N`.
 
 One process (the default): load and validate the rules (diagnostics exactly as `check`
-prints them; any error exits 1 before anything listens), bind the proxy and admin sockets,
+prints them; any error exits 1, a usage error 2, before anything listens), bind the proxy and admin sockets,
 start the runtime (routing table, primary client, canary pools), then serve the proxy and
 the admin app with two `hypercorn.asyncio.serve` calls on one event loop (uvloop when
 installed). SIGTERM/SIGINT: the proxy stops accepting, idle keep-alive connections close,
@@ -87,6 +87,14 @@ ADMIN_TRIGGER = "POST /-/reload"
 class ServeError(Exception):
     """A start-up problem with a message for the operator (exit 1)."""
 
+    exit_status = 1
+
+
+class UsageError(ServeError):
+    """A bad command line: a PATH that does not exist, an unparsable flag (exit 2, as `check`)."""
+
+    exit_status = 2
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
@@ -164,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_config(opts)
     except ServeError as exc:
         print(f"sidecar serve: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_status
     if loaded is None:
         return 1
     config, files = loaded
@@ -209,7 +217,7 @@ def load_config(opts: Options, *, quiet: bool = False) -> tuple[Config, int] | N
 
     result = load(list(opts.paths))
     if result.usage_error:
-        raise ServeError(result.usage_error)
+        raise UsageError(result.usage_error)
     if result.diagnostics and not quiet:
         rendered = diagnostics.render_all(result.diagnostics, result.sources, result.files)
         print(rendered, file=sys.stderr)
@@ -225,16 +233,16 @@ def apply_overrides(config: Config, opts: Options) -> Config:
 
     changes: dict[str, Any] = {}
     if opts.listen is not None:
-        parse_address(opts.listen)
+        _check_flag_address("--listen", opts.listen)
         changes["listen"] = opts.listen
     if opts.admin is not None:
-        parse_address(opts.admin)
+        _check_flag_address("--admin", opts.admin)
         changes["admin"] = opts.admin
     if opts.primary is not None:
         try:
             endpoint = Endpoint.parse(opts.primary)
         except ValueError as exc:
-            raise ServeError(f"--primary {opts.primary}: {exc}") from None
+            raise UsageError(f"--primary {opts.primary}: {exc}") from None
         base = config.primary or PrimarySpec(endpoint=endpoint)
         changes["primary"] = replace(base, endpoint=endpoint)
     config = replace(config, **changes) if changes else config
@@ -243,6 +251,15 @@ def apply_overrides(config: Config, opts: Options) -> Config:
             "no primary: add a `primary http://host:port { ... }` block or pass --primary URL"
         )
     return config
+
+
+def _check_flag_address(flag: str, addr: str) -> None:
+    """The same check as a `listen`/`admin` statement's; raises UsageError."""
+    from sidecar.dsl.values import address_problem
+
+    problem = address_problem(addr)
+    if problem:
+        raise UsageError(f"{flag} {addr}: {problem}")
 
 
 def parse_address(addr: str) -> tuple[str, int]:

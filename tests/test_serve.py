@@ -69,6 +69,27 @@ def test_no_primary_anywhere_is_a_clear_error(tmp_path: Path) -> None:
     assert "--primary" in served.stderr and "Traceback" not in served.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["{missing}"],
+        ["--listen", "bogus", "{rules}"],
+        ["--listen", "999.1.1.1:80", "{rules}"],
+        ["--admin", "nope", "{rules}"],
+        ["--primary", "ftp://x", "{rules}"],
+    ],
+)
+def test_usage_errors_exit_2_like_check(tmp_path: Path, args: list[str]) -> None:
+    rules = tmp_path / "base.mirror"
+    rules.write_text("primary http://127.0.0.1:1\n")
+    argv = [a.format(missing=tmp_path / "nonexist", rules=rules) for a in args]
+    served = subprocess.run(
+        sidecar_command("serve", *argv), capture_output=True, text=True, timeout=30
+    )
+    assert served.returncode == 2, served.stderr
+    assert served.stderr.startswith("sidecar serve: ") and "Traceback" not in served.stderr
+
+
 async def test_flags_override_files_and_start_line(tmp_path: Path, primary_url: str) -> None:
     # The file's primary is dead and its admin is off: --primary replaces only the URL (the
     # 1s timeout stays, as the 504 shows) and --admin wins over `admin off`.
