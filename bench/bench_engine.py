@@ -7,7 +7,8 @@
    and with a 256-byte body, timed in a tight loop while no worker runs.
 2. Mirrors per second one `CanaryPool` (default 8 workers) sustains against a fast loopback
    canary (a raw asyncio server in a subprocess, so it has its own core): the queue is kept
-   full and completed jobs are counted for `--seconds`.
+   full and completed jobs are counted for `--seconds`; with this process's CPU per
+   completed mirror (admission, worker, client, metrics: steadier on a shared machine).
 3. In the same run, a hypercorn hello-world app's requests per second (subprocess), loaded
    by 32 tasks over `sidecar.client.ConnectionPool`: the yardstick for 2.
 
@@ -76,7 +77,8 @@ async def bench_admission(port: int, n: int) -> tuple[float, float]:
     return results[0], results[1]
 
 
-async def bench_pool(port: int, seconds: float, workers: int) -> float:
+async def bench_pool(port: int, seconds: float, workers: int) -> tuple[float, float]:
+    """(mirrors/s, CPU µs per mirror of this process: admission, worker, client, metrics)."""
     feed = workers * FEED_FACTOR
     pool = CanaryPool(spec_for(port, workers=workers, queue=feed))
     pool.start()
@@ -95,14 +97,15 @@ async def bench_pool(port: int, seconds: float, workers: int) -> float:
     top_up()
     await asyncio.sleep(0.5)
     before = pool.stats().completed
-    start = loop.time()
+    start, cpu = loop.time(), time.process_time()
     while loop.time() - start < seconds:
         top_up()
         await asyncio.sleep(0)  # let the workers run; re-fill as they drain the queue
     done = pool.stats().completed - before
     rate = done / (loop.time() - start)
+    cpu_us = (time.process_time() - cpu) / max(done, 1) * 1e6
     await pool.aclose(drain=None)
-    return rate
+    return rate, cpu_us
 
 
 async def bench_hypercorn(port: int) -> float:
@@ -143,13 +146,14 @@ def main() -> None:
         hyper = start_server("hypercorn", hyper_port, tmpdir)
         try:
 
-            async def run() -> tuple[float, float, float, float]:
+            async def run() -> tuple[float, float, tuple[float, float], float]:
                 no_body, body = await bench_admission(raw_port, args.admissions)
                 mirrors = await bench_pool(raw_port, args.seconds, args.workers)
                 hello = await bench_hypercorn(hyper_port)
                 return no_body, body, mirrors, hello
 
-            no_body, body, mirrors, hello = runner(run())  # type: ignore[misc]
+            result: tuple[float, float, tuple[float, float], float] = runner(run())  # type: ignore[assignment]
+            no_body, body, (mirrors, mirror_cpu), hello = result
         finally:
             for proc in (raw, hyper):
                 proc.terminate()
@@ -158,6 +162,7 @@ def main() -> None:
     print(f"tee admission, no body (GET):        {no_body:7.2f} us")
     print(f"tee admission, 256-byte body (POST): {body:7.2f} us")
     print(f"mirrors/s, one pool, {args.workers} workers, raw canary: {mirrors:9.0f}")
+    print(f"CPU per mirror (this process):               {mirror_cpu:9.1f} us")
     print(f"hypercorn hello-world req/s (32 conns):      {hello:9.0f}")
 
 

@@ -22,6 +22,8 @@ it, then after it, alternately), under the same load; a ratio is the median over
 pairs of all rounds (`--rounds` x `--pairs`). The hypercorn hello-world ceiling is paired
 with sidecar's reference the same way, and an A/A control (a second process with the
 reference's own configuration) shows what the pairing reads when nothing differs.
+The CPU-implied ratio (the reference's CPU per request over the scenario's, from /proc)
+is the proxy's own cost, which the load of other programs moves far less than req/s.
 Absolute figures in the table are medians of all runs. `--variant NAME=TREE` measures
 the sidecar of another source tree (a directory holding `sidecar/` and `grammar/`, e.g.
 `git archive HEAD~3 sidecar grammar | tar -x -C TREE`), for before/after figures from
@@ -521,6 +523,7 @@ class Pair:
     scenario: str
     rps_ratio: float  # scenario req/s / reference req/s
     p99_ratio: float
+    cpu_ratio: float | None  # reference CPU per request / scenario's: the proxy's own cost
 
 
 def measure(
@@ -572,7 +575,12 @@ def measure(
                             else:
                                 r = keep(load(lab, px, who, sc, canary, post, seconds))
                                 base = keep(load(lab, ref, proxy, NO_MIRROR, None, False, seconds))
-                            paired.append(Pair(proxy, sc, r.rps / base.rps, r.p99_ms / base.p99_ms))
+                            cpu = None
+                            if r.cpu_us_per_req and base.cpu_us_per_req:
+                                cpu = base.cpu_us_per_req / r.cpu_us_per_req
+                            paired.append(
+                                Pair(proxy, sc, r.rps / base.rps, r.p99_ms / base.p99_ms, cpu)
+                            )
                     finally:
                         lab.stop(px.proc)
             finally:
@@ -601,51 +609,57 @@ def median_result(rs: list[Result]) -> Result:
     )
 
 
-def pair_medians(paired: list[Pair]) -> dict[tuple[str, str], tuple[float, float, int]]:
-    """(proxy, scenario) -> (median req/s ratio, median p99 ratio, pairs)."""
+def pair_medians(paired: list[Pair]) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(proxy, scenario) -> median (req/s ratio, p99 ratio, CPU-per-request ratio); the
+    CPU ratio is nan for the ceiling (another program) and when CPU was not measured."""
     groups: dict[tuple[str, str], list[Pair]] = {}
     for p in paired:
         groups.setdefault((p.proxy, p.scenario), []).append(p)
-    return {
-        k: (
+    out: dict[tuple[str, str], tuple[float, float, float]] = {}
+    for k, ps in groups.items():
+        cpus = [p.cpu_ratio for p in ps if p.cpu_ratio is not None]
+        out[k] = (
             statistics.median(p.rps_ratio for p in ps),
             statistics.median(p.p99_ratio for p in ps),
-            len(ps),
+            statistics.median(cpus) if cpus and k[1] != HELLO else float("nan"),
         )
-        for k, ps in groups.items()
-    }
+    return out
 
 
 def table(results: list[Result], paired: list[Pair]) -> str:
     ratios = pair_medians(paired)
     proxies = list(dict.fromkeys(r.proxy for r in results if r.proxy not in ("direct", "hello")))
     lines = [
-        "| scenario | proxy | req/s | x own no-mirror (paired) | p50 ms | p99 ms | errors "
-        "| canary got | CPU µs/req |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | proxy | req/s | x own no-mirror (paired) | CPU-implied x (paired) "
+        "| p50 ms | p99 ms | errors | canary got | CPU µs/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if r.proxy == "hello":
-            ratio = "-"
+            ratio = cpu_ratio = "-"
         elif r.scenario == NO_MIRROR:
-            ratio = "1.00"
+            ratio = cpu_ratio = "1.00"
         else:
             rr = ratios.get((r.proxy, r.scenario))
             ratio = f"{rr[0]:.2f}" if rr else "-"
+            cpu_ratio = f"{rr[2]:.2f}" if rr and rr[2] == rr[2] else "-"
         got = "-" if r.canary_received is None else f"{r.canary_received}/{r.requests}"
         cpu = "-" if r.cpu_us_per_req is None else f"{r.cpu_us_per_req:.0f}"
         lines.append(
-            f"| {r.scenario} | {r.proxy} | {r.rps:.0f} | {ratio} | {r.p50_ms:.2f} "
+            f"| {r.scenario} | {r.proxy} | {r.rps:.0f} | {ratio} | {cpu_ratio} | {r.p50_ms:.2f} "
             f"| {r.p99_ms:.2f} | {r.errors} | {got} | {cpu} |"
         )
     lines += [
         "",
-        "| target | proxy | measured (median of pairs) | goal | met |",
-        "|---|---|---:|---:|:---:|",
+        "| target | proxy | measured (median of pairs) | CPU-implied | goal | met |",
+        "|---|---|---:|---:|---:|:---:|",
     ]
 
-    def target(name: str, px: str, value: float, goal: str, ok: bool) -> None:
-        lines.append(f"| {name} | {px} | {value:.2f} | {goal} | {'yes' if ok else 'NO'} |")
+    def target(
+        name: str, px: str, value: float, goal: str, ok: bool, cpu: float = float("nan")
+    ) -> None:
+        c = f"{cpu:.2f}" if cpu == cpu else "-"
+        lines.append(f"| {name} | {px} | {value:.2f} | {c} | {goal} | {'yes' if ok else 'NO'} |")
 
     for px in proxies:
         rr = ratios.get((px, HELLO))
@@ -654,7 +668,7 @@ def table(results: list[Result], paired: list[Pair]) -> str:
             target("no-mirror req/s / hypercorn hello-world", px, v, ">= 0.45", v >= 0.45)
         rr = ratios.get((px, MIRROR_FAST))
         if rr is not None:
-            target("mirror fast req/s / own no-mirror", px, rr[0], ">= 0.70", rr[0] >= 0.70)
+            target("mirror fast req/s / own no-mirror", px, rr[0], ">= 0.70", rr[0] >= 0.70, rr[2])
             fast = [x for x in results if (x.proxy, x.scenario) == (px, MIRROR_FAST)]
             if fast and fast[0].canary_received is not None:
                 v = fast[0].canary_received / fast[0].requests
@@ -663,18 +677,18 @@ def table(results: list[Result], paired: list[Pair]) -> str:
             rr = ratios.get((px, sc))
             if rr is None:
                 continue
-            target(f"{sc}: req/s / own no-mirror", px, rr[0], ">= 0.95", rr[0] >= 0.95)
+            target(f"{sc}: req/s / own no-mirror", px, rr[0], ">= 0.95", rr[0] >= 0.95, rr[2])
             target(f"{sc}: p99 / own no-mirror p99", px, rr[1], "<= 1.10", rr[1] <= 1.10)
         rr = ratios.get((px, CONTROL))
         if rr is not None:
             lines.append(
                 f"| A/A control (same config, 2nd process): req/s, p99 ratios | {px} "
-                f"| {rr[0]:.2f}, {rr[1]:.2f} | 1.00 | - |"
+                f"| {rr[0]:.2f}, {rr[1]:.2f} | {rr[2]:.2f} | 1.00 | - |"
             )
         rr = ratios.get((px, POST_NO_MIRROR))
         if rr is not None:
             v = 1 / rr[0]
-            target("POST 4KiB cost / GET cost (no mirror)", px, v, "<= 1.30", v <= 1.30)
+            target("POST 4KiB cost / GET cost (no mirror)", px, v, "<= 1.30", v <= 1.30, 1 / rr[2])
     return "\n".join(lines)
 
 
