@@ -274,8 +274,8 @@ class _Validator:
             for target in to.canaries:
                 used.add(target.value)
                 if target.value not in self.canaries:
-                    close = difflib.get_close_matches(target.value, names, n=1, cutoff=0.5)
-                    hint = f' (did you mean "{close[0]}"?)' if close else ""
+                    close = did_you_mean(target.value, names)
+                    hint = f' (did you mean "{close}"?)' if close else ""
                     r.error("unknown-canary", target.span, f'unknown canary "{target.value}"{hint}')
             known = [t.value for t in to.canaries if t.value in self.canaries]
             if known and all(k in taken for k in known):
@@ -337,3 +337,14 @@ def _value_span(statement: Span, raw: str) -> Span:
     """The span of a statement's last token, `raw` (one token, so on the statement's last line)."""
     column = max(1, statement.end_column - len(raw))
     return dataclasses.replace(statement, line=statement.end_line, column=column)
+
+
+def did_you_mean(word: str, names: Sequence[str]) -> str | None:
+    """The known name `word` most likely misspells: one differing only in case first
+    (names are case-sensitive, so `a` for `A` is the likeliest slip), else the closest."""
+    folded = word.casefold()
+    same = [n for n in names if n.casefold() == folded]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.5)
+    return close[0] if close else None

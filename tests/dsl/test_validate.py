@@ -245,3 +245,22 @@ def test_code_catalogue_is_kebab_case_with_descriptions() -> None:
     for code, text in CODES.items():
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", code)
         assert text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("canaries", "target", "suggestion"),
+    [
+        (["A"], "a", ' (did you mean "A"?)'),
+        (["Canary_V2", "canary_v3"], "canary_v2", ' (did you mean "Canary_V2"?)'),
+        (["v2"], "v3", ' (did you mean "v2"?)'),
+        (["shadow"], "zz", ""),
+    ],
+)
+def test_unknown_canary_did_you_mean_tries_a_case_only_difference_first(
+    canaries: list[str], target: str, suggestion: str
+) -> None:
+    defined = "".join(f"canary {c} {{ server http://127.0.0.1:1 }}\n" for c in canaries)
+    uses = "".join(f"mirror m{i} {{ when method == GET to {c} }}\n" for i, c in enumerate(canaries))
+    src = f"{OK}{defined}{uses}mirror typo {{ when method == GET to {target} }}\n"
+    diags = [d for d in loads(src, "d.mirror").diagnostics if d.code == "unknown-canary"]
+    assert [d.message for d in diags] == [f'unknown canary "{target}"{suggestion}']
