@@ -45,17 +45,27 @@ class Predicate:
         """None if the predicate holds; else the text of the first clause that does not.
 
         Inside an `and` that is the first operand that fails (recursively); an
-        `or`, a `not` or a test is reported whole.
+        `or`, a `not` or a test is reported whole, with the parentheses written
+        around it: `(path == "/a" or path == "/b")`. A parenthesised `and` is
+        looked into, like any `and`.
         """
         if self.check(view):
             return None
         node = self.node
+        if isinstance(node, ast.Group) and not isinstance(_ungrouped(node), ast.And):
+            return self.text
         if isinstance(node, ast.And | ast.Group):
             for child in self.children:
                 found = child.failing_clause(view)
                 if found is not None:
                     return found
         return self.text
+
+
+def _ungrouped(expr: ast.Expr) -> ast.Expr:
+    while isinstance(expr, ast.Group):
+        expr = expr.inner
+    return expr
 
 
 def expr_text(expr: ast.Expr) -> str:

@@ -166,6 +166,18 @@ def test_rules_after_every_canary_is_chosen_are_not_evaluated() -> None:
     assert doc["rules"][1]["failed_clause"] == 'path ^= "/x"'
 
 
+def test_failed_clause_keeps_the_parentheses_of_a_group() -> None:
+    # SPEC 8: the source text of the first clause that failed, here the whole group.
+    result = loads(
+        "canary a { server http://c:1 }\n"
+        'mirror r1 { when method == GET and (path == "/a" or path == "/b") to a }\n'
+    )
+    assert result.config is not None
+    table = compile_table(result.config, random=always_in)
+    doc = to_json(explain(table, request_view("GET /c")))
+    assert doc["rules"][0]["failed_clause"] == '(path == "/a" or path == "/b")'
+
+
 def test_large_tables_trace_through_the_index() -> None:
     rules = "".join(f'mirror r{i} {{ when path == "/p{i}" to a }}\n' for i in range(40))
     result = loads("canary a { server http://c:1 }\n" + rules)

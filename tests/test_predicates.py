@@ -218,7 +218,11 @@ def test_precedence_and_parentheses(text: str, expected: bool) -> None:
         (f'{YES} and ({YES} and path == "/x")', 'path == "/x"'),
         (f'{NO} or path == "/x"', 'method == GET or path == "/x"'),
         (f"not {YES}", 'not path ^= "/api/"'),
-        (f"({NO} or {NO})", "method == GET or method == GET"),
+        (f"({NO} or {NO})", "(method == GET or method == GET)"),
+        (f'{YES} and (path == "/a" or path == "/b")', '(path == "/a" or path == "/b")'),
+        (f"{YES} and ({NO})", "(method == GET)"),
+        (f"{YES} and (({NO} or {NO}))", "((method == GET or method == GET))"),
+        (f"{YES} and (not {YES})", '(not path ^= "/api/")'),
     ],
 )
 def test_failing_clause_names_the_first_clause_that_fails(text: str, failing: str | None) -> None:
