@@ -5,12 +5,16 @@ output line: a statement, a block's opening line, or its closing `}`. Each
 entry remembers the source region it came from. The comments the parser
 collected (`File.comments`, lark COMMENT tokens with positions) are then
 placed among the entries by position: a trailing comment goes to the end of
-the entry whose source lines hold it (when one entry gets several, as a `when`
-split over lines can, the earlier ones move onto their own lines above it), and
-an own-line comment goes before the first entry that ends after it, at that
-entry's indentation (inside a block when it was). Blank lines follow the
-source, at most one in a row; never right after `{` or before `}`; and always
-one between top-level statements when either is a block.
+the entry whose source lines hold it (when one entry gets several, the earlier
+ones move onto their own lines above it), and an own-line comment goes before
+the first entry that ends after it, at that entry's indentation (inside a block
+when it was). An expression (`when`, `exclude when`) is one line, except where
+the source had a comment between two operands: there it breaks before the
+`and`/`or`, the continuation line 4 spaces deeper and its own entry, so the
+comment stays at the end of its line. Blank lines follow the source, at most
+one in a row; never right after `{` or before `}`; and always one between
+top-level statements when either is a block (after the comments right below a
+`}`, which stay attached to it).
 
 Values are printed from the AST: strings re-quoted (only `"` and `\\` are
 escaped, the only escapes the language has), numbers, durations, sizes and
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import itertools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,6 +72,68 @@ def expr(e: ast.Expr) -> str:
     if isinstance(e, ast.Or):
         return " or ".join(expr(x) for x in e.operands)
     return f"({expr(e.inner)})"
+
+
+@dataclass(slots=True)
+class _Segment:
+    """A run of an expression's text that no line break may split, and its source lines."""
+
+    text: str
+    first_line: int
+    last_line: int
+
+
+def _segments(e: ast.Expr) -> list[_Segment]:
+    """`expr(e)` cut before each `and`/`or`: joined with spaces, the segments are `expr(e)`."""
+    if isinstance(e, ast.Test):
+        return [_Segment(_test(e), e.span.line, e.span.end_line)]
+    if isinstance(e, ast.Not | ast.Group):
+        inner = _segments(e.operand if isinstance(e, ast.Not) else e.inner)
+        inner[0].text = ("not " if isinstance(e, ast.Not) else "(") + inner[0].text
+        inner[0].first_line = e.span.line
+        if isinstance(e, ast.Group):
+            inner[-1].text += ")"
+            inner[-1].last_line = e.span.end_line
+        return inner
+    op = "and" if isinstance(e, ast.And) else "or"
+    out: list[_Segment] = []
+    for i, operand in enumerate(e.operands):
+        parts = _segments(operand)
+        if i:
+            parts[0].text = f"{op} {parts[0].text}"
+        out += parts
+    return out
+
+
+def _expr_lines(e: ast.Expr, comment_lines: set[int]) -> list[_Segment]:
+    """`expr(e)` as one line, or, where the source broke it with a comment in between,
+    several: each break goes before the `and`/`or` that followed the comment, so an
+    end-of-line comment stays at the end of its line."""
+    segs = _segments(e)
+    lines = [segs[0]]
+    for prev, seg in itertools.pairwise(segs):
+        if any(prev.last_line <= n < seg.first_line for n in comment_lines):
+            lines.append(seg)
+        else:
+            lines[-1] = _Segment(
+                f"{lines[-1].text} {seg.text}", lines[-1].first_line, seg.last_line
+            )
+    return lines
+
+
+def _split_entries(
+    head: str, e: ast.Expr, span: Span, depth: int, top: int, comment_lines: set[int]
+) -> Iterator[_Entry]:
+    """The entries of `head <expr>`: one, or continuation lines 4 spaces deeper. Each
+    continuation line owns the source lines from the end of the previous one, so a
+    comment on an operator's own line ends up on the line that operator leads."""
+    lines = _expr_lines(e, comment_lines)
+    first = (span.line, span.column)
+    for i, line in enumerate(lines):
+        end = (span.end_line, span.end_column) if i == len(lines) - 1 else (line.last_line, _END)
+        text = f"{head} {line.text}" if i == 0 else line.text
+        yield _Entry(depth=depth + (i > 0), text=text, first=first, last=end, top=top)
+        first = (line.last_line + 1, 0)
 
 
 def _test(t: ast.Test) -> str:
@@ -120,7 +187,7 @@ def _mirror_stmt(s: ast.MirrorStatement) -> str:
     return f"sample {s.rate.raw}{by}"
 
 
-def _entries(stmt: ast.TopLevel, top: int) -> Iterator[_Entry]:
+def _entries(stmt: ast.TopLevel, top: int, comment_lines: set[int]) -> Iterator[_Entry]:
     span = stmt.span
     start, end = (span.line, span.column), (span.end_line, span.end_column)
 
@@ -128,7 +195,12 @@ def _entries(stmt: ast.TopLevel, top: int) -> Iterator[_Entry]:
         yield _Entry(
             depth=0, text=f"{head} {{", first=start, last=(span.line, _END), top=top, opening=True
         )
-        for text, s in inner:
+        statements = stmt.statements if isinstance(stmt, ast.MirrorRule) else ()
+        for i, (text, s) in enumerate(inner):
+            node = statements[i] if i < len(statements) else None
+            if isinstance(node, ast.When):
+                yield from _split_entries("when", node.expr, s, 1, top, comment_lines)
+                continue
             yield _Entry(
                 depth=1,
                 text=text,
@@ -160,9 +232,7 @@ def _entries(stmt: ast.TopLevel, top: int) -> Iterator[_Entry]:
             f"mirror {stmt.name.value}", [(_mirror_stmt(s), s.span) for s in stmt.statements]
         )
     else:
-        yield _Entry(
-            depth=0, text=f"exclude when {expr(stmt.expr)}", first=start, last=end, top=top
-        )
+        yield from _split_entries("exclude when", stmt.expr, span, 0, top, comment_lines)
 
 
 def _place(entries: list[_Entry], comments: tuple[ast.Comment, ...]) -> list[ast.Comment]:
@@ -192,7 +262,8 @@ def _place(entries: list[_Entry], comments: tuple[ast.Comment, ...]) -> list[ast
 
 def format_file(file: ast.File) -> str:
     """The canonical text of one parsed file (ends with one newline; empty stays empty)."""
-    entries = [e for i, s in enumerate(file.statements) for e in _entries(s, i)]
+    comment_lines = {c.span.line for c in file.comments}
+    entries = [e for i, s in enumerate(file.statements) for e in _entries(s, i, comment_lines)]
     blocks = {e.top for e in entries if e.opening}
     tail = _place(entries, file.comments)
     out: list[str] = []
@@ -217,14 +288,29 @@ def format_file(file: ast.File) -> str:
         out.append(INDENT * depth + text)
         prev = (last_line, top, opening)
 
+    # Own-line comments right below a block's `}` (no blank line between) stay attached
+    # to it: they count as part of that block, so the blank line between top-level
+    # blocks goes after them rather than between `}` and them.
+    glued_to: int | None = None
+
+    def comment(depth: int, c: ast.Comment, top: int | None) -> None:
+        nonlocal glued_to
+        if prev is None or depth != 0 or c.span.line != prev[0] + 1:
+            glued_to = None
+        line = c.span.line
+        emit(
+            depth, c.text.rstrip(), line, line, top if glued_to is None else glued_to, False, False
+        )
+
     for e in entries:
         comment_depth = e.depth + 1 if e.closing else e.depth
         for c in e.before:
-            emit(comment_depth, c.text.rstrip(), c.span.line, c.span.line, e.top, False, False)
+            comment(comment_depth, c, e.top)
         text = e.text if e.trailing is None else f"{e.text}  {e.trailing.text.rstrip()}"
         emit(e.depth, text, e.first[0], e.last[0], e.top, e.closing, e.opening)
+        glued_to = e.top if e.closing and e.depth == 0 else None
     for c in tail:
-        emit(0, c.text.rstrip(), c.span.line, c.span.line, None, False, False)
+        comment(0, c, None)
     return "\n".join(out) + "\n" if out else ""
 
 

@@ -90,8 +90,8 @@ def test_layout_and_comments_in_place() -> None:
         "}  # after the brace\n"
         "\n"
         "mirror m {\n"
-        '    when method in (GET, HEAD) and (path ^= "/a\\\\b\\"" or not header "X" exists)'
-        "  # mid-expression\n"
+        '    when method in (GET, HEAD) and (path ^= "/a\\\\b\\""  # mid-expression\n'
+        '        or not header "X" exists)\n'
         "    sample 12.5% by client\n"
         "    to v2\n"
         "}\n"
@@ -109,11 +109,55 @@ def test_parentheses_are_kept_as_written() -> None:
     assert fmt(text) == text
 
 
-def test_second_comment_on_one_statement_moves_above_it() -> None:
+def test_end_of_line_comments_inside_an_expression_stay_at_the_end_of_their_line() -> None:
+    # SPEC 8: every comment kept where it was. The expression is broken where the
+    # source broke it with a comment, the operator leading the continuation line.
     text = 'exclude when path == "/a"  # one\n  or path == "/b"  # two\n'
     out = fmt(text)
-    assert out == '# one\nexclude when path == "/a" or path == "/b"  # two\n'
+    assert out == 'exclude when path == "/a"  # one\n    or path == "/b"  # two\n'
     assert fmt(out) == out
+    rule = (
+        "mirror m {\n"
+        "    when method == GET  # reads\n"
+        '        and path ^= "/api"  # api\n'
+        "    to v2\n"
+        "}\n"
+    )
+    assert fmt(rule) == rule
+    messy = (
+        "mirror m { when method == GET and  # reads\n"
+        "# own line inside\n"
+        'path ^= "/api" or (host == "a"  # in a group\n'
+        'or host == "b") and path == "/x" to v2 }\n'
+    )
+    expected = (
+        "mirror m {\n"
+        "    when method == GET  # reads\n"
+        "        # own line inside\n"
+        '        and path ^= "/api" or (host == "a"  # in a group\n'
+        '        or host == "b") and path == "/x"\n'
+        "    to v2\n"
+        "}\n"
+    )
+    assert fmt(messy) == expected
+    assert fmt(expected) == expected
+    assert_same_meaning(messy, expected)
+    # a line break without a comment is still joined: one statement per line
+    assert fmt('exclude when path == "/a"\n  or path == "/b"\n') == (
+        'exclude when path == "/a" or path == "/b"\n'
+    )
+
+
+def test_a_comment_right_after_a_closing_brace_stays_attached() -> None:
+    text = "canary a {\n    server http://h:1\n}  # after close\n# final comment\n"
+    assert fmt(text) == text
+    two = "canary a {\n}\n# about a\nmirror m {\n    to a\n}\n"
+    out = fmt(two)
+    assert out == "canary a {\n}\n# about a\n\nmirror m {\n    to a\n}\n"
+    assert fmt(out) == out
+    # with a blank line in between it is the next block's comment, as before
+    spaced = "canary a {\n}\n\n# about m\nmirror m {\n    to a\n}\n"
+    assert fmt(spaced) == spaced
 
 
 def test_empty_and_comment_only_files() -> None:
