@@ -92,12 +92,14 @@ def _run_expect(args: argparse.Namespace, result: LoadResult) -> int:
     diags = list(result.diagnostics)
     sources = dict(result.sources)
     results: list[expect.CaseResult] = []
+    files = len(result.files)
     try:
         cases = expect.load_cases(text, args.expect)
     except expect.CaseFileError as exc:
         diags.append(exc.diagnostic)
         sources[args.expect] = text
         cases = []
+        files += 1  # the summary counts the cases file's problem, and the file
     if result.config is not None and not diagnostics.has_errors(diags):
         table = compile_table(result.config, random=always_in)
         results = [expect.run_case(table, case) for case in cases]
@@ -112,7 +114,7 @@ def _run_expect(args: argparse.Namespace, result: LoadResult) -> int:
     else:
         if diags:
             print(diagnostics.render_all(diags, sources, order))
-        print(diagnostics.summary(result.diagnostics, len(result.files)))
+        print(diagnostics.summary(diags, files))
         if cases and not results:
             print(f"{len(cases)} cases not run: the configuration has errors")
         print("\n".join(expect.to_text(results)))

@@ -94,8 +94,8 @@ def load_cases(text: str, filename: str) -> list[Case]:
         ) from None
     except yaml.YAMLError as exc:
         raise _fail(filename, None, "case-syntax", f"invalid YAML: {exc}") from None
-    if root is None:
-        raise _fail(filename, None, "invalid-case", "the file has no cases (expected a YAML list)")
+    if root is None:  # an empty (or comment-only) file: no cases, nothing fails
+        return []
     if not isinstance(root, yaml.SequenceNode):
         raise _fail(filename, root, "invalid-case", "the cases file must be a YAML list of cases")
     cases: list[Case] = []

@@ -382,7 +382,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Format each file on its own: one with syntax errors is left alone, the rest still done."""
     from sidecar import diagnostics
-    from sidecar.dsl.loader import expand
+    from sidecar.dsl.loader import expand, read_rule_file
 
     files, problems, usage = expand(list(args.paths) or ["rules/"])
     if usage is not None:
@@ -392,14 +392,13 @@ def run(args: argparse.Namespace) -> int:
     for d in problems:
         print(d.headline(), file=sys.stderr)
     for name in files:
-        try:
-            data = Path(name).read_bytes()
-            text = data.decode("utf-8").removeprefix("\ufeff")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not valid UTF-8"
-            print(f"{name}: error: cannot read: {reason}", file=sys.stderr)
+        source, data, problem = read_rule_file(name)  # the same diagnostics as `check`
+        if problem is not None or source is None:
+            shown = {} if source is None else {name: source}
+            print(diagnostics.render_all([problem] if problem else [], shown), file=sys.stderr)
             status = 1
             continue
+        text = source
         formatted, diags = format_text(text, name)
         if formatted is None:
             print(diagnostics.render_all(diags, {name: text}), file=sys.stderr)

@@ -101,7 +101,6 @@ def test_json_is_one_document_with_every_case(
         ("- name: a\n  request: GET /\n  expect: [v2\n", ":4:1:", "invalid YAML"),
         ("- name: a\n\trequest: GET /\n", ":2:1:", "invalid YAML"),
         ("name: a\n", ":1:1:", "must be a YAML list"),
-        ("", ":1:1:", "no cases"),
         ("- just a string\n", ":1:3:", "must be a mapping"),
         ("- name: a\n  requst: GET /\n  expect: []\n", ":2:3:", "unknown key 'requst'"),
         ("- name: a\n  expect: []\n", ":1:3:", "no 'request'"),
@@ -133,6 +132,18 @@ def test_bad_case_files_are_positioned_diagnostics(
     assert code == 1
     assert f"{cases}{where} error: " in out and message in out
     assert out.splitlines()[-1] == "0 passed, 0 failed"
+    # the summary counts the cases file's problem (4 rule files and the cases file)
+    assert out.splitlines()[-2] == "1 error, 0 warnings in 5 files"
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# no cases yet\n", "[]\n"])
+def test_a_cases_file_without_cases_passes_with_nothing_run(
+    text: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert load_cases(text, "c.yaml") == []
+    code, out = check(capsys, write(tmp_path, text))
+    assert code == 0
+    assert out.splitlines()[-2:] == ["0 errors, 0 warnings in 4 files", "0 passed, 0 failed"]
 
 
 def test_missing_cases_file_is_a_usage_error(

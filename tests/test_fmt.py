@@ -243,6 +243,10 @@ def test_bad_paths_and_encodings(capsys: pytest.CaptureFixture[str], tmp_path: P
     (tmp_path / "bin.mirror").write_bytes(b"listen \xff:1\n")
     code, _, err = run(capsys, str(tmp_path / "bin.mirror"))
     assert code == 1 and "not valid UTF-8" in err
+    # the same diagnostic as `check` prints: file:line:col, the code, the caret line
+    head = f"{tmp_path / 'bin.mirror'}:1:8: error: file is not valid UTF-8"
+    assert err.startswith(head) and err.splitlines()[0].endswith("[invalid-utf8]"), err
+    assert err.splitlines()[1].startswith("    1 | listen ")
     assert (tmp_path / "bin.mirror").read_bytes() == b"listen \xff:1\n"
 
 

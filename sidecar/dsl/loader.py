@@ -101,6 +101,21 @@ def _decode(name: str, data: bytes) -> tuple[str, Diagnostic | None]:
     return text.removeprefix(_BOM), None
 
 
+def read_rule_file(name: str) -> tuple[str | None, bytes, Diagnostic | None]:
+    """(text, bytes, None), or with the diagnostic of an unreadable, too large or not
+    UTF-8 file (then the text, if any, is only for the caret line). `check` and `fmt`."""
+    try:
+        data = Path(name).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return None, b"", _error(name, "unreadable-file", f"cannot read {name}: {reason}")
+    if len(data) > MAX_FILE_BYTES:
+        message = f"file is {len(data):,} bytes; rule files are limited to {MAX_FILE_BYTES:,} bytes"
+        return None, data, _error(name, "file-too-large", message)
+    text, problem = _decode(name, data)
+    return text, data, problem
+
+
 def load(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
     """Load, parse and validate the configuration formed by `paths`. Never raises."""
     files, diags, usage = expand(paths)
@@ -110,25 +125,9 @@ def load(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
         )
     texts: list[tuple[str, str | None, bytes]] = []
     for name in files:
-        try:
-            data = Path(name).read_bytes()
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            diags.append(_error(name, "unreadable-file", f"cannot read {name}: {reason}"))
-            texts.append((name, None, b""))
-            continue
-        if len(data) > MAX_FILE_BYTES:
-            message = (
-                f"file is {len(data):,} bytes; rule files are limited to {MAX_FILE_BYTES:,} bytes"
-            )
-            diags.append(_error(name, "file-too-large", message))
-            texts.append((name, None, data))
-            continue
-        text, problem = _decode(name, data)
+        text, data, problem = read_rule_file(name)
         if problem is not None:
             diags.append(problem)
-            texts.append((name, text, data))  # kept for the caret line, but not parsed
-            continue
         texts.append((name, text, data))
     bad = {d.span.file for d in diags}
     return _finish(texts, diags, files, bad)
