@@ -19,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from sidecar.asgi import Receive, Scope, Send
+from sidecar.asgi import Receive, Scope, Send, serve_lifespan
 from sidecar.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -40,13 +40,8 @@ class AdminApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         method: str = scope["method"]

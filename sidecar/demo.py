@@ -95,14 +95,9 @@ def run(args: argparse.Namespace) -> int:
     if args.duration < 0 or args.rate <= 0:
         print("sidecar demo: --duration must be >= 0 and --rate > 0", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_demo(args))
+    from sidecar.server import run_loop
+
+    return run_loop(_demo(args))
 
 
 # --- the rules --------------------------------------------------------------------------------

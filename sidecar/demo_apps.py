@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.asgi import Receive, Scope, Send
+from sidecar.asgi import Receive, Scope, Send, serve_lifespan
 
 # The largest request body an app reads; the rest of a larger upload is refused with 413.
 # The demo's biggest upload is ~200 KiB; 1 MiB leaves room without letting a client
@@ -80,7 +80,7 @@ class DemoApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -166,16 +166,6 @@ async def _send(send: Send, status: int, doc: Any) -> None:
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,7 @@ import time
 from collections.abc import AsyncIterator
 
 from sidecar import framing
-from sidecar.asgi import Message, Receive, Scope, Send
+from sidecar.asgi import Message, Receive, Scope, Send, serve_lifespan
 from sidecar.client import ClientError, ConnectError, Response
 from sidecar.headers import forward_request_headers, response_headers
 from sidecar.request import RequestView
@@ -100,7 +100,7 @@ class ProxyApp:
             finally:
                 snap.active -= 1
         elif kind == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
         elif kind == "websocket":
             # Not proxied: hypercorn answers 403 to a close before accept.
             await send({"type": "websocket.close", "code": 1000})
@@ -328,13 +328,3 @@ async def _plain(send: Send, status: int, body: bytes, *, close: bool = False) -
         head.append(_CLOSE)
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -52,7 +52,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -312,6 +312,11 @@ def run_worker(
     notify: Connection | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; exit status 0 after a graceful shutdown."""
+    return run_loop(_serve(opts, config, files, proxy_sock, admin_sock, notify))
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` to completion on a fresh event loop: uvloop's when installed."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
@@ -319,7 +324,7 @@ def run_worker(
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_serve(opts, config, files, proxy_sock, admin_sock, notify))
+        return runner.run(main)
 
 
 def hypercorn_config(sock: socket.socket, *, grace_s: float, proxy: bool) -> Any:
