@@ -32,8 +32,10 @@ DEFAULT_MARK = ("X-Mirror", "1")
 MAX_WORKERS = 1024
 
 # RFC 1035/1123 host names: labels of letters, digits and hyphens, not starting or
-# ending with a hyphen, 1..63 characters each, at most 253 in all.
-_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+# ending with a hyphen, 1..63 characters each, at most 253 in all. Underscores are
+# allowed inside a label too: Docker Compose service names and SRV-style names use them,
+# and resolvers accept them.
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 MAX_HOSTNAME_CHARS = 253
 
 
@@ -62,7 +64,7 @@ def host_problem(host: str) -> str | None:
             return f'"{host}" is not an IPv4 address'
         return None
     if len(host) > MAX_HOSTNAME_CHARS or not all(_DNS_LABEL.match(label) for label in labels):
-        return f'"{host}" is not a valid host name (letters, digits and inner hyphens per label)'
+        return f'"{host}" is not a valid host name (letters, digits, underscores and inner hyphens per label)'
     return None
 
 
