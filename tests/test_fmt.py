@@ -351,3 +351,9 @@ def test_generated_configurations_are_idempotent_and_keep_the_table(text: str) -
     once = fmt(text)
     assert fmt(once) == once
     assert_same_meaning(text, once)
+
+
+def test_shipped_rule_files_are_already_canonical(capsys: pytest.CaptureFixture[str]) -> None:
+    """rules/ and the compose rules are the examples people copy: `fmt --check` passes."""
+    code = main(["fmt", "--check", str(ROOT / "rules"), str(ROOT / "deploy" / "compose-rules")])
+    assert code == 0, capsys.readouterr().out
