@@ -16,7 +16,8 @@ was complete). Any exception on the way, including cancellation by the caller's
 
 A reused connection can turn out to be closed by the server only when we write to it; if no
 response byte arrived and the body is bytes (so it can be sent again), the request is retried
-once on a fresh connection. A streamed body is never retried.
+once on a fresh connection, unless it is non-idempotent (POST, PATCH, LOCK: nginx's list)
+and was written whole, so the server may have acted on it. A streamed body is never retried.
 
 The wire work (the protocol, the error tree and its translation) is in `client_conn`; the
 HTTP/1.1 wire format (request head, response parser) in `http1`.
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+# Requests that must not reach a server twice; as nginx's proxy_next_upstream sees them.
+NON_IDEMPOTENT_METHODS = frozenset({b"POST", b"PATCH", b"LOCK"})
 # Servers commonly drop idle keep-alive connections after 60-75 s (nginx 75 s, hypercorn 5 s);
 # 30 s keeps us under most of them, and a stale one is detected and retried anyway.
 DEFAULT_IDLE_TIMEOUT_S = 30.0
@@ -204,9 +207,12 @@ class ConnectionPool:
             try:
                 conn.send_request(method, target, headers, body)
                 head = await conn.receive_head()
-            except (ReadError, WriteError):
+            except (ReadError, WriteError) as exc:
+                replayable = isinstance(exc, WriteError) or method not in NON_IDEMPOTENT_METHODS
                 if not (reused and isinstance(body, bytes) and not conn.received_any):
                     raise
+                if not replayable:
+                    raise  # the server may have acted on it: never send a POST twice
                 # The server closed the idle connection as we reused it: once more, fresh.
                 self._discard(conn, abort=True)
                 conn = None

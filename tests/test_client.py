@@ -326,10 +326,24 @@ async def test_idle_connection_closed_by_server_is_replaced() -> None:
         # The server drops the idle connection only when the next request arrives, so the
         # pool cannot see it coming: the bytes body makes it retry once on a new connection.
         resp = await pool.request(
-            b"POST", b"/", [*get_headers(server), (b"content-length", b"3")], b"abc"
+            b"PUT", b"/", [*get_headers(server), (b"content-length", b"3")], b"abc"
         )
         assert await resp.aread() == b"hello"
         assert server.accepted == 2
+
+
+async def test_post_on_a_connection_closed_after_reading_it_is_not_replayed() -> None:
+    """The server read the POST before hanging up: it may have acted on it, so no retry."""
+    async with (
+        Server(h11_server(hello, close_after=1)) as server,
+        ConnectionPool(server.endpoint, max_connections=1) as pool,
+    ):
+        resp = await pool.request(b"GET", b"/", get_headers(server))
+        assert await resp.aread() == b"hello"
+        headers = [*get_headers(server), (b"content-length", b"3")]
+        with pytest.raises(ReadError):
+            await pool.request(b"POST", b"/", headers, b"abc")
+        assert server.accepted == 1
 
 
 async def test_idle_connection_seen_closed_at_checkout() -> None:
