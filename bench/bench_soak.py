@@ -72,12 +72,18 @@ class Client:
                     next_at = max(next_at + interval, loop.time() - interval)
                 writer.write(REQUEST)
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                lower = head.lower()
+                length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
                 await reader.readexactly(length)
                 if head.startswith(b"HTTP/1.1 200"):
                     self.ok += 1
                 else:
                     self.errors += 1
+                if b"\r\nconnection: close\r\n" in lower:
+                    # The server's keep-alive request limit: reconnect, as any client does.
+                    writer.close()
+                    await writer.wait_closed()
+                    reader, writer = await asyncio.open_connection(host, port)
         finally:
             writer.close()
             await writer.wait_closed()
