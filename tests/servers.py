@@ -75,7 +75,39 @@ async def wait_until(
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
-class RecordingCanary:
+class LoopbackServer:
+    """A raw asyncio server on 127.0.0.1 with a free port; subclasses define `_handle`.
+
+    Tracks its connection handler tasks so that closing cancels them all."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class RecordingCanary(LoopbackServer):
     """A loopback HTTP/1.1 canary that records requests (see the module docstring)."""
 
     def __init__(
@@ -98,32 +130,19 @@ class RecordingCanary:
         self.connections_total = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__()
 
     @property
     def endpoint(self) -> Endpoint:
         return Endpoint.parse(self.url)
 
     async def start(self) -> RecordingCanary:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self._listen()
         return self
 
     async def aclose(self) -> None:
         self.release.set()
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._handlers):
-                task.cancel()
-            await asyncio.gather(*self._handlers, return_exceptions=True)
-            await self._server.wait_closed()
-            self._server = None
+        await self._close()
 
     async def __aenter__(self) -> RecordingCanary:
         return await self.start()

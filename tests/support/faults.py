@@ -41,6 +41,8 @@ from typing import Literal, get_args
 
 import h11
 
+from tests.servers import LoopbackServer
+
 Fault = Literal[
     "answer",
     "silent",
@@ -96,7 +98,7 @@ class _Stats:
     total: int = 0
 
 
-class FaultServer:
+class FaultServer(LoopbackServer):
     """See the module docstring."""
 
     def __init__(self, fault: Fault = "answer", *, by_path: bool = False, interval_s: float = 1.0):
@@ -106,13 +108,7 @@ class FaultServer:
         self.requests: list[FaultRequest] = []
         self.conns: list[ConnRecord] = []
         self._stats = _Stats()
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__()
 
     @property
     def connections_open(self) -> int:
@@ -123,19 +119,11 @@ class FaultServer:
         return self._stats.total
 
     async def __aenter__(self) -> FaultServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self._listen()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        await self._close()
 
     def fault_for(self, target: bytes) -> Fault:
         if self.by_path:
