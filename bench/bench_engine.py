@@ -4,7 +4,10 @@
 
 1. Microseconds per tee admission on the request path (what a proxied request pays for one
    canary): `RequestTees.begin` + `feed` + `finish` + `try_admit`, without a body (a GET)
-   and with a 256-byte body, timed in a tight loop while no worker runs.
+   and with a 256-byte body, timed in a tight loop while no worker runs. Then what a
+   misbehaving canary costs per request, with the Prometheus hook: a tee dropped because
+   the pool is full (slow or silent canary), and one failed because the only server is in
+   its connect back-off (dead port; settling by the worker included).
 2. Mirrors per second one `CanaryPool` (default 8 workers) sustains against a fast loopback
    canary (a raw asyncio server in a subprocess, so it has its own core): the queue is kept
    full and completed jobs are counted for `--seconds`; with this process's CPU per
@@ -25,12 +28,15 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from prometheus_client import CollectorRegistry
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_client import free_port, run_load, start_server
 
 from sidecar.config import CanarySpec, Endpoint, ServerSpec
-from sidecar.pool import CanaryPool
+from sidecar.pool import CanaryPool, ShadowRequest
+from sidecar.prom import Metrics
 from sidecar.tees import RequestTees
 
 HEADERS = [
@@ -75,6 +81,44 @@ async def bench_admission(port: int, n: int) -> tuple[float, float]:
         results.append(elapsed / n * 1e6)
         await pool.aclose(drain=None)
     return results[0], results[1]
+
+
+async def bench_refused(dead_port: int, n: int) -> tuple[float, float]:
+    """Microseconds per tee that a misbehaving canary refuses, metrics included: dropped
+    because the pool is full (a slow or silent canary), and dispatched then failed at once
+    because its only server is in its connect back-off (a dead port), settled included."""
+    metrics = Metrics(CollectorRegistry())
+    never = asyncio.Event()
+
+    async def stuck(_: ShadowRequest) -> int:
+        await never.wait()
+        return 200
+
+    full = CanaryPool(spec_for(dead_port, workers=1, queue=0), observe=metrics.observe, chain=stuck)
+    full.start()
+    RequestTees.begin([(full, "r")], "GET", b"/", b"", HEADERS, "10.0.0.1", "http", 0)
+    await asyncio.sleep(0)  # the worker takes it and blocks
+    start = time.perf_counter()
+    for _ in range(n):
+        RequestTees.begin([(full, "r")], "GET", b"/api/x", b"a=1", HEADERS, "10.0.0.1", "http", 0)
+    dropped = (time.perf_counter() - start) / n * 1e6
+    assert full.stats().dropped_full == n, full.stats()
+    await full.aclose(drain=None)
+
+    dead = CanaryPool(spec_for(dead_port, workers=8, queue=64), observe=metrics.observe)
+    RequestTees.begin([(dead, "r")], "GET", b"/", b"", HEADERS, "10.0.0.1", "http", 0)
+    while dead.stats().failed == 0:  # the refused connect starts the back-off window
+        await asyncio.sleep(0.001)
+    start = time.perf_counter()
+    for i in range(n):
+        RequestTees.begin([(dead, "r")], "GET", b"/api/x", b"a=1", HEADERS, "10.0.0.1", "http", 0)
+        if i % 32 == 31:
+            await asyncio.sleep(0)  # let the workers settle what they were handed
+    while dead.stats().failed + dead.stats().dropped_full < n + 1:
+        await asyncio.sleep(0)
+    failed = (time.perf_counter() - start) / n * 1e6
+    await dead.aclose(drain=None)
+    return dropped, failed
 
 
 async def bench_pool(port: int, seconds: float, workers: int) -> tuple[float, float]:
@@ -146,14 +190,16 @@ def main() -> None:
         hyper = start_server("hypercorn", hyper_port, tmpdir)
         try:
 
-            async def run() -> tuple[float, float, tuple[float, float], float]:
+            async def run() -> tuple[float, float, tuple[float, float], tuple[float, float], float]:
                 no_body, body = await bench_admission(raw_port, args.admissions)
+                refused = await bench_refused(free_port(), args.admissions)
                 mirrors = await bench_pool(raw_port, args.seconds, args.workers)
                 hello = await bench_hypercorn(hyper_port)
-                return no_body, body, mirrors, hello
+                return no_body, body, refused, mirrors, hello
 
-            result: tuple[float, float, tuple[float, float], float] = runner(run())  # type: ignore[assignment]
-            no_body, body, (mirrors, mirror_cpu), hello = result
+            result: tuple[float, float, tuple[float, float], tuple[float, float], float]
+            result = runner(run())  # type: ignore[assignment]
+            no_body, body, (dropped, failed), (mirrors, mirror_cpu), hello = result
         finally:
             for proc in (raw, hyper):
                 proc.terminate()
@@ -161,6 +207,8 @@ def main() -> None:
     print(f"event loop: {loop_name}, cpus: {os.cpu_count()}")
     print(f"tee admission, no body (GET):        {no_body:7.2f} us")
     print(f"tee admission, 256-byte body (POST): {body:7.2f} us")
+    print(f"tee dropped, pool full (metrics incl.): {dropped:5.2f} us")
+    print(f"tee failed, dead canary in back-off:    {failed:5.2f} us")
     print(f"mirrors/s, one pool, {args.workers} workers, raw canary: {mirrors:9.0f}")
     print(f"CPU per mirror (this process):               {mirror_cpu:9.1f} us")
     print(f"hypercorn hello-world req/s (32 conns):      {hello:9.0f}")

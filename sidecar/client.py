@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -164,7 +165,7 @@ class ConnectionPool:
         self.max_connections = max_connections
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = _Slots(max_connections)
         self._idle: list[Connection] = []  # LIFO: append on release, pop on checkout
         self._conns: set[Connection] = set()  # every open connection, idle or busy
         self._ssl: ssl.SSLContext | None = None
@@ -197,7 +198,9 @@ class ConnectionPool:
         """
         if self._closed:
             raise ClientError("connection pool is closed", reason="closed")
-        await self._slots.acquire()
+        slots = self._slots
+        if not slots.take():
+            await slots.wait()
         conn: Connection | None = None
         try:
             conn = self._checkout()
@@ -293,3 +296,44 @@ class ConnectionPool:
     def _discard(self, conn: Connection, *, abort: bool) -> None:
         self._conns.discard(conn)
         conn.close(abort=abort)
+
+
+class _Slots:
+    """A FIFO counting semaphore whose uncontended acquire is one comparison.
+
+    (asyncio.Semaphore.acquire scans its waiters through a generator on every call, about
+    as much as the rest of a pooled request's checkout.) `take()` gets a slot at once or
+    returns False; then `await wait()` queues for one. `release()` hands the slot straight
+    to the oldest waiter, so a newcomer's `take()` cannot jump the queue.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take(self) -> bool:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def wait(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():  # a cancelled waiter leaves a cancelled future behind
+                fut.set_result(None)
+                return
+        self._free += 1

@@ -2,12 +2,18 @@
 
 How this works
 --------------
-Admission (`try_admit`) runs on the request path and never awaits. It checks, in order,
-the rate bucket (`dropped_rate`), then room: a worker idle right now takes the job by
-hand-off (its waiting future is resolved directly), else the job goes to the queue; when
-`workers + queue` jobs are already admitted and unsettled it is `dropped_full` instead.
-`queue 0` therefore admits only when a worker is idle (parked, or free and about to look). The job's deadline (`loop.time() + timeout_s`) is set here, at dispatch,
-and covers queue wait plus round trip.
+Admission runs on the request path and never awaits: `refusal()` says whether a tee would
+be dropped, without building anything, and `dispatch(job)` admits it (`try_admit` is both).
+It first settles queued jobs whose deadline has passed (one timeout per pool, so they are
+the oldest, at the head): a stuck canary's queue holds no dead jobs, and they are settled
+a few per request rather than in a burst when a worker frees up. Then it checks the rate
+bucket (`dropped_rate`), then room: when `workers + queue` jobs are already admitted and
+unsettled the tee is `dropped_full`. `queue 0` therefore admits only when a worker is idle
+(parked, or free and about to look). An admitted job gets its deadline
+(`loop.time() + timeout_s`, covering queue wait plus round trip) and goes to an idle worker
+by hand-off (its waiting future is resolved directly), else to the queue. While every
+server is in its connect back-off (below) an admitted job is settled at once as `failed`
+("connect"), so a dead canary wakes no worker per tee.
 
 `workers` tasks loop forever: take a job (or park a future in `_idle` and wait for a
 hand-off), skip it as `failed` ("deadline expired in queue") when its deadline passed,
@@ -17,10 +23,10 @@ request with that server's `ConnectionPool`, and reads the response to the end. 
 whose connect failed is skipped for a short window that doubles while connects keep
 failing (`CONNECT_BACKOFF_S` up to `CONNECT_BACKOFF_MAX_S`, reset by a success); when
 every server is in its window the tee ends at once as `failed` ("connect"), so a dead
-canary costs no connect attempt per tee. A response
-is `completed` (any status); a client error or the deadline is `failed` with a short
-reason; anything else is a bug in the chain: logged once with its traceback, `panicked`,
-and the worker carries on, so the pool never loses a worker.
+canary costs no connect attempt per tee. A response is `completed` (any status); a client
+error or the deadline is `failed` with a short reason; anything else is a bug in the
+chain: logged once with its traceback, `panicked`, and the worker carries on, so the pool
+never loses a worker.
 
 TCP connections: only `workers` jobs run at once. With one server its pool holds at most
 `workers` connections. With several, each server's pool gets a share of `workers`
@@ -100,6 +106,7 @@ ERR_CONNECT = "connect"
 ERR_RESET = "reset"
 ERR_PROTOCOL = "protocol"
 ERR_ABANDONED = "abandoned at shutdown"
+ERR_BACKING_OFF = ERR_CONNECT  # every server refused moments ago: not tried again yet
 
 # A server whose connect failed is not tried again for a short window, during which its
 # tees end at once as `failed` ("connect"): a dead canary then costs an admission and a
@@ -107,6 +114,9 @@ ERR_ABANDONED = "abandoned at shutdown"
 # window doubles while connects keep failing, up to the maximum; a success resets it.
 CONNECT_BACKOFF_S = 0.05
 CONNECT_BACKOFF_MAX_S = 1.0
+
+# Distinct (rule, outcome, error) infos kept for reuse; panics carry free-form errors.
+_PLAIN_INFOS_MAX = 1024
 
 
 class Body:
@@ -265,6 +275,10 @@ class CanaryPool:
         self._ephemeral_open = 0  # throw-away pools' connections (more servers than workers)
         self._counts: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self._rule_counts: dict[tuple[str | None, Outcome], int] = {}
+        self._plain_infos: dict[tuple[str | None, Outcome, str | None], MirrorInfo] = {}
+        self._capacity = spec.workers + spec.queue
+        # Loop time until which every server is in its connect back-off (default chain).
+        self._down_until = 0.0
         weights = [s.weight for s in spec.servers]
         shares = connection_shares(weights, spec.workers)
         self._servers = [
@@ -322,22 +336,49 @@ class CanaryPool:
 
     def try_admit(self, job: Job) -> Outcome:
         """Admit `job` or drop it, without awaiting; returns (and counts) the outcome."""
+        refused = self.refusal()
+        if refused is not None:
+            return self.record(refused, job.rule)
+        return self.dispatch(job)
+
+    def refusal(self) -> Outcome | None:
+        """The drop a tee would get right now (`dropped_full`, `dropped_rate`), or None when
+        it would be admitted, so a caller can skip building a `Job` it would drop. Counts
+        nothing; queued jobs whose deadline passed are settled first (they free room)."""
         loop = self._loop
         if loop is None:
             self.start()
             loop = self._loop
             assert loop is not None
         if self._closing:
-            return self.record(Outcome.DROPPED_FULL, job.rule)
+            return Outcome.DROPPED_FULL
         now = loop.time()
+        jobs = self._jobs
+        if jobs and jobs[0].deadline <= now:
+            self._expire(now)
         bucket = self._bucket
         if bucket is not None and not bucket.has_token(now):
-            return self.record(Outcome.DROPPED_RATE, job.rule)
+            return Outcome.DROPPED_RATE
         # Room: admitted and unsettled jobs (queued or running) stay within workers + queue.
         # Counting jobs, not parked workers, makes a worker that is free but has not yet
         # parked (just started, or looping back) count as idle, so `queue 0` admits then.
-        if self._running >= self.spec.workers + self.spec.queue:
-            return self.record(Outcome.DROPPED_FULL, job.rule)
+        if self._running >= self._capacity:
+            return Outcome.DROPPED_FULL
+        return None
+
+    def dispatch(self, job: Job) -> Outcome:
+        """Admit `job` (call right after `refusal()` returned None): hand it to an idle
+        worker or queue it; with every server in its connect back-off it fails at once."""
+        loop = self._loop
+        assert loop is not None and self._idle_event is not None
+        now = loop.time()
+        if self._bucket is not None:
+            self._bucket.take()
+        if now < self._down_until:
+            # No server to try (default chain only): settled here, no worker woken for it.
+            self.record(Outcome.DISPATCHED, job.rule)
+            self.record(Outcome.FAILED, job.rule, error=ERR_BACKING_OFF)
+            return Outcome.DISPATCHED
         job.deadline = now + self.spec.timeout_s
         idle = self._idle
         while idle:
@@ -347,12 +388,16 @@ class CanaryPool:
                 break
         else:
             self._jobs.append(job)  # a free worker takes it before parking again
-        if bucket is not None:
-            bucket.take()
         self._running += 1
-        assert self._idle_event is not None
         self._idle_event.clear()
         return self.record(Outcome.DISPATCHED, job.rule)
+
+    def _expire(self, now: float) -> None:
+        """Settle the queued jobs whose deadline passed (the oldest are first: one timeout
+        per pool), as they go rather than in a burst when a worker frees up."""
+        jobs = self._jobs
+        while jobs and jobs[0].deadline <= now:
+            self._settle(Outcome.FAILED, jobs.popleft().rule, error=ERR_EXPIRED)
 
     def record(
         self,
@@ -369,8 +414,18 @@ class CanaryPool:
         self._rule_counts[key] = self._rule_counts.get(key, 0) + 1
         observe = self._observe
         if observe is not None:
+            if status is None and duration is None:
+                # Drops, `dispatched` and failures repeat: one frozen info per kind.
+                ikey = (rule, outcome, error)
+                info = self._plain_infos.get(ikey)
+                if info is None:
+                    info = MirrorInfo(outcome, canary=self.name, rule=rule, error=error)
+                    if len(self._plain_infos) < _PLAIN_INFOS_MAX:
+                        self._plain_infos[ikey] = info
+            else:
+                info = MirrorInfo(outcome, status, duration, self.name, rule, error)
             try:
-                observe(MirrorInfo(outcome, status, duration, self.name, rule, error))
+                observe(info)
             except Exception:
                 log.exception("observe hook failed for %s (%s)", self.name, outcome.value)
         return outcome
@@ -525,6 +580,7 @@ class CanaryPool:
         except ConnectError:
             assert self._loop is not None
             server.refused(self._loop.time())
+            self._down_until = min(s.down_until for s in self._servers)
             raise
         server.backoff = 0.0
         return status

@@ -19,13 +19,20 @@ removed, nothing is percent-decoded).
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 from urllib.parse import unquote
 
 from sidecar.asgi import Scope
 
 # Sentinel for "not computed yet" where None is a meaningful computed value.
 _UNSET: object = object()
+
+
+class ValueSet(Protocol):
+    """What `header_in` tests against: a set of strings (or a probe that records a hit)."""
+
+    def isdisjoint(self, other: Iterable[str], /) -> bool: ...
 
 
 class RequestView:
@@ -145,6 +152,15 @@ class RequestView:
                 got = [v.decode("latin-1") for v in raw]
             dec[lname] = got
         return got
+
+    def header_in(self, lname: bytes, values: ValueSet) -> bool:
+        """True when a value of the header whose lower-case name is `lname` is in `values`
+        (the loop guard's check). Before anything built the header index it scans the raw
+        pairs, so a request that needs no other header never builds one."""
+        if self._hdec is not None:
+            return not values.isdisjoint(self.header_b(lname))
+        found = [v for n, v in self.raw_headers if n == lname]
+        return bool(found) and not values.isdisjoint([v.decode("latin-1") for v in found])
 
     def header(self, name: str) -> list[str]:
         """Every value of header `name` (any case), one per header line."""

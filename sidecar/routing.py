@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from operator import methodcaller
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 from sidecar.config import (
     CanarySpec,
@@ -62,7 +62,7 @@ from sidecar.config import (
 )
 from sidecar.diagnostics import Span
 from sidecar.predicates import Check, Predicate, compile_expr
-from sidecar.request import RequestView
+from sidecar.request import RequestView, ValueSet
 from sidecar.rule_index import RuleIndex
 
 __all__ = [
@@ -205,15 +205,11 @@ class Trace:
     tees: tuple[Tee, ...]
 
 
-class _ValueSet(Protocol):
-    def isdisjoint(self, other: Iterable[str], /) -> bool: ...
-
-
 @dataclass(frozen=True, slots=True)
 class _Decider:
     """Steps 1-3 of the routing semantics over compiled closures: the one implementation."""
 
-    marks: tuple[tuple[bytes, _ValueSet], ...]  # (lower-case header name, mark values)
+    marks: tuple[tuple[bytes, ValueSet], ...]  # (lower-case header name, mark values)
     excludes: tuple[Check, ...]
     hot: tuple[_Hot, ...]
     index: RuleIndex | None
@@ -221,7 +217,7 @@ class _Decider:
 
     def decide(self, view: RequestView) -> tuple[Tee, ...]:
         for name, values in self.marks:
-            if not values.isdisjoint(view.header_b(name)):
+            if view.header_in(name, values):
                 return _NO_TEES
         for excluded in self.excludes:
             if excluded(view):
@@ -241,6 +237,8 @@ class _Decider:
             if sample is not None and not sample(view):
                 continue
             if not taken:
+                if len(canaries) == self.reachable:
+                    return tees  # the first match chooses every canary: nothing to merge
                 out.extend(tees)
                 taken.update(canaries)
             else:

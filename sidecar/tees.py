@@ -13,7 +13,8 @@ the primary receives (no copies), kept only up to the largest pending `max_body`
 `max_body` the body has now outgrown (the pending list is sorted by `max_body`, so this is
 a pop from the front); past the largest cap nothing more is kept. `finish()` admits every
 remaining tee (a body of exactly `max_body` bytes is mirrored) through the pools'
-synchronous `try_admit`; `abort()` ends them as `dropped_aborted`. Nothing here awaits: the
+synchronous `refusal`/`dispatch`; a tee the pool refuses (full, rate) builds no `Job`, and a request
+whose every tee is refused builds no `ClientRequest` either; `abort()` ends them as `dropped_aborted`. Nothing here awaits: the
 primary request never waits for a canary. Headers and body bytes of each shadow request are
 built later by the pool's worker (the body joined once, shared by all its canaries).
 
@@ -54,19 +55,18 @@ class RequestTees:
         content_length: int | None,
     ) -> RequestTees | None:
         """Decide what can be decided now; None when no tee waits for the body."""
-        request = ClientRequest(
-            method=method,
-            raw_path=raw_path,
-            query_string=query_string,
-            headers=headers,
-            client=client,
-            scheme=scheme,
-        )
+        request: ClientRequest | None = None  # built once a pool admits (drops build none)
         pending: list[tuple[int, CanaryPool, str | None]] = []
         for pool, rule in targets:
             spec = pool.spec
             if not spec.body or content_length == 0:
-                pool.try_admit(Job(request, None, rule))
+                refused = pool.refusal()
+                if refused is not None:
+                    pool.record(refused, rule)
+                    continue
+                if request is None:
+                    request = _request(method, raw_path, query_string, headers, client, scheme)
+                pool.dispatch(Job(request, None, rule))
             elif content_length is not None and content_length > spec.max_body_bytes:
                 pool.record(Outcome.DROPPED_OVERSIZE, rule)
             else:
@@ -74,6 +74,8 @@ class RequestTees:
         if not pending:
             return None
         pending.sort(key=lambda p: p[0])
+        if request is None:
+            request = _request(method, raw_path, query_string, headers, client, scheme)
         return cls(pending, request)
 
     @property
@@ -102,7 +104,11 @@ class RequestTees:
         request = self._request
         body = self._body if self._body.length else None
         for _, pool, rule in pending:
-            pool.try_admit(Job(request, body, rule))
+            refused = pool.refusal()
+            if refused is None:
+                pool.dispatch(Job(request, body, rule))
+            else:
+                pool.record(refused, rule)
 
     def abort(self) -> None:
         """The client's upload broke off: every pending tee ends as `dropped_aborted`."""
@@ -110,3 +116,21 @@ class RequestTees:
         self._body.chunks.clear()
         for _, pool, rule in pending:
             pool.record(Outcome.DROPPED_ABORTED, rule)
+
+
+def _request(
+    method: str,
+    raw_path: bytes,
+    query_string: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    client: str | None,
+    scheme: str,
+) -> ClientRequest:
+    return ClientRequest(
+        method=method,
+        raw_path=raw_path,
+        query_string=query_string,
+        headers=headers,
+        client=client,
+        scheme=scheme,
+    )

@@ -711,3 +711,41 @@ async def test_https_round_trip(tmp_path: Path) -> None:
             with pytest.raises(ConnectError) as info:
                 await pool.request(b"POST", b"/", headers, b"abc")
             assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+
+
+async def test_connection_slots_are_fifo_and_survive_cancelled_waiters() -> None:
+    from sidecar.client import _Slots
+
+    slots = _Slots(1)
+    assert slots.take()
+    assert not slots.take()
+    order: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await slots.wait()
+        order.append(name)
+
+    a = asyncio.create_task(waiter("a"))
+    b = asyncio.create_task(waiter("b"))
+    c = asyncio.create_task(waiter("c"))
+    await asyncio.sleep(0)
+    b.cancel()  # cancelled while queued: skipped, not handed a slot
+    await asyncio.sleep(0)
+    slots.release()  # -> a
+    assert not slots.take()  # a newcomer does not jump the queue
+    await a
+    slots.release()  # -> c (b is gone)
+    await c
+    assert order == ["a", "c"]
+    slots.release()
+    assert slots.take()  # the one slot is free again: nothing leaked
+
+    # Handed a slot just as it is cancelled: the slot passes on instead of leaking.
+    d = asyncio.create_task(waiter("d"))
+    e = asyncio.create_task(waiter("e"))
+    await asyncio.sleep(0)
+    slots.release()  # resolves d's future...
+    d.cancel()  # ...but d is cancelled before it runs
+    await e
+    assert order == ["a", "c", "e"]
+    assert b.cancelled() and d.cancelled()

@@ -458,3 +458,72 @@ async def test_tees_bodiless_request_admitted_at_begin() -> None:
     assert begin([(pool, "r")], content_length=0) is None
     assert pool.stats().dispatched == 1
     await pool.aclose(drain=5)
+
+
+# --- what a misbehaving canary costs the request path --------------------------------------
+
+
+async def test_expired_queued_jobs_free_room_at_admission_while_workers_stay_busy() -> None:
+    """Queued jobs past their deadline are settled as `failed` when the next tee arrives,
+    not only when a worker frees up: a stuck canary's queue does not hold dead jobs."""
+    release = asyncio.Event()
+
+    async def stubborn(req: ShadowRequest) -> int:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # outlives its deadline: the worker stays busy
+        return 200
+
+    events = Events()
+    pool = CanaryPool(
+        canary_spec(workers=1, queue=2, timeout_s=0.1), observe=events, chain=stubborn
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        assert pool.try_admit(job()) is Outcome.DISPATCHED
+        await wait_until(lambda: pool.busy_workers == 1 and pool.queue_depth == 0)
+        assert pool.try_admit(job()) is Outcome.DISPATCHED
+        assert pool.try_admit(job()) is Outcome.DISPATCHED
+        assert pool.try_admit(job()) is Outcome.DROPPED_FULL
+        assert pool.queue_depth == 2
+        past = loop.time() + 0.1
+        await wait_until(lambda: loop.time() > past, what="the queued jobs' deadline")
+        assert pool.busy_workers == 1  # still stuck on the first job
+
+        assert pool.try_admit(job()) is Outcome.DISPATCHED
+        assert pool.queue_depth == 1
+        expired = [i.error for i in events.infos if i.outcome is Outcome.FAILED]
+        assert expired == [ERR_EXPIRED, ERR_EXPIRED]
+    finally:
+        release.set()
+        await pool.aclose(drain=1.0)
+    assert settled(pool)
+
+
+async def test_dead_canary_tees_fail_at_admission_during_back_off() -> None:
+    """Once the only server refused a connect, tees in its back-off window are settled on
+    the request path (dispatched, then failed "connect") without waking a worker."""
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+    endpoint = Endpoint(scheme="http", host="127.0.0.1", port=sock.getsockname()[1])
+    spec = CanarySpec(name="c", servers=(ServerSpec(endpoint=endpoint),), workers=2, queue=8)
+    events = Events()
+    pool = CanaryPool(spec, observe=events)
+    try:
+        pool.try_admit(job())
+        await wait_until(lambda: pool.stats().failed == 1)
+        for n in range(2, 12):
+            assert pool.try_admit(job()) is Outcome.DISPATCHED
+            s = pool.stats()
+            assert (s.dispatched, s.failed) == (n, n)  # settled before any await
+            assert pool.queue_depth == 0
+        assert [i.error for i in events.infos if i.outcome is Outcome.FAILED] == ["connect"] * 11
+    finally:
+        await pool.aclose()
+        sock.close()
+    assert settled(pool)

@@ -146,3 +146,15 @@ def test_nothing_is_parsed_until_asked() -> None:
     assert v._hdec is None
     v.cookie("x")
     assert v._hdec is not None and v._query is None
+
+
+def test_header_in_agrees_before_and_after_the_header_index_is_built() -> None:
+    headers = [(b"x-mark", b"other"), (b"host", b"a"), (b"x-mark", b"v2")]
+    for build_index_first in (False, True):
+        view = RequestView(headers=headers)
+        if build_index_first:
+            view.header_b(b"host")
+        assert view.header_in(b"x-mark", frozenset({"v2"}))
+        assert not view.header_in(b"x-mark", frozenset({"v3"}))
+        assert not view.header_in(b"x-absent", frozenset({"v2"}))
+        assert not view.header_in(b"x-mark", frozenset({"V2"}))  # values are exact
