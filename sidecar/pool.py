@@ -16,7 +16,10 @@ server is in its connect back-off (below) an admitted job is settled at once as 
 ("connect"), so a dead canary wakes no worker per tee.
 
 `workers` tasks loop forever: take a job (or park a future in `_idle` and wait for a
-hand-off), skip it as `failed` ("deadline expired in queue") when its deadline passed,
+hand-off): the oldest, or, once the oldest has spent half of its timeout waiting, the
+newest (adaptive LIFO, as in Facebook's and Dropbox's proxies: a backed-up slow canary then
+gets fresh mirrors with time to complete, instead of only jobs about to expire in flight);
+skip it as `failed` ("deadline expired in queue") when its deadline passed,
 otherwise run the chain under `asyncio.timeout_at(deadline)`. The default chain picks a
 server by smooth weighted round-robin (nginx's algorithm: deterministic), sends the shadow
 request with that server's `ConnectionPool`, and reads the response to the end. A server
@@ -277,6 +280,7 @@ class CanaryPool:
         self._rule_counts: dict[tuple[str | None, Outcome], int] = {}
         self._plain_infos: dict[tuple[str | None, Outcome, str | None], MirrorInfo] = {}
         self._capacity = spec.workers + spec.queue
+        self._lifo_after = spec.timeout_s / 2  # remaining time of the oldest job (below)
         # Loop time until which every server is in its connect back-off (default chain).
         self._down_until = 0.0
         weights = [s.weight for s in spec.servers]
@@ -479,9 +483,16 @@ class CanaryPool:
     async def _worker(self) -> None:
         loop = self._loop
         assert loop is not None
+        jobs = self._jobs
         while True:
-            if self._jobs:
-                job = self._jobs.popleft()
+            if jobs:
+                # FIFO while the queue keeps up; once the oldest job has used half of its
+                # timeout waiting, the newest instead (adaptive LIFO): it still has the time
+                # to complete, while the stale ones expire in the queue unsent.
+                if jobs[0].deadline - loop.time() >= self._lifo_after:
+                    job = jobs.popleft()
+                else:
+                    job = jobs.pop()
             else:
                 waiter: asyncio.Future[Job] = loop.create_future()
                 self._idle.append(waiter)

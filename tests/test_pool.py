@@ -527,3 +527,57 @@ async def test_dead_canary_tees_fail_at_admission_during_back_off() -> None:
         await pool.aclose()
         sock.close()
     assert settled(pool)
+
+
+def _job_for(path: bytes) -> Job:
+    request = ClientRequest(
+        method="GET",
+        raw_path=path,
+        query_string=b"",
+        headers=[(b"host", b"app")],
+        client="10.0.0.1",
+        scheme="http",
+    )
+    return Job(request, None, "r")
+
+
+async def _order_sent(wait_until_oldest_remaining: float | None) -> list[bytes]:
+    """One worker busy with /a while /b, /c, /d queue; optionally wait until the oldest
+    queued job has only `wait_until_oldest_remaining` seconds left; the order sent."""
+    sent: list[bytes] = []
+    gates = {b"/a": asyncio.Event()}
+
+    async def chain(req: ShadowRequest) -> int:
+        sent.append(req.target)
+        gate = gates.get(req.target)
+        if gate is not None:
+            await gate.wait()
+        return 200
+
+    pool = CanaryPool(canary_spec(workers=1, queue=3, timeout_s=2.0), chain=chain)
+    loop = asyncio.get_running_loop()
+    try:
+        pool.try_admit(_job_for(b"/a"))
+        await wait_until(lambda: sent == [b"/a"])
+        for path in (b"/b", b"/c", b"/d"):
+            assert pool.try_admit(_job_for(path)) is Outcome.DISPATCHED
+        if wait_until_oldest_remaining is not None:
+            oldest = pool._jobs[0].deadline
+            await wait_until(lambda: oldest - loop.time() < wait_until_oldest_remaining)
+        gates[b"/a"].set()
+        await wait_until(lambda: len(sent) == 4, what="every queued job sent")
+    finally:
+        await pool.aclose(drain=1.0)
+    return sent
+
+
+async def test_queue_is_fifo_while_it_keeps_up() -> None:
+    assert await _order_sent(None) == [b"/a", b"/b", b"/c", b"/d"]
+
+
+async def test_backed_up_queue_serves_the_newest_job_first() -> None:
+    """Adaptive LIFO: once the oldest queued job has used half its timeout (2 s), the
+    worker takes the newest, which has time to complete."""
+    sent = await _order_sent(0.9)
+    assert sent[:2] == [b"/a", b"/d"]
+    assert sorted(sent) == [b"/a", b"/b", b"/c", b"/d"]
