@@ -207,3 +207,18 @@ async def test_runtime_swap_keeps_unchanged_pools_and_retires_the_rest() -> None
         await wait_until(lambda: retired._closing, what="the retired pool to close")
     finally:
         await runtime.close()
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    import gc
+
+    from sidecar.server import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 1000  # the imported modules, at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
