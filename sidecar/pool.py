@@ -139,7 +139,7 @@ class Body:
         return self._joined
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True)
 class ClientRequest:
     """The client's request as the tees need it; shared by all tees, never mutated."""
 

@@ -65,7 +65,7 @@ class RequestTees:
                     pool.record(refused, rule)
                     continue
                 if request is None:
-                    request = _request(method, raw_path, query_string, headers, client, scheme)
+                    request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
                 pool.dispatch(Job(request, None, rule))
             elif content_length is not None and content_length > spec.max_body_bytes:
                 pool.record(Outcome.DROPPED_OVERSIZE, rule)
@@ -75,7 +75,7 @@ class RequestTees:
             return None
         pending.sort(key=lambda p: p[0])
         if request is None:
-            request = _request(method, raw_path, query_string, headers, client, scheme)
+            request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
         return cls(pending, request)
 
     @property
@@ -116,21 +116,3 @@ class RequestTees:
         self._body.chunks.clear()
         for _, pool, rule in pending:
             pool.record(Outcome.DROPPED_ABORTED, rule)
-
-
-def _request(
-    method: str,
-    raw_path: bytes,
-    query_string: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
-    client: str | None,
-    scheme: str,
-) -> ClientRequest:
-    return ClientRequest(
-        method=method,
-        raw_path=raw_path,
-        query_string=query_string,
-        headers=headers,
-        client=client,
-        scheme=scheme,
-    )
