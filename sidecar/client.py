@@ -26,6 +26,7 @@ HTTP/1.1 wire format (request head, response parser) in `http1`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
@@ -325,7 +326,10 @@ class _Slots:
         try:
             await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
+            if fut.cancelled():
+                with contextlib.suppress(ValueError):  # a release() may have skipped it
+                    self._waiters.remove(fut)  # gave up while queued: not left behind
+            elif fut.done():
                 self.release()  # handed a slot just as we were cancelled: pass it on
             raise
 

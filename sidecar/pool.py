@@ -160,7 +160,7 @@ class Job:
         self.request = request
         self.body = body
         self.rule = rule
-        self.deadline = 0.0  # loop time; set by try_admit at dispatch
+        self.deadline = 0.0  # loop time; set by dispatch()
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,13 +349,13 @@ class CanaryPool:
         """The drop a tee would get right now (`dropped_full`, `dropped_rate`), or None when
         it would be admitted, so a caller can skip building a `Job` it would drop. Counts
         nothing; queued jobs whose deadline passed are settled first (they free room)."""
+        if self._closing:
+            return Outcome.DROPPED_FULL
         loop = self._loop
         if loop is None:
             self.start()
             loop = self._loop
             assert loop is not None
-        if self._closing:
-            return Outcome.DROPPED_FULL
         now = loop.time()
         jobs = self._jobs
         if jobs and jobs[0].deadline <= now:
@@ -418,8 +418,8 @@ class CanaryPool:
         self._rule_counts[key] = self._rule_counts.get(key, 0) + 1
         observe = self._observe
         if observe is not None:
-            if status is None and duration is None:
-                # Drops, `dispatched` and failures repeat: one frozen info per kind.
+            if status is None and duration is None and outcome is not Outcome.PANICKED:
+                # Drops, `dispatched` and failures (fixed reasons) repeat: one info per kind.
                 ikey = (rule, outcome, error)
                 info = self._plain_infos.get(ikey)
                 if info is None:
@@ -604,6 +604,10 @@ class CanaryPool:
         now = self._loop.time()
         for _ in range(len(servers)):
             server = servers[self._wrr.pick() if len(servers) > 1 else 0]
+            if now >= server.down_until:
+                return server
+        # Round robin kept landing on servers in back-off (unequal weights): any that is up.
+        for server in servers:
             if now >= server.down_until:
                 return server
         raise ConnectError("connection refused moments ago; backing off", reason=ERR_CONNECT)

@@ -13,9 +13,10 @@ the primary receives (no copies), kept only up to the largest pending `max_body`
 `max_body` the body has now outgrown (the pending list is sorted by `max_body`, so this is
 a pop from the front); past the largest cap nothing more is kept. `finish()` admits every
 remaining tee (a body of exactly `max_body` bytes is mirrored) through the pools'
-synchronous `refusal`/`dispatch`; a tee the pool refuses (full, rate) builds no `Job`, and a request
-whose every tee is refused builds no `ClientRequest` either; `abort()` ends them as `dropped_aborted`. Nothing here awaits: the
-primary request never waits for a canary. Headers and body bytes of each shadow request are
+synchronous `refusal`/`dispatch`; a tee the pool refuses (full, rate) builds no `Job`, and
+a bodiless request whose every tee is refused builds no `ClientRequest` either. `abort()`
+ends them as `dropped_aborted`. Nothing here awaits: the primary request never waits for
+a canary. Headers and body bytes of each shadow request are
 built later by the pool's worker (the body joined once, shared by all its canaries).
 
 Callers pass `content_length=0` when the request has neither `Content-Length` nor

@@ -749,3 +749,12 @@ async def test_connection_slots_are_fifo_and_survive_cancelled_waiters() -> None
     await e
     assert order == ["a", "c", "e"]
     assert b.cancelled() and d.cancelled()
+
+    # A waiter that gives up is removed at once, not left for a release() to skip.
+    f = asyncio.create_task(waiter("f"))
+    await asyncio.sleep(0)
+    assert len(slots._waiters) == 1
+    f.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await f
+    assert not slots._waiters

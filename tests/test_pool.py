@@ -502,10 +502,16 @@ async def test_expired_queued_jobs_free_room_at_admission_while_workers_stay_bus
     assert settled(pool)
 
 
-async def test_dead_canary_tees_fail_at_admission_during_back_off() -> None:
+async def test_dead_canary_tees_fail_at_admission_during_back_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Once the only server refused a connect, tees in its back-off window are settled on
     the request path (dispatched, then failed "connect") without waking a worker."""
     import socket
+
+    import sidecar.pool
+
+    monkeypatch.setattr(sidecar.pool, "CONNECT_BACKOFF_S", 30.0)  # outlasts the test
 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -581,3 +587,36 @@ async def test_backed_up_queue_serves_the_newest_job_first() -> None:
     sent = await _order_sent(0.9)
     assert sent[:2] == [b"/a", b"/d"]
     assert sorted(sent) == [b"/a", b"/b", b"/c", b"/d"]
+
+
+async def test_closed_pool_refuses_without_starting_workers() -> None:
+    pool = CanaryPool(canary_spec(workers=3))
+    await pool.aclose()
+    assert pool.try_admit(job()) is Outcome.DROPPED_FULL
+    assert pool.alive_workers == 0
+
+
+async def test_unequal_weights_still_reach_the_server_that_is_up() -> None:
+    """Round robin over (3, 1) with the weight-3 server in back-off: the live one gets
+    every tee rather than some failing as "connect" while it is reachable."""
+    import socket
+
+    dead = socket.socket()
+    dead.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    dead.bind(("127.0.0.1", 0))  # never listening: refused
+    dead_ep = Endpoint(scheme="http", host="127.0.0.1", port=dead.getsockname()[1])
+    async with RecordingCanary() as live:
+        servers = (ServerSpec(endpoint=dead_ep, weight=3), ServerSpec(endpoint=live.endpoint))
+        spec = CanarySpec(name="c", servers=servers, workers=1, queue=0, timeout_s=5.0)
+        events = Events()
+        pool = CanaryPool(spec, observe=events)
+        try:
+            for n in range(1, 9):
+                assert pool.try_admit(job()) is Outcome.DISPATCHED
+                await wait_until(lambda n=n: pool.stats().completed + pool.stats().failed == n)
+        finally:
+            await pool.aclose()
+            dead.close()
+    # Only the first pick of the refusing server fails; the back-off then skips it.
+    assert pool.stats().failed == 1
+    assert pool.stats().completed == 7
