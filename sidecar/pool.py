@@ -109,7 +109,6 @@ ERR_CONNECT = "connect"
 ERR_RESET = "reset"
 ERR_PROTOCOL = "protocol"
 ERR_ABANDONED = "abandoned at shutdown"
-ERR_BACKING_OFF = ERR_CONNECT  # every server refused moments ago: not tried again yet
 
 # A server whose connect failed is not tried again for a short window, during which its
 # tees end at once as `failed` ("connect"): a dead canary then costs an admission and a
@@ -381,7 +380,7 @@ class CanaryPool:
         if now < self._down_until:
             # No server to try (default chain only): settled here, no worker woken for it.
             self.record(Outcome.DISPATCHED, job.rule)
-            self.record(Outcome.FAILED, job.rule, error=ERR_BACKING_OFF)
+            self.record(Outcome.FAILED, job.rule, error=ERR_CONNECT)
             return Outcome.DISPATCHED
         job.deadline = now + self.spec.timeout_s
         idle = self._idle
@@ -602,12 +601,10 @@ class CanaryPool:
         servers = self._servers
         assert self._loop is not None
         now = self._loop.time()
-        for _ in range(len(servers)):
-            server = servers[self._wrr.pick() if len(servers) > 1 else 0]
-            if now >= server.down_until:
-                return server
-        # Round robin kept landing on servers in back-off (unequal weights): any that is up.
-        for server in servers:
+        server = servers[self._wrr.pick() if len(servers) > 1 else 0]
+        if now >= server.down_until:
+            return server
+        for server in servers:  # the pick is backing off: the first server that is up
             if now >= server.down_until:
                 return server
         raise ConnectError("connection refused moments ago; backing off", reason=ERR_CONNECT)
