@@ -86,6 +86,12 @@ class Metrics:
         self.requests = Counter(
             "sidecar_requests", "Primary requests by status class.", ["code"], registry=r
         )
+        self.refused = Counter(
+            "sidecar_refused_requests",
+            "Client requests refused before forwarding (malformed or ambiguous HTTP), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.request_duration = Histogram(
             "sidecar_request_duration_seconds",
             "Primary request duration.",
@@ -174,6 +180,10 @@ class Metrics:
     def primary_duration(self) -> Any:
         return self.request_duration
 
+    def refused_request(self, reason: str) -> Any:
+        """The counter child of one refusal reason (resolve once per reason, keep it)."""
+        return self.refused.labels(reason)
+
     def set_rules_info(self, sha256: str, *, rules: int, canaries: int) -> None:
         labels = (sha256, str(rules), str(canaries))
         old = self._rules_labels
@@ -234,6 +244,10 @@ def primary_requests(code: str) -> Any:
 
 def primary_duration() -> Any:
     return _default_metrics().primary_duration()
+
+
+def refused_request(reason: str) -> Any:
+    return _default_metrics().refused_request(reason)
 
 
 def set_rules_info(sha256: str, *, rules: int, canaries: int) -> None:
