@@ -11,8 +11,16 @@ status`, a custom destination run by the pool's workers under the job's deadline
 
 The wrapped app's request body streams through untouched: `receive` is wrapped so every
 chunk the app reads is also fed to the request's `RequestTees` (kept by reference, capped at
-`max_body_bytes`); a disconnect before the body was whole is `dropped_aborted`. When the app
-returns without reading the whole body, the rest is read (up to the cap) for the mirror.
+`max_body_bytes`); a disconnect before the body was whole is `dropped_aborted`.
+
+When the app returns without reading the whole body, the rest is read (up to the cap) for
+the mirror, as hypercorn delivers it. uvicorn does not: once the response is complete its
+`receive` only returns `http.disconnect` and the unread body is discarded. A disconnect
+after the app's response was complete is therefore not an abort: the tees are admitted if
+what was received is the whole declared `Content-Length`, else they end as `dropped_unread`.
+The middleware never holds the app's response back to read the body first: that would make
+the client's answer wait for its own upload (unbounded in time for a slow client, and with
+`Expect: 100-continue` it would make the server send `100 Continue` the app chose not to).
 """
 
 from __future__ import annotations
@@ -158,20 +166,31 @@ class Mirror:
         return self
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
-        """The ASGI middleware around `app`; freezes the configuration."""
-        if not self._frozen:
-            self._frozen = True
-            for canary, ups in self._upstreams.items():
-                servers = tuple(
-                    ServerSpec(endpoint=Endpoint.parse(u.url), weight=u.weight) for u in ups
-                )
-                spec = CanarySpec(name=canary, servers=servers, **self._settings)
-                self._pools.append(CanaryPool(spec, observe=self._observe))
-            for label, chain in self._chains:
-                spec = CanarySpec(
-                    name=label, servers=(ServerSpec(endpoint=_CHAIN_ENDPOINT),), **self._settings
-                )
-                self._pools.append(CanaryPool(spec, observe=self._observe, chain=chain))
+        """The ASGI middleware around `app`; freezes the configuration. Once per Mirror,
+        after at least one `use()`."""
+        if self._frozen:
+            raise RuntimeError(
+                "Mirror.wrap() called twice: a Mirror wraps one app (its pools, stats and "
+                "aclose() belong to that app); create another Mirror for another app"
+            )
+        if not self._upstreams and not self._chains:
+            # A state error like use() after wrap(): the arguments are fine, the order is not.
+            raise RuntimeError(
+                "Mirror.wrap() without a destination: call mirror.use(Upstream(url)) (or "
+                "use(chain)) before wrap()"
+            )
+        self._frozen = True
+        for canary, ups in self._upstreams.items():
+            servers = tuple(
+                ServerSpec(endpoint=Endpoint.parse(u.url), weight=u.weight) for u in ups
+            )
+            spec = CanarySpec(name=canary, servers=servers, **self._settings)
+            self._pools.append(CanaryPool(spec, observe=self._observe))
+        for label, chain in self._chains:
+            spec = CanarySpec(
+                name=label, servers=(ServerSpec(endpoint=_CHAIN_ENDPOINT),), **self._settings
+            )
+            self._pools.append(CanaryPool(spec, observe=self._observe, chain=chain))
         return _Middleware(self, app)
 
     # --- running -------------------------------------------------------------------------
@@ -262,6 +281,7 @@ class _Middleware:
         if tees is None:
             await self.app(scope, receive, send)
             return
+        answered = False  # the app's response is complete (see the module docstring)
 
         async def tee_receive() -> Message:
             message = await receive()
@@ -272,16 +292,29 @@ class _Middleware:
                     if not message.get("more_body", False):
                         tees.finish()
                 elif kind == "http.disconnect":
-                    tees.abort()
+                    if answered:
+                        tees.unread()  # the server's doing (uvicorn), or a client done
+                    else:
+                        tees.abort()
             return message
 
+        async def tee_send(message: Message) -> None:
+            nonlocal answered
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and tees.pending
+            ):
+                answered = True
+            await send(message)
+
         try:
-            await self.app(scope, tee_receive, send)
+            await self.app(scope, tee_receive, tee_send)
         except BaseException:
             tees.abort()
             raise
         # The app did not read the whole body: read the rest (bounded by the cap) for the
-        # mirror; a disconnect now is an aborted upload like any other.
+        # mirror (hypercorn hands it over; uvicorn answers http.disconnect, see above).
         while tees.pending:
             await tee_receive()
 

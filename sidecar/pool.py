@@ -37,9 +37,18 @@ TCP connections: only `workers` jobs run at once. With one server its pool holds
 server can never push the total above `workers`. With more servers than workers each
 request uses a throw-away pool closed right after it (correct, just slower).
 
-Counters are plain ints bumped before `observe` is called; `observe` errors are logged,
-never re-counted. Once settled, dispatched == completed + failed + panicked, also across
-`aclose()`: abandoned jobs end as `failed` ("abandoned at shutdown").
+Counters are plain ints bumped before `observe` is called; `observe` errors are logged
+(the first with its traceback, then a count per `SUMMARY_INTERVAL_S`), never re-counted.
+Once settled, dispatched == completed + failed + panicked, also across `aclose()`: abandoned
+jobs end as `failed` ("abandoned at shutdown").
+
+Why a tee failed: a failure that came from trying the canary (an exchange that raised, its
+deadline, or a deadline that passed in the queue) carries an error kind
+(`sidecar.mirror_errors.classify`: connect, timeout, tls, reset, protocol) in
+`MirrorInfo.error_kind`, and is logged per kind, rate-limited. A tee failed at once because
+every server is in its connect back-off made no attempt: its `error` is "connect" but it has
+no kind (the errors metric counts attempts), it is only counted in `backoff_skips` and in the
+next 'connect' summary line. Abandoned jobs (shutdown) have no kind either.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from typing import NamedTuple
 from sidecar.client import ClientError, ConnectError, ConnectionPool
 from sidecar.config import CanarySpec, Endpoint, RateSpec
 from sidecar.headers import Headers, ShadowTemplate
+from sidecar.mirror_errors import CONNECT, ERROR_KINDS, TIMEOUT, ErrorKind, ThrottledLog, classify
 
 log = logging.getLogger("sidecar.mirror")
 
@@ -70,6 +80,9 @@ class Outcome(enum.Enum):
     DROPPED_OVERSIZE = "dropped_oversize"
     DROPPED_RATE = "dropped_rate"
     DROPPED_ABORTED = "dropped_aborted"
+    # Library only: the app answered without reading the whole body and the server would not
+    # deliver the rest afterwards (uvicorn discards it), so the body to mirror is unknown.
+    DROPPED_UNREAD = "dropped_unread"
 
     # Members are singletons: hash by identity in C (Enum.__hash__ is a Python call, and
     # every tee bumps several dicts keyed by its outcome).
@@ -78,15 +91,18 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class MirrorInfo:
-    """One outcome of one tee. `status`/`duration` when completed; `error` when failed/panicked."""
+    """One outcome of one tee. `status`/`duration` when completed; `error` when failed/panicked;
+    `error_kind` (connect, timeout, tls, reset, protocol) when a failed tee tried the canary."""
 
-    # Field order as SPEC section 6 lists them (positional construction follows it).
+    # Field order as the library API lists them (positional construction follows it); the
+    # kind came later, so it is last.
     outcome: Outcome
     status: int | None = None
     duration: float | None = None
     canary: str = ""
     rule: str | None = None
     error: str | None = None
+    error_kind: ErrorKind | None = None
 
 
 class Stats(NamedTuple):
@@ -98,6 +114,7 @@ class Stats(NamedTuple):
     dropped_oversize: int = 0
     dropped_rate: int = 0
     dropped_aborted: int = 0
+    dropped_unread: int = 0
 
 
 Observe = Callable[[MirrorInfo], None]
@@ -117,7 +134,7 @@ ERR_ABANDONED = "abandoned at shutdown"
 CONNECT_BACKOFF_S = 0.05
 CONNECT_BACKOFF_MAX_S = 1.0
 
-# Distinct (rule, outcome, error) infos kept for reuse; panics carry free-form errors.
+# Distinct (rule, outcome, error, kind) infos kept for reuse; panics carry free-form errors.
 _PLAIN_INFOS_MAX = 1024
 
 
@@ -237,6 +254,25 @@ def connection_shares(weights: Sequence[int], workers: int) -> list[int] | None:
     return shares
 
 
+class _BackingOff(ConnectError):
+    """Every server was in its connect back-off when the worker picked one: no attempt."""
+
+
+def _first_error(canary: str, kind: str, text: str) -> str:
+    return f"canary {canary}: '{kind}' error: {text} (more are counted, summarized periodically)"
+
+
+def _first_observe_error(canary: str, _key: str, text: str) -> str:
+    return (
+        f"observe hook raised for canary {canary}: {text} "
+        "(later errors are counted, summarized periodically)"
+    )
+
+
+def _observe_summary(canary: str, _key: str, count: int, interval_s: float, text: str) -> str:
+    return f"canary {canary}: observe hook raised {count} more times in the last {interval_s:g} s: {text}"
+
+
 class _Server:
     __slots__ = ("backoff", "down_until", "endpoint", "host", "max_connections", "pool")
 
@@ -277,7 +313,23 @@ class CanaryPool:
         self._ephemeral_open = 0  # throw-away pools' connections (more servers than workers)
         self._counts: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self._rule_counts: dict[tuple[str | None, Outcome], int] = {}
-        self._plain_infos: dict[tuple[str | None, Outcome, str | None], MirrorInfo] = {}
+        self._plain_infos: dict[
+            tuple[str | None, Outcome, str | None, ErrorKind | None], MirrorInfo
+        ] = {}
+        self._error_counts: dict[ErrorKind, int] = dict.fromkeys(ERROR_KINDS, 0)
+        self.backoff_skips = 0  # tees failed at once during a connect back-off (no attempt)
+        self._skips_logged = 0  # backoff_skips as of the last 'connect' log line
+        self._error_log = ThrottledLog(
+            log, self.name, first=_first_error, summary=self._error_summary
+        )
+        self._observe_log = ThrottledLog(
+            log,
+            self.name,
+            first=_first_observe_error,
+            summary=_observe_summary,
+            level=logging.ERROR,
+            traceback=True,
+        )
         self._capacity = spec.workers + spec.queue
         self._lifo_after = spec.timeout_s / 2  # remaining time of the oldest job (below)
         # Loop time until which every server is in its connect back-off (default chain).
@@ -328,6 +380,8 @@ class CanaryPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._error_log.flush()
+        self._observe_log.flush()
         for server in self._servers:
             if server.pool is not None:
                 pool = server.pool
@@ -379,6 +433,8 @@ class CanaryPool:
             self._bucket.take()
         if now < self._down_until:
             # No server to try (default chain only): settled here, no worker woken for it.
+            # No attempt was made, so no error kind: only counted as a skip.
+            self.backoff_skips += 1
             self.record(Outcome.DISPATCHED, job.rule)
             self.record(Outcome.FAILED, job.rule, error=ERR_CONNECT)
             return Outcome.DISPATCHED
@@ -400,7 +456,13 @@ class CanaryPool:
         per pool), as they go rather than in a burst when a worker frees up."""
         jobs = self._jobs
         while jobs and jobs[0].deadline <= now:
-            self._settle(Outcome.FAILED, jobs.popleft().rule, error=ERR_EXPIRED)
+            self._settle(
+                Outcome.FAILED,
+                jobs.popleft().rule,
+                error=ERR_EXPIRED,
+                kind=TIMEOUT,
+                cause=ERR_EXPIRED,
+            )
 
     def record(
         self,
@@ -410,8 +472,11 @@ class CanaryPool:
         status: int | None = None,
         duration: float | None = None,
         error: str | None = None,
+        kind: ErrorKind | None = None,
     ) -> Outcome:
-        """Count one outcome and report it to `observe` (errors there are logged only)."""
+        """Count one outcome and report it to `observe` (errors there are logged only, the
+        first with its traceback, then counted and summarized: a broken hook would otherwise
+        log a traceback per outcome)."""
         self._counts[outcome] += 1
         key = (rule, outcome)
         self._rule_counts[key] = self._rule_counts.get(key, 0) + 1
@@ -419,18 +484,20 @@ class CanaryPool:
         if observe is not None:
             if status is None and duration is None and outcome is not Outcome.PANICKED:
                 # Drops, `dispatched` and failures (fixed reasons) repeat: one info per kind.
-                ikey = (rule, outcome, error)
+                ikey = (rule, outcome, error, kind)
                 info = self._plain_infos.get(ikey)
                 if info is None:
-                    info = MirrorInfo(outcome, canary=self.name, rule=rule, error=error)
+                    info = MirrorInfo(
+                        outcome, canary=self.name, rule=rule, error=error, error_kind=kind
+                    )
                     if len(self._plain_infos) < _PLAIN_INFOS_MAX:
                         self._plain_infos[ikey] = info
             else:
-                info = MirrorInfo(outcome, status, duration, self.name, rule, error)
+                info = MirrorInfo(outcome, status, duration, self.name, rule, error, kind)
             try:
                 observe(info)
-            except Exception:
-                log.exception("observe hook failed for %s (%s)", self.name, outcome.value)
+            except Exception as exc:
+                self._observe_log.report("observe", exc)
         return outcome
 
     # --- metrics -----------------------------------------------------------------------
@@ -438,6 +505,10 @@ class CanaryPool:
     def stats(self) -> Stats:
         c = self._counts
         return Stats(*(c[o] for o in Outcome))
+
+    def error_stats(self) -> dict[ErrorKind, int]:
+        """Failed attempts by error kind (back-off skips are in `backoff_skips`)."""
+        return dict(self._error_counts)
 
     def rule_stats(self) -> dict[tuple[str | None, Outcome], int]:
         """Counts per (rule, outcome), for the metrics."""
@@ -473,9 +544,16 @@ class CanaryPool:
         status: int | None = None,
         duration: float | None = None,
         error: str | None = None,
+        kind: ErrorKind | None = None,
+        cause: BaseException | str = "",
     ) -> None:
         self._running -= 1
-        self.record(outcome, rule, status=status, duration=duration, error=error)
+        if kind is not None:
+            # The metric (through observe) and the log; a lookup and an increment each while
+            # the log is throttled.
+            self._error_counts[kind] += 1
+            self._error_log.report(kind, cause)
+        self.record(outcome, rule, status=status, duration=duration, error=error, kind=kind)
         if self._running == 0 and self._idle_event is not None:
             self._idle_event.set()
 
@@ -505,7 +583,9 @@ class CanaryPool:
 
     async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         if loop.time() >= job.deadline:
-            self._settle(Outcome.FAILED, job.rule, error=ERR_EXPIRED)
+            self._settle(
+                Outcome.FAILED, job.rule, error=ERR_EXPIRED, kind=TIMEOUT, cause=ERR_EXPIRED
+            )
             return
         start = loop.time()
         # The deadline as asyncio.timeout_at does it (a timer that cancels this task, told
@@ -520,7 +600,13 @@ class CanaryPool:
         except asyncio.CancelledError:
             timer.cancel()
             if expired.fired and task.uncancel() <= cancelling:
-                self._settle(Outcome.FAILED, job.rule, error=ERR_TIMEOUT)
+                self._settle(
+                    Outcome.FAILED,
+                    job.rule,
+                    error=ERR_TIMEOUT,
+                    kind=TIMEOUT,
+                    cause=f"no response within the canary's timeout ({self.spec.timeout_s:g} s)",
+                )
                 return
             self._settle(Outcome.FAILED, job.rule, error=ERR_ABANDONED)
             raise
@@ -529,8 +615,11 @@ class CanaryPool:
             if expired.fired:
                 task.uncancel()
             reason = _failure_reason(exc)
-            if reason is not None:
+            if isinstance(exc, _BackingOff):
+                self.backoff_skips += 1  # no attempt: not an error of any kind
                 self._settle(Outcome.FAILED, job.rule, error=reason)
+            elif reason is not None:
+                self._settle(Outcome.FAILED, job.rule, error=reason, kind=classify(exc), cause=exc)
             else:
                 log.error(
                     "mirror chain for canary %s raised; counted as panicked",
@@ -607,7 +696,18 @@ class CanaryPool:
         for server in servers:  # the pick is backing off: the first server that is up
             if now >= server.down_until:
                 return server
-        raise ConnectError("connection refused moments ago; backing off", reason=ERR_CONNECT)
+        raise _BackingOff("connection refused moments ago; backing off", reason=ERR_CONNECT)
+
+    def _error_summary(
+        self, canary: str, kind: str, count: int, interval_s: float, text: str
+    ) -> str:
+        line = f"canary {canary}: {count} more '{kind}' errors in the last {interval_s:g} s: {text}"
+        if kind == CONNECT:
+            skips = self.backoff_skips - self._skips_logged
+            self._skips_logged = self.backoff_skips
+            if skips:
+                line += f" (and {skips} tees failed at once during the connect back-off)"
+        return line
 
 
 class _Expired:

@@ -1,13 +1,23 @@
-"""Every metric of SPEC sections 4 and 7, in one module (prometheus-client).
+"""Every metric of the proxy and the library, in one module (prometheus-client).
 
-`Metrics(registry)` registers the metrics once per registry and caches label children, so
-the hot path is a dict lookup and an `inc()`. The module-level functions use one `Metrics`
-on prometheus-client's default `REGISTRY` (created on first use):
+Two sets, each registered once per registry with cached label children, so the hot path is
+a dict lookup and an `inc()`:
+
+- `Metrics`: the mirror series, all a library user gets from `observe`
+  (sidecar_mirror_requests_total, _duration_seconds, _responses_total, _errors_total,
+  _queue_depth, _busy_workers);
+- `ProxyMetrics`: the proxy's own series (primary requests and duration, refused requests,
+  rules info and reloads). They are registered on the first call of one of the proxy's
+  functions below, which only `serve` makes, so a library process never exports them (a
+  `sidecar_rules_last_reload_success_timestamp_seconds 0` there would say that rules failed
+  to load, in a process that has none).
+
+The module-level functions use prometheus-client's default `REGISTRY`:
 
     observe(info, registry=None)       the ready `observe` hook for Mirror / CanaryPool
     track_pool(pool) / untrack_pool(pool)
                                        feed sidecar_mirror_queue_depth / _busy_workers
-    primary_requests("2xx"), primary_duration()
+    primary_requests("2xx"), primary_duration(), refused_request(reason)
                                        the proxy's children (resolve once, keep them)
     set_rules_info(sha256, rules=, canaries=), record_reload(ok)
 
@@ -29,6 +39,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 if TYPE_CHECKING:
     from sidecar.pool import CanaryPool, MirrorInfo
 
+from sidecar.mirror_errors import ERROR_KINDS
 from sidecar.pool import Outcome
 
 # Round trips of shadow requests: fast local canaries up to the 10s default deadline.
@@ -43,7 +54,7 @@ def code_class(status: int) -> str:
 
 
 class Metrics:
-    """The sidecar's metrics, registered on one registry, with cached label children."""
+    """The mirror series (library and proxy), on one registry, with cached label children."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         registry = REGISTRY if registry is None else registry
@@ -83,6 +94,87 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.mirror_errors = Counter(
+            "sidecar_mirror_errors",
+            "Failed attempts to reach a canary, by error kind (connect, timeout, tls, reset,"
+            " protocol); tees failed during a connect back-off made no attempt and are not"
+            " counted.",
+            ["canary", "error"],
+            registry=r,
+        )
+        self._outcome_children: dict[tuple[str, str | None, Outcome], Any] = {}
+        self._completed_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._error_children: dict[tuple[str, str], Any] = {}
+        self._pools: dict[str, CanaryPool] = {}
+
+    # --- the observe hook ----------------------------------------------------------------
+
+    def observe(self, info: MirrorInfo) -> None:
+        key = (info.canary, info.rule, info.outcome)
+        child = self._outcome_children.get(key)
+        if child is None:
+            child = self.mirror_requests.labels(info.canary, info.rule or "", info.outcome.value)
+            self._outcome_children[key] = child
+        child.inc()
+        if info.outcome is Outcome.COMPLETED:
+            hundreds = (info.status or 0) // 100
+            ckey = (info.canary, hundreds)
+            pair = self._completed_children.get(ckey)
+            if pair is None:
+                pair = (
+                    self.mirror_duration.labels(info.canary),
+                    self.mirror_responses.labels(info.canary, code_class(info.status or 0)),
+                )
+                self._completed_children[ckey] = pair
+            if info.duration is not None:
+                pair[0].observe(info.duration)
+            pair[1].inc()
+        elif info.error_kind is not None:
+            ekey = (info.canary, info.error_kind)
+            echild = self._error_children.get(ekey)
+            if echild is None:
+                echild = self._error_children[ekey] = self.mirror_errors.labels(*ekey)
+            echild.inc()
+        if self.multiprocess:
+            pool = self._pools.get(info.canary)
+            if pool is not None:
+                self.queue_depth.labels(info.canary).set(pool.queue_depth)
+                self.busy_workers.labels(info.canary).set(pool.busy_workers)
+
+    # --- pools ---------------------------------------------------------------------------
+
+    def track_pool(self, pool: CanaryPool) -> None:
+        """Report this pool's queue depth and busy workers (the latest pool of a name wins)."""
+        self._pools[pool.name] = pool
+        for kind in ERROR_KINDS:  # every kind's series exists (at 0) so rate() sees the first
+            self.mirror_errors.labels(pool.name, kind)
+        if self.multiprocess:
+            self.queue_depth.labels(pool.name).set(pool.queue_depth)
+            self.busy_workers.labels(pool.name).set(pool.busy_workers)
+        else:
+            self.queue_depth.labels(pool.name).set_function(lambda: pool.queue_depth)
+            self.busy_workers.labels(pool.name).set_function(lambda: pool.busy_workers)
+
+    def untrack_pool(self, pool: CanaryPool) -> None:
+        """Stop reporting a retired pool (unless a newer pool of that name took over)."""
+        if self._pools.get(pool.name) is not pool:
+            return
+        del self._pools[pool.name]
+        for gauge in (self.queue_depth, self.busy_workers):
+            if self.multiprocess:
+                gauge.labels(pool.name).set(0)
+            else:
+                gauge.remove(pool.name)
+
+
+class ProxyMetrics:
+    """The proxy's own series (primary, refusals, rules, reloads), on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.registry = registry
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        r = registry
         self.requests = Counter(
             "sidecar_requests", "Primary requests by status class.", ["code"], registry=r
         )
@@ -116,61 +208,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
-        self._outcome_children: dict[tuple[str, str | None, Outcome], Any] = {}
-        self._completed_children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._pools: dict[str, CanaryPool] = {}
         self._rules_labels: tuple[str, str, str] | None = None
-
-    # --- the observe hook ----------------------------------------------------------------
-
-    def observe(self, info: MirrorInfo) -> None:
-        key = (info.canary, info.rule, info.outcome)
-        child = self._outcome_children.get(key)
-        if child is None:
-            child = self.mirror_requests.labels(info.canary, info.rule or "", info.outcome.value)
-            self._outcome_children[key] = child
-        child.inc()
-        if info.outcome is Outcome.COMPLETED:
-            hundreds = (info.status or 0) // 100
-            ckey = (info.canary, hundreds)
-            pair = self._completed_children.get(ckey)
-            if pair is None:
-                pair = (
-                    self.mirror_duration.labels(info.canary),
-                    self.mirror_responses.labels(info.canary, code_class(info.status or 0)),
-                )
-                self._completed_children[ckey] = pair
-            if info.duration is not None:
-                pair[0].observe(info.duration)
-            pair[1].inc()
-        if self.multiprocess:
-            pool = self._pools.get(info.canary)
-            if pool is not None:
-                self.queue_depth.labels(info.canary).set(pool.queue_depth)
-                self.busy_workers.labels(info.canary).set(pool.busy_workers)
-
-    # --- pools ---------------------------------------------------------------------------
-
-    def track_pool(self, pool: CanaryPool) -> None:
-        """Report this pool's queue depth and busy workers (the latest pool of a name wins)."""
-        self._pools[pool.name] = pool
-        if self.multiprocess:
-            self.queue_depth.labels(pool.name).set(pool.queue_depth)
-            self.busy_workers.labels(pool.name).set(pool.busy_workers)
-        else:
-            self.queue_depth.labels(pool.name).set_function(lambda: pool.queue_depth)
-            self.busy_workers.labels(pool.name).set_function(lambda: pool.busy_workers)
-
-    def untrack_pool(self, pool: CanaryPool) -> None:
-        """Stop reporting a retired pool (unless a newer pool of that name took over)."""
-        if self._pools.get(pool.name) is not pool:
-            return
-        del self._pools[pool.name]
-        for gauge in (self.queue_depth, self.busy_workers):
-            if self.multiprocess:
-                gauge.labels(pool.name).set(0)
-            else:
-                gauge.remove(pool.name)
 
     # --- primary and rules ---------------------------------------------------------------
 
@@ -238,21 +276,37 @@ def untrack_pool(pool: CanaryPool) -> None:
     _default_metrics().untrack_pool(pool)
 
 
+_proxy_by_registry: dict[int, ProxyMetrics] = {}
+
+
+def proxy_metrics(registry: CollectorRegistry | None = None) -> ProxyMetrics:
+    """The `ProxyMetrics` of `registry` (default: REGISTRY), built (registered) on first use."""
+    reg = REGISTRY if registry is None else registry
+    m = _proxy_by_registry.get(id(reg))
+    if m is None or m.registry is not reg:
+        m = _proxy_by_registry[id(reg)] = ProxyMetrics(reg)
+    return m
+
+
+# The proxy's entry points (proxy.py, runtime.py, reload.py): the first call registers the
+# proxy's series on the default registry; a library process never makes one.
+
+
 def primary_requests(code: str) -> Any:
-    return _default_metrics().primary_requests(code)
+    return proxy_metrics().primary_requests(code)
 
 
 def primary_duration() -> Any:
-    return _default_metrics().primary_duration()
+    return proxy_metrics().primary_duration()
 
 
 def refused_request(reason: str) -> Any:
-    return _default_metrics().refused_request(reason)
+    return proxy_metrics().refused_request(reason)
 
 
 def set_rules_info(sha256: str, *, rules: int, canaries: int) -> None:
-    _default_metrics().set_rules_info(sha256, rules=rules, canaries=canaries)
+    proxy_metrics().set_rules_info(sha256, rules=rules, canaries=canaries)
 
 
 def record_reload(ok: bool) -> None:
-    _default_metrics().record_reload(ok)
+    proxy_metrics().record_reload(ok)

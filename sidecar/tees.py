@@ -15,7 +15,9 @@ a pop from the front); past the largest cap nothing more is kept. `finish()` adm
 remaining tee (a body of exactly `max_body` bytes is mirrored) through the pools'
 synchronous `refusal`/`dispatch`; a tee the pool refuses (full, rate) builds no `Job`, and
 a bodiless request whose every tee is refused builds no `ClientRequest` either. `abort()`
-ends them as `dropped_aborted`. Nothing here awaits: the primary request never waits for
+ends them as `dropped_aborted`; `unread()` (library: the app answered without reading the
+whole body and the server will not hand over the rest) admits them when what was received
+is the whole declared `Content-Length`, else ends them as `dropped_unread`. Nothing here awaits: the primary request never waits for
 a canary. Headers and body bytes of each shadow request are
 built later by the pool's worker (the body joined once, shared by all its canaries).
 
@@ -33,15 +35,19 @@ from sidecar.pool import Body, CanaryPool, ClientRequest, Job, Outcome
 class RequestTees:
     """The pending tees of one request (see the module docstring)."""
 
-    __slots__ = ("_body", "_cap", "_pending", "_request")
+    __slots__ = ("_body", "_cap", "_declared", "_pending", "_request")
 
     def __init__(
-        self, pending: list[tuple[int, CanaryPool, str | None]], request: ClientRequest
+        self,
+        pending: list[tuple[int, CanaryPool, str | None]],
+        request: ClientRequest,
+        declared: int | None = None,
     ) -> None:
         self._pending = pending  # (max_body, pool, rule), ascending max_body
         self._cap = pending[-1][0]
         self._body = Body()
         self._request = request
+        self._declared = declared  # the request's Content-Length (None: chunked)
 
     @classmethod
     def begin(
@@ -77,7 +83,7 @@ class RequestTees:
         pending.sort(key=lambda p: p[0])
         if request is None:
             request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
-        return cls(pending, request)
+        return cls(pending, request, content_length)
 
     @property
     def pending(self) -> bool:
@@ -110,6 +116,17 @@ class RequestTees:
                 pool.dispatch(Job(request, body, rule))
             else:
                 pool.record(refused, rule)
+
+    def unread(self) -> None:
+        """The body will not be read to its end (see the module docstring): admit the tees
+        when the whole declared body was received after all, else `dropped_unread`."""
+        if self._declared is not None and self._body.length == self._declared:
+            self.finish()
+            return
+        pending, self._pending = self._pending, []
+        self._body.chunks.clear()
+        for _, pool, rule in pending:
+            pool.record(Outcome.DROPPED_UNREAD, rule)
 
     def abort(self) -> None:
         """The client's upload broke off: every pending tee ends as `dropped_aborted`."""

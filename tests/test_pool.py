@@ -234,10 +234,14 @@ async def test_observe_errors_are_logged_not_counted_twice(
         for _ in range(3):
             pool.try_admit(job())
         await wait_until(lambda: pool.stats().completed == 3)
-    s = pool.stats()
-    assert (s.dispatched, s.completed, s.panicked) == (3, 3, 0)
-    assert len(caplog.records) == 6
-    await pool.aclose()
+        s = pool.stats()
+        assert (s.dispatched, s.completed, s.panicked) == (3, 3, 0)
+        # Six failing calls: the first logged with its traceback, the other five counted and
+        # summarized (at aclose() here, as the summary interval has not passed).
+        assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None
+        await pool.aclose()
+    assert len(caplog.records) == 2 and caplog.records[1].exc_info is None
+    assert "observe hook raised 5 more times" in caplog.records[1].getMessage()
 
 
 async def test_aclose_drains_or_abandons_and_invariant_holds() -> None:

@@ -57,7 +57,8 @@ async def test_queue_and_busy_gauges_follow_the_pool() -> None:
 
 def test_primary_rules_and_reload_metrics() -> None:
     reg = CollectorRegistry()
-    m = prom.Metrics(reg)
+    prom.Metrics(reg)
+    m = prom.ProxyMetrics(reg)
     m.primary_requests("2xx").inc()
     m.primary_duration().observe(0.1)
     m.set_rules_info("abc", rules=2, canaries=1)
@@ -97,6 +98,6 @@ def test_metrics_are_built_once_per_registry() -> None:
 
 def test_reload_counters_exist_at_zero_before_any_reload() -> None:
     reg = CollectorRegistry()
-    prom.Metrics(reg)
+    prom.ProxyMetrics(reg)
     for result in ("ok", "error"):
         assert reg.get_sample_value("sidecar_rules_reloads_total", {"result": result}) == 0.0
