@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar import http1, mirror_errors, prom
+from sidecar import pool as pool_module
 from sidecar.client_conn import (
     ClientError,
     ConnectError,
@@ -126,9 +127,14 @@ def closed_port() -> int:
         return int(s.getsockname()[1])  # nothing listens once it is closed
 
 
+# Long enough that a slow CI machine cannot see the back-off end between two lines of a test.
+LONG_BACKOFF_S = 60.0
+
+
 async def test_refused_port_is_connect_and_backoff_skips_are_not_counted(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(pool_module, "CONNECT_BACKOFF_S", LONG_BACKOFF_S)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         pool, seen = await fail_one(f"http://127.0.0.1:{closed_port()}")
         assert seen.all_errors() == {"connect": 1}
@@ -291,3 +297,28 @@ async def test_throttled_log_summarizes_per_key_and_relogs_after_quiet(
         assert caplog.records[-1].getMessage() == "first v2 connect back"
         tl.flush()
     assert len(caplog.records) == 4
+
+
+async def test_connect_summary_tells_attempts_from_backoff_skips(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "CONNECT_BACKOFF_S", LONG_BACKOFF_S)
+    seen = Seen()
+    pool = CanaryPool(spec(f"http://127.0.0.1:{closed_port()}"), observe=seen)
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        pool.try_admit(job())
+        await wait_until(lambda: pool.stats().failed == 1)
+        for _ in range(5):  # the server backs off: failed at once, no attempt
+            pool.try_admit(job())
+        assert pool.backoff_skips == 5
+        # End the window now (rather than waiting for it): the next tee is an attempt again.
+        pool._servers[0].down_until = pool._down_until = loop.time()
+        pool.try_admit(job())
+        await wait_until(lambda: pool.stats().failed == 7)
+        await pool.aclose()  # flushes the pending summary
+    assert seen.all_errors() == {"connect": 2}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[1].startswith("canary v2: 1 more 'connect' errors in the last 10 s: ConnectError")
+    assert lines[1].endswith("(and 5 tees failed at once during the connect back-off)")
