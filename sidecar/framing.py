@@ -13,7 +13,16 @@ two different `Content-Length`s, a `Transfer-Encoding` other than `chunked`, a m
   and a request target past `MAX_TARGET_BYTES` (414, as nginx);
 - control characters other than HTAB in a header value (h11 refuses only CR, LF and NUL;
   RFC 9110 section 5.5 makes the others invalid too, and another hop may parse them
-  differently).
+  differently);
+- a `Host` that is not `uri-host [ ":" port ]` (RFC 9110 section 7.2, RFC 3986 section
+  3.2.2: a reg-name, an IPv4 address or a bracketed IP literal), several `Host` fields, or
+  none on HTTP/1.1 (RFC 9112 section 3.2 requires exactly one; HTTP/2 carries it as
+  `:authority`, which hypercorn hands over as `host`).
+
+Every refusal has a `label`: the `reason` of `sidecar_refused_requests_total`, one of
+`REFUSAL_LABELS` (a small fixed set, so the series stay few). The HTTP/1.1 connection
+layer (sidecar/strict_h11.py) adds the refusals only it can see (obs-fold, a bad chunk, a
+malformed request line or header line) with the labels of the same set.
 
 Absolute-form targets (`GET http://host/p HTTP/1.1`) are accepted as an origin server must
 (RFC 9112 section 3.2.2): the path and query are used and the target's authority replaces
@@ -47,27 +56,70 @@ CHUNKED = -1
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A request the proxy answers itself with `status` and a short plain-text `reason`."""
+    """A request the proxy answers itself with `status` and a short plain-text `reason`;
+    `label` names it in metrics and logs."""
 
     status: int
     reason: str
+    label: str
+
+    def __post_init__(self) -> None:
+        if self.label not in REFUSAL_LABELS:
+            raise ValueError(f"unknown refusal label {self.label!r}")
 
     def body(self) -> bytes:
         return f"{self.reason}\n".encode()
 
 
-CL_AND_TE = Refusal(400, "Bad Request: Content-Length with Transfer-Encoding")
-CONFLICTING_CL = Refusal(400, "Bad Request: conflicting Content-Length")
-INVALID_CL = Refusal(400, "Bad Request: invalid Content-Length")
-TE_NOT_CHUNKED = Refusal(400, "Bad Request: unsupported Transfer-Encoding")
-TE_IN_HTTP10 = Refusal(400, "Bad Request: Transfer-Encoding in HTTP/1.0")
-HEADERS_TOO_LARGE = Refusal(431, "Request Header Fields Too Large")
-BAD_TARGET = Refusal(400, "Bad Request: invalid request target")
-CONNECT_REFUSED = Refusal(405, "Method Not Allowed: CONNECT is not proxied")
+# The `reason` label values of sidecar_refused_requests_total (docs/proxy.md has the table).
+REFUSAL_LABELS = (
+    "bad_request_line",
+    "bad_version",
+    "bad_target",
+    "uri_too_long",
+    "connect",
+    "bad_header",
+    "obs_fold",
+    "header_too_large",
+    "bad_host",
+    "te_and_cl",
+    "conflicting_length",
+    "bad_content_length",
+    "bad_transfer_encoding",
+    "bad_chunk",
+)
 
-BAD_HEADER_VALUE = Refusal(400, "Bad Request: control character in a header value")
-URI_TOO_LONG = Refusal(414, "URI Too Long")
-BAD_VERSION = Refusal(400, "Bad Request: unsupported HTTP version")
+CL_AND_TE = Refusal(400, "Bad Request: Content-Length with Transfer-Encoding", "te_and_cl")
+CONFLICTING_CL = Refusal(400, "Bad Request: conflicting Content-Length", "conflicting_length")
+INVALID_CL = Refusal(400, "Bad Request: invalid Content-Length", "bad_content_length")
+TE_NOT_CHUNKED = Refusal(400, "Bad Request: unsupported Transfer-Encoding", "bad_transfer_encoding")
+TE_IN_HTTP10 = Refusal(400, "Bad Request: Transfer-Encoding in HTTP/1.0", "bad_transfer_encoding")
+HEADERS_TOO_LARGE = Refusal(431, "Request Header Fields Too Large", "header_too_large")
+BAD_TARGET = Refusal(400, "Bad Request: invalid request target", "bad_target")
+CONNECT_REFUSED = Refusal(405, "Method Not Allowed: CONNECT is not proxied", "connect")
+
+BAD_HEADER_VALUE = Refusal(400, "Bad Request: control character in a header value", "bad_header")
+URI_TOO_LONG = Refusal(414, "URI Too Long", "uri_too_long")
+BAD_VERSION = Refusal(400, "Bad Request: unsupported HTTP version", "bad_version")
+BAD_HOST = Refusal(400, "Bad Request: missing, repeated or invalid Host", "bad_host")
+# Seen only by the HTTP/1.1 connection layer (sidecar/strict_h11.py).
+BAD_REQUEST_LINE = Refusal(400, "Bad Request: malformed request line", "bad_request_line")
+BAD_HEADER_LINE = Refusal(400, "Bad Request: malformed header line", "bad_header")
+OBS_FOLD = Refusal(
+    400, "Bad Request: obsolete line folding (RFC 9112 section 5.2) is not accepted", "obs_fold"
+)
+BAD_CHUNK = Refusal(400, "Bad Request: malformed chunked body", "bad_chunk")
+
+# RFC 9110 section 7.2: Host = uri-host [ ":" port ]; RFC 3986: uri-host = IP-literal /
+# IPv4address / reg-name, reg-name = *( unreserved / pct-encoded / sub-delims ). An empty
+# reg-name is refused too (as nginx does): the primary and the rules need a host. The
+# port is at most 5 digits. IP literals are checked loosely here (hex digits, colons,
+# dots; or an IPvFuture), enough to keep delimiters and whitespace out.
+_VALID_HOST = re.compile(
+    rb"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+)\]"
+    rb"|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)"
+    rb"(?::[0-9]{0,5})?"
+).fullmatch
 
 # Any CTL but HTAB (RFC 9110 section 5.5); search() returns None without allocating.
 _CTL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
@@ -91,6 +143,8 @@ def inspect(
     size = len(method) + len(raw_path) + 16  # request line: spaces, version, CRLF
     length: bytes | None = None
     te: bytes | None = None
+    host: bytes | None = None
+    hosts = 0
     for name, value in headers:
         size += len(name) + len(value) + _HEADER_OVERHEAD_BYTES
         if _CTL_IN_VALUE(value) is not None:
@@ -101,8 +155,15 @@ def inspect(
             length = value
         elif name == b"transfer-encoding":
             te = value if te is None else te + b"," + value
+        elif name == b"host":
+            host = value
+            hosts += 1
     if size > MAX_HEADER_SECTION_BYTES:
         return HEADERS_TOO_LARGE
+    if hosts > 1 or (hosts == 0 and http_version == "1.1"):
+        return BAD_HOST
+    if host is not None and _VALID_HOST(host) is None:
+        return BAD_HOST
     if method == "CONNECT":
         return CONNECT_REFUSED
     if (

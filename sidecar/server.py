@@ -5,9 +5,11 @@ prints them; any error exits 1, a usage error 2, before anything listens), bind 
 start the runtime (routing table, primary client, canary pools), then serve the proxy and
 the admin app with two `hypercorn.asyncio.serve` calls on one event loop (uvloop when
 installed). SIGTERM/SIGINT: the proxy stops accepting, idle keep-alive connections close,
-in-flight requests get up to `--grace` seconds (hypercorn's `graceful_timeout`), then the
-canary pools are closed without draining (queued mirrors are shadow traffic and may be
-abandoned) and the process exits 0.
+in-flight requests get up to `--grace` seconds (hypercorn's `graceful_timeout`); every
+HTTP/1.1 response finished meanwhile carries `Connection: close` and HTTP/2 connections get
+GOAWAY at once (sidecar/host_protocol.py); requests still running when the grace runs out
+are counted in one log line; then the canary pools are closed without draining (queued
+mirrors are shadow traffic and may be abandoned) and the process exits 0.
 
 `--workers N` (N > 1): the parent validates the rules, binds N proxy sockets with
 SO_REUSEPORT on the one address (the kernel spreads connections across them) and one admin
@@ -350,6 +352,11 @@ def hypercorn_config(sock: socket.socket, *, grace_s: float, proxy: bool) -> Any
         # The primary's Date and Server reach the client as they are.
         hc.include_date_header = False
         hc.include_server_header = False
+    # Our connection layer for sidecar's own listeners only (prompt close on EOF, lingering
+    # close, strict parsing, draining): see sidecar/host_protocol.py.
+    from sidecar.host_protocol import mark
+
+    mark(hc, proxy=proxy)
     return hc
 
 
@@ -408,6 +415,13 @@ async def _serve(
         runtime.ready = False
         log.info("shutting down: finishing in-flight requests (grace %gs)", opts.grace_s)
         await proxy_task
+        cut = proxy_cfg.sidecar_host.cut
+        if cut:
+            log.warning(
+                "grace of %gs ran out: %d requests cut off (503, or a response ended early)",
+                opts.grace_s,
+                cut,
+            )
     finally:
         proxy_done.set()
         if admin_task is not None:

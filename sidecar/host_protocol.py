@@ -1,0 +1,653 @@
+"""hypercorn's connection layer, fixed for the proxy listener (and only for it).
+
+How this works
+--------------
+hypercorn 0.18 serves each client connection with a `TCPServer` (read loop, writes, idle
+timer) driving a `ProtocolWrapper` that picks `H11Protocol` or `H2Protocol`. `install()`
+replaces the `TCPServer` name in `hypercorn.asyncio.run` (which `serve()` uses per
+connection) and in `hypercorn.asyncio.tcp_server` (for code that builds connections
+itself) with `connection()`, which returns our `SidecarTCPServer` only when the config
+carries a `HostState` (`mark(config)`, done by `server.hypercorn_config(..., proxy=True)`)
+and hypercorn's own class otherwise: the admin listener, the servers tests start as
+primaries, and any library user's hypercorn keep stock behaviour.
+
+What the subclasses change, each with the upstream issue where one exists:
+
+- A client's FIN closes the connection at once. hypercorn passes EOF on as `Closed()`,
+  which its H11Protocol ignores when no request is active and its H2Protocol never
+  answers, so the connection task waits for the idle keep-alive timer (75 s here) with
+  the socket in CLOSE-WAIT (no upstream issue found; #170 is the TLS variant).
+- Lingering close. When we close (an error response, `Connection: close`, draining) while
+  the client may still be sending, hypercorn's write_eof-then-close leaves unread data in
+  the kernel, which answers it with RST, and the client may never read our response.
+  Like nginx's lingering_close: after write_eof, read and drop for at most `LINGER_TOTAL_S`,
+  `LINGER_IDLE_S` without data, `LINGER_MAX_BYTES`, then close (no upstream issue found).
+- Strict parsing (`sidecar/strict_h11.py`) with every refusal answered with a short text
+  body and `Connection: close`, counted in `sidecar_refused_requests_total{reason}` and
+  `sidecar_requests_total{code}`, and logged at debug (hypercorn answers h11 errors with
+  an empty 400/501 that nothing counts; no upstream issue found). HTTP/2 requests go
+  through `framing.inspect` the same way.
+- Bytes after a request that ends the connection are dropped instead of answered 400
+  after the request already ran (https://github.com/pgjones/hypercorn/issues/203).
+- The status line carries the standard reason phrase (`HTTP/1.1 200 OK`); hypercorn sends
+  none and h2load counts such responses as failed (no upstream issue found).
+- Draining (hypercorn's `context.terminated`, set when `serve`'s shutdown trigger fires):
+  every HTTP/1.1 response head sent from then on carries `Connection: close` and the
+  connection closes after it (https://github.com/pgjones/hypercorn/issues/241); an HTTP/2
+  connection gets GOAWAY (NO_ERROR, the last stream it may still finish) at once, a stream
+  opened after it is refused with RST_STREAM(REFUSED_STREAM), safe to retry, where
+  hypercorn answers RST_STREAM(NO_ERROR) and sends no GOAWAY until idle (no upstream issue
+  found).
+- When `graceful_timeout` (--grace) runs out, requests still running are counted in
+  `HostState.cut` for server.py's log line, and an HTTP/1.1 client whose response had not
+  started gets 503 with a text body instead of hypercorn's empty 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from itertools import chain
+from ssl import SSLError
+from typing import Any, cast
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import h11
+from hypercorn.asyncio import run as hypercorn_run
+from hypercorn.asyncio import tcp_server
+from hypercorn.asyncio.task_group import TaskGroup
+from hypercorn.events import Closed, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper as StockProtocolWrapper
+from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
+from hypercorn.protocol.h2 import H2Protocol as StockH2Protocol
+from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
+from hypercorn.protocol.h11 import H11Protocol as StockH11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import filter_pseudo_headers, parse_socket_addr
+from hyperframe.frame import GoAwayFrame
+
+from sidecar import framing
+from sidecar.strict_h11 import RequestRefused, StrictConnection
+
+log = logging.getLogger("sidecar.host")
+
+# Lingering close bounds (nginx: lingering_time 30 s, lingering_timeout 5 s). Long enough
+# for a client to finish writing a request body the primary refused early (loopback and LAN
+# clients write megabytes per second) and then read our response; short enough that a
+# client that never stops sending cannot hold a descriptor: at most 5 s per connection.
+LINGER_TOTAL_S = 5.0
+LINGER_IDLE_S = 1.0
+# And at most this much read and dropped (a fast client could send gigabytes in 5 s of
+# loopback; the CPU for that is better spent on requests).
+LINGER_MAX_BYTES = 64 * 1024 * 1024
+# hypercorn's read size per call (its MAX_RECV).
+READ_BYTES = tcp_server.MAX_RECV
+
+# The name of the attribute that marks a hypercorn Config as sidecar's proxy listener.
+MARK_ATTR = "sidecar_host"
+# Set in the scope of a request cancelled when the grace ran out.
+_CUT_SCOPE_KEY = "sidecar.cut"
+_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+_CLOSE = (b"connection", b"close")
+_CUT_BODY = b"Service Unavailable: the proxy shut down before the primary answered\n"
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+# For a status outside http.HTTPStatus: the name of its class (RFC 9110 section 15).
+_CLASS_REASONS = {
+    1: b"Informational",
+    2: b"Successful",
+    3: b"Redirection",
+    4: b"Client Error",
+    5: b"Server Error",
+}
+
+
+@dataclass(slots=True)
+class HostState:
+    """A listener's settings for this layer, and what it reports to server.py."""
+
+    # Refusals count in the proxy's metrics (sidecar_refused_requests_total and
+    # sidecar_requests_total); not for the admin listener's.
+    count_refusals: bool
+    cut: int = 0  # requests cancelled when the grace ran out
+
+
+def mark(config: Any, *, proxy: bool) -> HostState:
+    """Make `config` (a hypercorn Config of one of sidecar's listeners) use this layer."""
+    install()
+    state = HostState(count_refusals=proxy)
+    setattr(config, MARK_ATTR, state)
+    return state
+
+
+_installed = False
+
+
+def install() -> None:
+    """Route hypercorn's connections through `connection()` (idempotent).
+
+    `hypercorn.asyncio.run.worker_serve` (behind `hypercorn.asyncio.serve`) looks the
+    `TCPServer` name up in its module for every accepted connection, so replacing that
+    name is the one place where a connection's classes are chosen; the name in
+    `tcp_server` is replaced too for code that builds connections itself (importing it at
+    call time). Unmarked configs get hypercorn's own class from `connection()`.
+    """
+    global _installed
+    if _installed:
+        return
+    hypercorn_run.TCPServer = connection  # type: ignore[attr-defined, assignment]
+    tcp_server.TCPServer = connection  # type: ignore[assignment, misc]
+    _installed = True
+
+
+_StockTCPServer = tcp_server.TCPServer
+
+
+def connection(
+    app: Any, loop: Any, config: Any, context: Any, state: Any, reader: Any, writer: Any
+) -> Any:
+    """The connection handler for `config`: ours when marked, hypercorn's otherwise."""
+    cls = SidecarTCPServer if hasattr(config, MARK_ATTR) else _StockTCPServer
+    return cls(app, loop, config, context, state, reader, writer)
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status) or _CLASS_REASONS.get(status // 100, b"Unknown")
+
+
+class _Refusals:
+    """Counts and logs refusals; the metric children of each (label, status), resolved once."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def record(self, host: HostState, refusal: framing.Refusal, client: Any, detail: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            peer = f"{client[0]}:{client[1]}" if client else "?"
+            log.debug("refused a request from %s: %s (%s)", peer, refusal.label, detail)
+        if not host.count_refusals:
+            return
+        key = (refusal.label, refusal.status)
+        children = self._children.get(key)
+        if children is None:
+            from sidecar import prom
+
+            children = self._children[key] = (
+                prom.refused_request(refusal.label),
+                prom.primary_requests(f"{refusal.status // 100}xx"),
+            )
+        children[0].inc()
+        children[1].inc()
+
+
+REFUSALS = _Refusals()
+
+
+class _CountingApp:
+    """hypercorn's app wrapper, counting the requests cancelled when the grace runs out."""
+
+    __slots__ = ("app", "host")
+
+    def __init__(self, app: Any, host: HostState) -> None:
+        self.app = app
+        self.host = host
+
+    async def __call__(self, scope: Any, *args: Any) -> None:
+        try:
+            await self.app(scope, *args)
+        except asyncio.CancelledError:
+            if scope["type"] == "http":
+                self.host.cut += 1
+                scope[_CUT_SCOPE_KEY] = True
+            raise
+
+
+# --- the TCP connection -------------------------------------------------------------------
+
+
+class SidecarTCPServer(_StockTCPServer):
+    """hypercorn's TCPServer with prompt close on EOF and lingering close."""
+
+    protocol: ProtocolWrapper
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.host: HostState = getattr(self.config, MARK_ATTR)
+        self._closing = False
+        self._lingering = False
+        self._linger_deadline = 0.0
+        self._linger_read = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
+
+    async def run(self) -> None:
+        # hypercorn's TCPServer.run, with our ProtocolWrapper and the counting app.
+        socket = self.writer.get_extra_info("socket")
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+            ssl_object = self.writer.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                ssl = True
+                alpn_protocol = ssl_object.selected_alpn_protocol()
+            else:
+                ssl = False
+                alpn_protocol = "http/1.1"
+            async with TaskGroup(self.loop) as task_group:
+                self._task_group = task_group
+                self.protocol = ProtocolWrapper(
+                    _CountingApp(self.app, self.host),
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    ssl,
+                    client,
+                    server,
+                    self.protocol_send,
+                    alpn_protocol,
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+    async def protocol_send(self, event: Any) -> None:
+        if isinstance(event, Closed):
+            await self._close_gracefully()
+        elif isinstance(event, Updated) and self._closing:
+            return  # no idle timer for a connection that is closing
+        else:
+            await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        reader = self.reader
+        while not reader.at_eof():
+            try:
+                data = await asyncio.wait_for(reader.read(READ_BYTES), self.config.read_timeout)
+            except (ConnectionError, OSError, TimeoutError, SSLError):
+                break
+            if self._lingering:
+                if not self._keep_lingering(len(data)):
+                    break
+                continue
+            await self.protocol.handle(RawData(data))
+        await self.protocol.handle(Closed())
+
+    async def _initiate_server_close(self) -> None:
+        # The idle timer (keep-alive timeout, or draining): HTTP/2 says GOAWAY first.
+        await self.protocol.before_close()
+        await self.protocol.handle(Closed())
+        await self._close_gracefully()
+
+    async def _close_gracefully(self) -> None:
+        """Close now, or half-close and linger when the client may still be sending."""
+        if self._closing:
+            return
+        self._closing = True
+        if self.reader.at_eof() or not self.protocol.wants_linger():
+            await self._close()
+            return
+        try:
+            self.writer.write_eof()  # after what is buffered: our response goes out first
+        except (NotImplementedError, OSError, RuntimeError):  # TLS: no half-close
+            await self._close()
+            return
+        self._lingering = True
+        self._linger_deadline = self.loop.time() + LINGER_TOTAL_S
+        self._linger_timer = self.loop.call_later(LINGER_IDLE_S, self.writer.close)
+        await self.idle_task.stop()
+
+    def _keep_lingering(self, size: int) -> bool:
+        """After `size` more bytes read while lingering: go on reading?"""
+        self._linger_read += size
+        remaining = self._linger_deadline - self.loop.time()
+        if size == 0 or remaining <= 0 or self._linger_read > LINGER_MAX_BYTES:
+            return False
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self._linger_timer = self.loop.call_later(min(LINGER_IDLE_S, remaining), self.writer.close)
+        return True
+
+    async def _close(self) -> None:
+        self._closing = True
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        await super()._close()
+
+
+# --- protocols ----------------------------------------------------------------------------
+
+
+class ProtocolWrapper(StockProtocolWrapper):
+    """hypercorn's ProtocolWrapper choosing our H11Protocol/H2Protocol (upgrades too)."""
+
+    protocol: H11Protocol | H2Protocol
+
+    def __init__(
+        self,
+        app: Any,
+        config: Any,
+        context: Any,
+        task_group: Any,
+        state: Any,
+        ssl: bool,
+        client: Any,
+        server: Any,
+        send: Any,
+        alpn_protocol: str | None = None,
+    ) -> None:
+        # Not super().__init__: it would build hypercorn's protocol only to drop it.
+        self.app = app
+        self.config = config
+        self.context = context
+        self.task_group = task_group
+        self.ssl = ssl
+        self.client = client
+        self.server = server
+        self.send = send
+        self.state = state
+        self.protocol = self._make(H2Protocol if alpn_protocol == "h2" else H11Protocol)
+
+    def _make(self, cls: type[H11Protocol] | type[H2Protocol]) -> H11Protocol | H2Protocol:
+        return cls(
+            self.app,
+            self.config,
+            self.context,
+            self.task_group,
+            self.state,
+            self.ssl,
+            self.client,
+            self.server,
+            self.send,
+        )
+
+    async def handle(self, event: Any) -> None:
+        try:
+            await self.protocol.handle(event)
+        except H2ProtocolAssumedError as error:  # HTTP/2 with prior knowledge
+            self.protocol = self._make(H2Protocol)
+            await self.protocol.initiate()
+            if error.data != b"":
+                await self.protocol.handle(RawData(data=error.data))
+        except H2CProtocolRequiredError as error:  # Upgrade: h2c
+            self.protocol = h2 = self._make(H2Protocol)
+            assert isinstance(h2, H2Protocol)
+            await h2.initiate(error.headers, error.settings)
+            if error.data != b"":
+                await self.protocol.handle(RawData(data=error.data))
+
+    def wants_linger(self) -> bool:
+        return self.protocol.wants_linger()
+
+    async def before_close(self) -> None:
+        await self.protocol.before_close()
+
+
+class H11Protocol(StockH11Protocol):
+    """hypercorn's HTTP/1.1 protocol with strict parsing, counted refusals, reason phrases,
+    `Connection: close` while draining and a prompt close on EOF."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.host: HostState = getattr(self.config, MARK_ATTR)
+        self.connection = StrictConnection(self.config.h11_max_incomplete_size)
+
+    def wants_linger(self) -> bool:
+        conn = self.connection
+        if not isinstance(conn, StrictConnection):  # a WebSocket pass-through
+            return False
+        return (
+            conn.their_state is h11.SEND_BODY
+            or conn.their_state is h11.ERROR
+            or conn.stray_bytes > 0
+            or conn.unread_bytes > 0
+        )
+
+    async def before_close(self) -> None:
+        return None
+
+    async def handle(self, event: Any) -> None:
+        if isinstance(event, Closed):
+            # The client's FIN (or a failed write): close our side now, idle or not.
+            await self._close_stream()
+            await self.send(Closed())
+        else:
+            await super().handle(event)
+
+    async def stream_send(self, event: Any) -> None:
+        if isinstance(event, Response) and event.status_code >= 200:
+            await self._send_response(event)
+        else:
+            await super().stream_send(event)
+
+    async def _send_response(self, event: Response) -> None:
+        status = event.status_code
+        headers = event.headers
+        body = b""
+        if status == 500 and self._cut():
+            status, body = 503, _CUT_BODY
+            headers = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode()), _CLOSE]
+        headers = list(chain(headers, self.config.response_headers("h11")))
+        if (
+            self.context.terminated.is_set()
+            or self.keep_alive_requests >= self.config.keep_alive_max_requests
+        ) and not any(name.lower() == b"connection" for name, _ in headers):
+            headers.append(_CLOSE)
+        await self._send_h11_event(
+            h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+        )
+        if body:
+            await self._send_h11_event(h11.Data(data=body))
+
+    def _cut(self) -> bool:
+        stream = self.stream
+        return isinstance(stream, HTTPStream) and bool(stream.scope.get(_CUT_SCOPE_KEY))
+
+    async def _handle_events(self) -> None:
+        # hypercorn's loop; protocol errors go to _refuse.
+        while True:
+            if self.connection.they_are_waiting_for_100_continue:
+                await self._send_h11_event(
+                    h11.InformationalResponse(
+                        status_code=100,
+                        headers=self.config.response_headers("h11"),
+                        reason=b"Continue",
+                    )
+                )
+            state = self.connection.their_state
+            try:
+                event = self.connection.next_event()
+            except h11.RemoteProtocolError as error:
+                await self._refuse(error, state)
+                break
+            if isinstance(event, h11.Request):
+                await self.send(Updated(idle=False))
+                await self._check_protocol(event)
+                await self._create_stream(event)
+            elif event is h11.PAUSED:
+                await self.can_read.clear()
+                await self.can_read.wait()
+            elif (
+                isinstance(event, h11.ConnectionClosed)
+                or event is h11.NEED_DATA
+                or self.stream is None
+            ):
+                break
+            elif isinstance(event, h11.Data):
+                await self.stream.handle(Body(stream_id=1, data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self.stream.handle(EndBody(stream_id=1))
+            else:  # WebSocket pass-through (hypercorn's H11WSConnection yields its Data)
+                await self.stream.handle(cast(Any, event))
+
+    async def _refuse(self, error: h11.RemoteProtocolError, state: Any) -> None:
+        refusal = _refusal_for(error, state, self.connection)
+        if refusal is not None:
+            REFUSALS.record(self.host, refusal, self.client, str(error))
+            if self.connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+                body = refusal.body()
+                head = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode()), _CLOSE]
+                await self._send_h11_event(
+                    h11.Response(
+                        status_code=refusal.status,
+                        headers=head + list(self.config.response_headers("h11")),
+                        reason=reason_phrase(refusal.status),
+                    )
+                )
+                await self._send_h11_event(h11.Data(data=body))
+                await self._send_h11_event(h11.EndOfMessage())
+        # A body that broke mid-way: the app sees the client gone (nothing more forwarded).
+        await self._close_stream()
+        await self.send(Closed())
+
+
+def _refusal_for(error: h11.RemoteProtocolError, state: Any, conn: Any) -> framing.Refusal | None:
+    """What a h11 error refuses; None when the client just went away mid-message."""
+    if isinstance(error, RequestRefused):
+        return error.refusal
+    if isinstance(conn, StrictConnection) and conn.peer_closed:
+        return None
+    if state is h11.SEND_BODY:
+        return framing.BAD_CHUNK  # a Content-Length body cannot be malformed
+    if error.error_status_hint == 431:
+        return framing.HEADERS_TOO_LARGE
+    return framing.BAD_REQUEST_LINE
+
+
+class H2Protocol(StockH2Protocol):
+    """hypercorn's HTTP/2 protocol with GOAWAY when draining starts, REFUSED_STREAM after
+    it, refusals as for HTTP/1.1, and a prompt close on EOF."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.host: HostState = getattr(self.config, MARK_ATTR)
+        self._goaway_last: int | None = None  # the last stream id of our GOAWAY
+        self._drain_watch: asyncio.Task[None] | None = None
+
+    def wants_linger(self) -> bool:
+        return True  # the client may have frames in flight
+
+    async def initiate(
+        self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
+    ) -> None:
+        await super().initiate(headers, settings)
+        # In the connection's task group (cancelled with it); ended on Closed.
+        group = self.task_group._task_group  # type: ignore[attr-defined]
+        self._drain_watch = group.create_task(self._watch_drain())
+
+    async def _watch_drain(self) -> None:
+        await self.context.terminated.wait()
+        await self.goaway()
+
+    async def before_close(self) -> None:
+        await self.goaway()
+
+    async def goaway(self) -> None:
+        """GOAWAY(NO_ERROR) naming the last stream we still finish; streams go on.
+
+        Sent as a raw frame: h2's close_connection() would also stop every open stream.
+        """
+        if self._goaway_last is not None or self.closed:
+            return
+        self._goaway_last = self.connection.highest_inbound_stream_id
+        await self._flush()
+        frame = GoAwayFrame(stream_id=0, last_stream_id=self._goaway_last, error_code=0)
+        await self.send(RawData(data=frame.serialize()))
+
+    async def handle(self, event: Any) -> None:
+        await super().handle(event)
+        if isinstance(event, Closed):
+            watch = self._drain_watch
+            if watch is not None and watch is not asyncio.current_task():
+                watch.cancel()
+            await self.send(Closed())  # hypercorn waits for the idle timer instead
+
+    async def stream_send(self, event: Any) -> None:
+        if isinstance(event, StreamClosed) and self._goaway_last is not None:
+            # hypercorn's, but its final GOAWAY must not name a higher stream than ours.
+            await self._close_stream(event.stream_id)
+            idle = not self.streams
+            if idle:
+                try:
+                    self.connection.close_connection(last_stream_id=self._goaway_last)
+                    await self._flush()
+                except h2.exceptions.ProtocolError:
+                    pass
+            await self.send(Updated(idle=idle))
+            return
+        await super().stream_send(event)
+
+    async def _handle_events(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                await self._request_received(event)
+            elif isinstance(event, h2.events.DataReceived):
+                # hypercorn raises KeyError for a stream it has already answered and closed.
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    await stream.handle(Body(stream_id=event.stream_id, data=event.data))
+                self.connection.acknowledge_received_data(
+                    event.flow_controlled_length, event.stream_id
+                )
+            else:
+                await super()._handle_events([event])
+        await self._flush()
+
+    async def _request_received(self, event: h2.events.RequestReceived) -> None:
+        if self.context.terminated.is_set():
+            await self.goaway()
+        if self._goaway_last is not None and event.stream_id > self._goaway_last:
+            # Opened after our GOAWAY: not processed, so the client may retry it elsewhere
+            # (RFC 9113 section 8.7).
+            self.connection.reset_stream(
+                event.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM
+            )
+        else:
+            refusal = _h2_refusal(event.headers)
+            if refusal is None:
+                await self._create_stream(event)
+                await self.send(Updated(idle=False))
+            else:
+                REFUSALS.record(self.host, refusal, self.client, refusal.reason)
+                self._answer_refusal(event, refusal)
+        if self.keep_alive_requests > self.config.keep_alive_max_requests:
+            self.connection.close_connection()
+
+    def _answer_refusal(self, event: h2.events.RequestReceived, refusal: framing.Refusal) -> None:
+        stream_id = event.stream_id
+        body = refusal.body()
+        head = [
+            (b":status", str(refusal.status).encode()),
+            _TEXT_PLAIN,
+            (b"content-length", str(len(body)).encode()),
+        ]
+        try:
+            self.connection.send_headers(stream_id, head)
+            self.connection.send_data(stream_id, body, end_stream=True)
+        except h2.exceptions.FlowControlError:  # a client with a zero window
+            self.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if event.stream_ended is None:
+            # The response is complete: the client may stop sending the body (RFC 9113 8.1).
+            self.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
+
+
+def _h2_refusal(headers: list[tuple[bytes, bytes]]) -> framing.Refusal | None:
+    method = path = b""
+    for name, value in headers:
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+    framed = framing.inspect(
+        method.decode("ascii", "replace"), path, "2", filter_pseudo_headers(headers)
+    )
+    return framed if isinstance(framed, framing.Refusal) else None
