@@ -98,6 +98,36 @@ def describe(error: BaseException | str) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+# --- the lines a canary's errors and its observe hook's errors are logged with -------------
+
+
+def error_line(canary: str, kind: str, text: str) -> str:
+    return f"canary {canary}: '{kind}' error: {text} (more are counted, summarized periodically)"
+
+
+def error_summary_line(
+    canary: str, kind: str, count: int, interval_s: float, text: str, backoff_skips: int
+) -> str:
+    line = f"canary {canary}: {count} more '{kind}' errors in the last {interval_s:g} s: {text}"
+    if backoff_skips:
+        line += f" (and {backoff_skips} tees failed at once during the connect back-off)"
+    return line
+
+
+def observe_error_line(canary: str, _key: str, text: str) -> str:
+    return (
+        f"observe hook raised for canary {canary}: {text} "
+        "(later errors are counted, summarized periodically)"
+    )
+
+
+def observe_summary_line(canary: str, _key: str, count: int, interval_s: float, text: str) -> str:
+    return f"canary {canary}: observe hook raised {count} more times in the last {interval_s:g} s: {text}"
+
+
+# --- the throttle ---------------------------------------------------------------------------
+
+
 class _Tally:
     __slots__ = ("count", "last", "timer")
 

@@ -66,7 +66,18 @@ from typing import NamedTuple
 from sidecar.client import ClientError, ConnectError, ConnectionPool
 from sidecar.config import CanarySpec, Endpoint, RateSpec
 from sidecar.headers import Headers, ShadowTemplate
-from sidecar.mirror_errors import CONNECT, ERROR_KINDS, TIMEOUT, ErrorKind, ThrottledLog, classify
+from sidecar.mirror_errors import (
+    CONNECT,
+    ERROR_KINDS,
+    TIMEOUT,
+    ErrorKind,
+    ThrottledLog,
+    classify,
+    error_line,
+    error_summary_line,
+    observe_error_line,
+    observe_summary_line,
+)
 
 log = logging.getLogger("sidecar.mirror")
 
@@ -258,21 +269,6 @@ class _BackingOff(ConnectError):
     """Every server was in its connect back-off when the worker picked one: no attempt."""
 
 
-def _first_error(canary: str, kind: str, text: str) -> str:
-    return f"canary {canary}: '{kind}' error: {text} (more are counted, summarized periodically)"
-
-
-def _first_observe_error(canary: str, _key: str, text: str) -> str:
-    return (
-        f"observe hook raised for canary {canary}: {text} "
-        "(later errors are counted, summarized periodically)"
-    )
-
-
-def _observe_summary(canary: str, _key: str, count: int, interval_s: float, text: str) -> str:
-    return f"canary {canary}: observe hook raised {count} more times in the last {interval_s:g} s: {text}"
-
-
 class _Server:
     __slots__ = ("backoff", "down_until", "endpoint", "host", "max_connections", "pool")
 
@@ -320,13 +316,13 @@ class CanaryPool:
         self.backoff_skips = 0  # tees failed at once during a connect back-off (no attempt)
         self._skips_logged = 0  # backoff_skips as of the last 'connect' log line
         self._error_log = ThrottledLog(
-            log, self.name, first=_first_error, summary=self._error_summary
+            log, self.name, first=error_line, summary=self._error_summary
         )
         self._observe_log = ThrottledLog(
             log,
             self.name,
-            first=_first_observe_error,
-            summary=_observe_summary,
+            first=observe_error_line,
+            summary=observe_summary_line,
             level=logging.ERROR,
             traceback=True,
         )
@@ -701,13 +697,11 @@ class CanaryPool:
     def _error_summary(
         self, canary: str, kind: str, count: int, interval_s: float, text: str
     ) -> str:
-        line = f"canary {canary}: {count} more '{kind}' errors in the last {interval_s:g} s: {text}"
-        if kind == CONNECT:
+        skips = 0
+        if kind == CONNECT:  # the back-off's skips since the last 'connect' line
             skips = self.backoff_skips - self._skips_logged
             self._skips_logged = self.backoff_skips
-            if skips:
-                line += f" (and {skips} tees failed at once during the connect back-off)"
-        return line
+        return error_summary_line(canary, kind, count, interval_s, text, skips)
 
 
 class _Expired:
