@@ -14,11 +14,15 @@ The request head is written by `http1.encode_request_head` (one join, validated 
 pass). A bytes body goes out with the head in one `write`. A streamed body is written by a
 small sender task, so the coroutine waiting for the response head also sees a response that
 arrives before the upload ends (say a 413): the sender is then cancelled and the connection,
-its request unfinished, is never reused.
+its request unfinished, is never reused. A server that answers early and closes at once
+makes our next write fail (its kernel resets a closed socket that gets data); asyncio then
+stops reading the transport, so `connection_lost` salvages what the kernel still holds
+for us: the answer wins over the reset.
 
-A connection is reusable only when the request was sent whole, the response was read to its
-end, both sides allow keep-alive (no `Connection: close`, not HTTP/1.0, not a body delimited
-by EOF) and nothing arrived beyond the response.
+A connection is reusable only when the request was sent whole before any of the response
+arrived (an early answer may leave the rest of our request unread), the response was read
+to its end, both sides allow keep-alive (no `Connection: close`, not HTTP/1.0, not a body
+delimited by EOF) and nothing arrived beyond the response.
 
 The error tree lives here because this is the one place foreign exceptions are translated:
 `_translate` maps OSError (connect, transport) and `http1.ProtocolError`s to `ClientError`
@@ -28,6 +32,7 @@ subclasses, each carrying the short `reason` the engine reports as a failure rea
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Literal, cast
@@ -47,6 +52,13 @@ READ_HIGH_WATER_BYTES = 256 * 1024
 COALESCE_BODY_BYTES = 64 * 1024
 # Largest response head we accept (h11's default is 16 KiB; some upstreams send big cookies).
 MAX_HEAD_BYTES = http1.MAX_HEAD_BYTES
+
+# When the connection breaks (a reset) while we are still writing the request, the answer
+# the server sent before it may still be unread in the kernel: asyncio stops reading a
+# transport whose write failed. Up to this much is salvaged from the socket before it is
+# closed: an early answer (a 413 or 401 with a short page) fits with room to spare.
+SALVAGE_MAX_BYTES = READ_HIGH_WATER_BYTES
+SALVAGE_READ_BYTES = 64 * 1024
 
 _LAST_CHUNK = b"0\r\n\r\n"
 
@@ -184,12 +196,35 @@ class Connection(asyncio.Protocol):
         return False  # let the transport close: HTTP/1.1 has no use for a half-open socket
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self._parser.done:
+            self._salvage()
         self._eof = True
         self._lost_exc = exc
         self._wake()
         self._wake_drain()
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def _salvage(self) -> None:
+        """Read what the kernel still holds for us (see SALVAGE_MAX_BYTES). The socket is
+        still open during connection_lost (asyncio and uvloop close it right after)."""
+        transport = self.transport
+        if transport is None or transport.get_extra_info("ssl_object") is not None:
+            return  # TLS records cannot be decrypted behind the SSL protocol's back
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        got = 0
+        while fd >= 0 and got < SALVAGE_MAX_BYTES:
+            try:
+                data = os.read(fd, SALVAGE_READ_BYTES)
+            except OSError:  # nothing more (EAGAIN), or the reset itself after the data
+                break
+            if not data:
+                break
+            got += len(data)
+            self._chunks.append(data)
+            self._buffered += len(data)
+            self.received_any = True
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -297,7 +332,7 @@ class Connection(asyncio.Protocol):
         # Only the framing checks and transport calls are translated: whatever the caller's
         # iterator raises (an aborted upload) must reach the caller unchanged.
         async for chunk in body:
-            if self._eof:
+            if self._eof or transport.is_closing():
                 return  # the reader reports what happened (a response, or a reset)
             if not chunk:
                 continue
@@ -313,7 +348,7 @@ class Connection(asyncio.Protocol):
                 raise _translate(exc, "write") from exc
             if self._writing_paused:
                 await self._drain()
-        if not self._eof:
+        if not (self._eof or transport.is_closing()):
             try:
                 if chunked:
                     transport.write(_LAST_CHUNK)
@@ -321,7 +356,10 @@ class Connection(asyncio.Protocol):
                     raise http1.RequestError(_length_mismatch(sent, framing))
             except _FOREIGN as exc:
                 raise _translate(exc, "write") from exc
-            self._request_done = True
+            # A response that began before the upload ended was an early answer: the server
+            # may never read what we wrote after it (a server that neither reads nor closes),
+            # so the connection is not reused, as nginx's upstream keepalive rule.
+            self._request_done = not self.received_any
 
     async def _drain(self) -> None:
         while self._writing_paused and not self._eof:
@@ -342,6 +380,9 @@ class Connection(asyncio.Protocol):
             if head is not None:
                 break
             await self._more()
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            self._request_done = False  # answered before our request left: not reusable
         sender = self._sender
         if sender is not None:
             self._sender = None

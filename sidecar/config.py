@@ -21,7 +21,10 @@ from sidecar.dsl import ast
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN = "127.0.0.1:9901"
+# The primary's two clocks: until the response head arrives, and the longest pause in
+# either body once it streams (nginx's proxy_read_timeout and send_timeout are 60 s too).
 DEFAULT_PRIMARY_TIMEOUT_S = 60.0
+DEFAULT_PRIMARY_IDLE_TIMEOUT_S = 60.0
 
 # Canary defaults (SPEC section 3), shared with the library API.
 DEFAULT_WORKERS = 8
@@ -184,7 +187,12 @@ class CanarySpec:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrimarySpec:
     endpoint: Endpoint
-    timeout_s: float = DEFAULT_PRIMARY_TIMEOUT_S
+    timeout_s: float = DEFAULT_PRIMARY_TIMEOUT_S  # until the response head arrives
+    idle_timeout_s: float = DEFAULT_PRIMARY_IDLE_TIMEOUT_S  # longest pause in either body
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.idle_timeout_s <= 0:
+            raise ValueError("timeouts must be > 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -146,6 +146,12 @@ def _test(t: ast.Test) -> str:
     return f"{head} {t.op} {args[0]}"
 
 
+def _primary_stmt(s: ast.PrimaryStatement) -> str:
+    if isinstance(s, ast.PrimaryIdleTimeout):
+        return f"idle_timeout {s.duration.raw}"
+    return f"timeout {s.duration.raw}"
+
+
 def _canary_stmt(s: ast.CanaryStatement) -> str:
     if isinstance(s, ast.Server):
         return f"server {s.url}" + ("" if s.weight is None else f" weight {s.weight.raw}")
@@ -221,7 +227,7 @@ def _entries(stmt: ast.TopLevel, top: int, comment_lines: set[int]) -> Iterator[
         if not stmt.statements and end <= url_end:  # written without braces
             yield _Entry(depth=0, text=f"primary {stmt.url}", first=start, last=end, top=top)
         else:
-            inner = [(f"timeout {s.duration.raw}", s.span) for s in stmt.statements]
+            inner = [(_primary_stmt(s), s.span) for s in stmt.statements]
             yield from block(f"primary {stmt.url}", inner)
     elif isinstance(stmt, ast.Canary):
         yield from block(

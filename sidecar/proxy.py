@@ -46,7 +46,9 @@ from sidecar.client import ClientError, ConnectError, Response
 from sidecar.headers import forward_request_headers, response_headers
 from sidecar.request import RequestView
 from sidecar.runtime import Runtime, Snapshot
+from sidecar.stall import IdleWatch
 from sidecar.tees import RequestTees
+from sidecar.upload import Upload, UploadAborted
 
 log = logging.getLogger("sidecar.proxy")
 
@@ -57,10 +59,6 @@ ERROR_LOG_INTERVAL_S = 1.0
 _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 _CLOSE = (b"connection", b"close")
 _CONTENT_LENGTH = b"content-length"
-
-
-class UploadAborted(Exception):
-    """The client's upload broke off before the body was whole."""
 
 
 class _Metrics:
@@ -150,6 +148,11 @@ class ProxyApp:
             # as nginx's default `proxy_set_header Host $proxy_host`.
             out_headers.append((b"host", snap.primary.endpoint.authority.encode("ascii")))
         body: bytes | AsyncIterator[bytes] = b""
+        # The exchange's clocks (see sidecar.stall): made here so that an upload's chunks
+        # can touch them; the head deadline counts from now.
+        clock = asyncio.timeout(snap.primary_timeout_s)
+        watch = IdleWatch(clock, snap.primary_idle_timeout_s)
+        upload: Upload | None = None
         if framed != framing.NO_BODY:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -176,9 +179,10 @@ class ProxyApp:
                 if tees is not None:
                     tees.feed(first)
                     tees.finish()
-                    tees = None
             else:
-                body = _stream_body(first, receive, tees)
+                upload = Upload(receive, framed, len(first), tees, watch)
+                body = upload.chunks(first, snap.primary_timeout_s)
+            tees = None  # finished, or the upload's now
             if framed == framing.CHUNKED:
                 # The chunked framing was hop-by-hop: the primary gets a length when the body
                 # is already whole, else chunked again (h11 adds nothing by itself).
@@ -187,41 +191,45 @@ class ProxyApp:
                 else:
                     out_headers.append((b"transfer-encoding", b"chunked"))
         target = raw_path + b"?" + query if query else raw_path
+        exchange = _Exchange(
+            clock, watch, upload, scope["http_version"] != "2", method, receive, send
+        )
         try:
-            status = await self._exchange(snap, method, target, out_headers, body, receive, send)
+            status = await self._exchange(snap, exchange, target, out_headers, body)
         finally:
-            if tees is not None and tees.pending:
-                tees.abort()  # the upload never completed (client or primary broke it off)
+            if upload is not None:
+                upload.end()  # an unread rest is drained to the close; waiting tees aborted
         if status:
             self.metrics.record(status, started)
 
     async def _exchange(
         self,
         snap: Snapshot,
-        method: str,
+        ex: _Exchange,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes],
-        receive: Receive,
-        send: Send,
     ) -> int:
         """Forward and relay; returns the status sent to the client (0: none, client gone;
         a response cut off after its head still counts with the status it was sent)."""
         response_started = False
+        status = 0
+        watch = ex.watch
+        upload = ex.upload
         try:
-            async with asyncio.timeout(snap.primary_timeout_s):
-                resp = await snap.primary.request(method.encode("ascii"), target, headers, body)
+            async with ex.clock:
+                if upload is not None:
+                    watch.expect_progress()  # an upload is bounded by its pauses, not in all
+                resp = await snap.primary.request(ex.method.encode("ascii"), target, headers, body)
+                watch.expect_progress()  # the head is in: from now on only pauses count
                 status = resp.status
                 try:
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": status,
-                            "headers": response_headers(resp.headers),
-                        }
-                    )
+                    out = response_headers(resp.headers)
+                    if ex.unread_rest(close=False):
+                        out.append(_CLOSE)
+                    await ex.send({"type": "http.response.start", "status": status, "headers": out})
                     response_started = True
-                    await _relay(resp, method, receive, send)
+                    await _relay(resp, ex)
                 finally:
                     await resp.aclose()
             return status
@@ -229,10 +237,24 @@ class ProxyApp:
             return 0
         except TimeoutError:
             if response_started:
-                self._log_error("primary timed out mid-response after %gs", snap.primary_timeout_s)
+                self._log_error(
+                    "primary exchange stalled (no body progress for %gs): response cut off",
+                    snap.primary_idle_timeout_s,
+                )
                 return status  # the client got this head (then a cut-off body): count it
-            self._log_error("primary timed out after %gs: 504", snap.primary_timeout_s)
-            await _plain(send, 504, b"Gateway Timeout: the primary did not answer in time\n")
+            if watch.fired and upload is not None and upload.waiting:
+                # Nothing came from the client for idle_timeout: its stall, not the primary's
+                # (nginx's client_body_timeout answers 408 too).
+                self._log_error("client upload stalled for %gs: 408", snap.primary_idle_timeout_s)
+                await ex.plain(408, b"Request Timeout: the upload stalled\n", close=True)
+                return 408
+            if watch.fired:
+                self._log_error(
+                    "primary stalled reading the upload for %gs: 504", snap.primary_idle_timeout_s
+                )
+            else:
+                self._log_error("primary timed out after %gs: 504", snap.primary_timeout_s)
+            await ex.plain(504, b"Gateway Timeout: the primary did not answer in time\n")
             return 504
         except ClientError as exc:
             if response_started:
@@ -240,8 +262,10 @@ class ProxyApp:
                 return status  # the client got this head (then a cut-off body): count it
             what = "unreachable" if isinstance(exc, ConnectError) else "failed"
             self._log_error("primary %s: %s: 502", what, exc)
-            await _plain(send, 502, f"Bad Gateway: the primary {what}\n".encode())
+            await ex.plain(502, f"Bad Gateway: the primary {what}\n".encode())
             return 502
+        finally:
+            watch.close()
 
     def _log_error(self, msg: str, *args: object) -> None:
         now = time.monotonic()
@@ -255,14 +279,71 @@ class ProxyApp:
         log.warning(msg, *args)
 
 
-async def _relay(resp: Response, method: str, receive: Receive, send: Send) -> None:
+class _Exchange:
+    """What one primary exchange carries from the request to the response (one object
+    instead of eight parameters down the call chain)."""
+
+    __slots__ = ("clock", "http1", "method", "receive", "send", "upload", "watch")
+
+    def __init__(
+        self,
+        clock: asyncio.Timeout,
+        watch: IdleWatch,
+        upload: Upload | None,
+        http1: bool,
+        method: str,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        self.clock = clock
+        self.watch = watch
+        self.upload = upload
+        self.http1 = http1  # `Connection: close` is an HTTP/1.x header (HTTP/2 forbids it)
+        self.method = method
+        self.receive = receive
+        self.send = send
+
+    def unread_rest(self, *, close: bool) -> bool:
+        """A response head is going out: when the request body is not whole yet, decide
+        between discarding its rest (keep-alive) and closing (see sidecar.upload); True when
+        the head must carry `Connection: close`. `close` forces the latter."""
+        upload = self.upload
+        if upload is None or upload.complete or upload.gone:
+            return False
+        discard = not close and upload.keep_alive_possible
+        upload.after_head(discard=discard)
+        return not discard and self.http1
+
+    async def finish(self, last: bytes) -> None:
+        """The response's final message, after the rest of the upload was dealt with."""
+        upload = self.upload
+        if upload is not None and not upload.complete:
+            if last:
+                await self.send({"type": "http.response.body", "body": last, "more_body": True})
+                last = b""
+            self.watch.stop()  # the discard has its own bounds
+            await upload.settle()
+        await self.send({"type": "http.response.body", "body": last, "more_body": False})
+
+    async def plain(self, status: int, body: bytes, *, close: bool = False) -> None:
+        head = [_TEXT_PLAIN, (_CONTENT_LENGTH, str(len(body)).encode("ascii"))]
+        if self.unread_rest(close=close) or close:
+            head.append(_CLOSE)
+        await self.send({"type": "http.response.start", "status": status, "headers": head})
+        await self.finish(body)
+
+
+async def _relay(resp: Response, ex: _Exchange) -> None:
     """Stream the primary's body to the client; see step 5 of the module docstring."""
     remaining = -1
-    if method != "HEAD":
+    if ex.method != "HEAD":
         for name, value in resp.headers:
             if name == _CONTENT_LENGTH:
                 remaining = int(value) if value.isdigit() else -1
                 break
+    send = ex.send
+    touch = ex.watch.touch
+    upload = ex.upload
     held = b""
     watch: asyncio.Future[Message] | None = None
     sent_chunks = 0
@@ -274,42 +355,23 @@ async def _relay(resp: Response, method: str, receive: Receive, send: Send) -> N
                     held = chunk  # the last one: sent with more_body=False below
                     continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            touch()
             sent_chunks += 1
+            if upload is not None and upload.gone:
+                return  # the client is gone (seen by the upload's discard)
             if watch is None:
-                if sent_chunks > 1:
-                    watch = asyncio.ensure_future(receive())
-            elif watch.done() and watch.result()["type"] == "http.disconnect":
-                return  # the client is gone: stop reading the primary (resp.aclose aborts)
-        await send({"type": "http.response.body", "body": held, "more_body": False})
+                # `receive` is ours unless an upload's rest is being discarded (that task
+                # reads it, and tells us the client is gone through `upload.gone`).
+                if sent_chunks > 1 and (upload is None or not upload.discarding):
+                    watch = asyncio.ensure_future(ex.receive())
+            elif watch.done():
+                if watch.result()["type"] == "http.disconnect":
+                    return  # the client is gone: stop reading the primary (resp.aclose aborts)
+                watch = None  # a body message of an upload being closed: nobody wants it
+        await ex.finish(held)
     finally:
         if watch is not None and not watch.done():
             watch.cancel()
-
-
-async def _stream_body(
-    first: bytes, receive: Receive, tees: RequestTees | None
-) -> AsyncIterator[bytes]:
-    """The request body as it arrives, each chunk fed to the tees; raises UploadAborted."""
-    feed = tees.feed if tees is not None else None
-    if first:
-        if feed is not None:
-            feed(first)
-        yield first
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if tees is not None:
-                tees.abort()
-            raise UploadAborted
-        chunk: bytes = message.get("body", b"")
-        if chunk:
-            if feed is not None:
-                feed(chunk)
-            yield chunk
-        if not message.get("more_body", False):
-            break
-    if tees is not None:
-        tees.finish()
 
 
 def _absolute_to_origin(
@@ -323,6 +385,7 @@ def _absolute_to_origin(
 
 
 async def _plain(send: Send, status: int, body: bytes, *, close: bool = False) -> None:
+    """A short plain-text response to a request that was not forwarded."""
     head = [_TEXT_PLAIN, (_CONTENT_LENGTH, str(len(body)).encode("ascii"))]
     if close:
         head.append(_CLOSE)

@@ -393,7 +393,11 @@ class RoutingTable:
             "admin": cfg.admin,
             "primary": None
             if cfg.primary is None
-            else {"url": cfg.primary.endpoint.url, "timeout_s": cfg.primary.timeout_s},
+            else {
+                "url": cfg.primary.endpoint.url,
+                "timeout_s": cfg.primary.timeout_s,
+                "idle_timeout_s": cfg.primary.idle_timeout_s,
+            },
             "canaries": [_canary_json(c) for c in cfg.canaries],
             "rules": [
                 {

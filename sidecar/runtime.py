@@ -4,7 +4,7 @@ How this works
 --------------
 Everything a request needs is one immutable-by-convention `Snapshot`: the compiled
 `RoutingTable`, the `CanaryPool`s keyed by canary name (exactly the table's canaries), the
-primary's `ConnectionPool` and timeout. `Runtime.current` is the one reference to the live
+primary's `ConnectionPool` and its two timeouts. `Runtime.current` is the one reference to the live
 snapshot. The proxy reads it once when a request starts and uses that snapshot until the
 request ends, so a request never mixes two tables. Replacing the snapshot is one attribute
 store on the event loop's thread, hence atomic for every request.
@@ -44,7 +44,8 @@ log = logging.getLogger("sidecar.runtime")
 # bounded in total). 1024 in-flight primary requests per process is far past what one
 # event loop proxies at once.
 PRIMARY_MAX_CONNECTIONS = 1024
-# Connect timeout to the primary; the whole round trip is bounded by the primary `timeout`.
+# Connect timeout to the primary (the wait for the response head is bounded by the primary
+# `timeout` as well).
 PRIMARY_CONNECT_TIMEOUT_S = 5.0
 # Idle primary connections are dropped after this (below common servers' keep-alive, e.g.
 # nginx's 75 s and uvicorn's 5 s... so the pool re-checks on checkout as well).
@@ -59,7 +60,15 @@ RETIRE_DRAIN_SLACK_S = 1.0
 class Snapshot:
     """One table with everything needed to serve a request by it."""
 
-    __slots__ = ("active", "canary_pools", "config", "primary", "primary_timeout_s", "table")
+    __slots__ = (
+        "active",
+        "canary_pools",
+        "config",
+        "primary",
+        "primary_idle_timeout_s",
+        "primary_timeout_s",
+        "table",
+    )
 
     def __init__(
         self,
@@ -67,12 +76,14 @@ class Snapshot:
         canary_pools: Mapping[str, CanaryPool],
         primary: ConnectionPool,
         primary_timeout_s: float,
+        primary_idle_timeout_s: float,
     ) -> None:
         self.table = table
         self.config: Config = table.config
         self.canary_pools = canary_pools
         self.primary = primary
-        self.primary_timeout_s = primary_timeout_s
+        self.primary_timeout_s = primary_timeout_s  # until the response head
+        self.primary_idle_timeout_s = primary_idle_timeout_s  # longest pause in either body
         self.active = 0  # requests that started on this snapshot and have not ended
 
 
@@ -170,7 +181,7 @@ class Runtime:
                 idle_timeout_s=PRIMARY_IDLE_TIMEOUT_S,
             )
             self._primary_endpoint = primary_spec.endpoint
-        return Snapshot(table, pools, primary, primary_spec.timeout_s)
+        return Snapshot(table, pools, primary, primary_spec.timeout_s, primary_spec.idle_timeout_s)
 
     async def _retire(
         self, older: list[Snapshot], pools: list[CanaryPool], primary: ConnectionPool | None

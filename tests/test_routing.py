@@ -230,7 +230,11 @@ def test_to_json() -> None:
     assert json.loads(json.dumps(data)) == data  # plain JSON data
     assert data["listen"] == "0.0.0.0:8080"
     assert data["admin"] is None
-    assert data["primary"] == {"url": "http://127.0.0.1:8081", "timeout_s": 30.0}
+    assert data["primary"] == {
+        "url": "http://127.0.0.1:8081",
+        "timeout_s": 30.0,
+        "idle_timeout_s": 60.0,
+    }
     assert data["canaries"] == [
         {
             "name": "a",

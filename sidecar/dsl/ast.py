@@ -81,15 +81,28 @@ class Admin:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrimaryTimeout:
+    """`timeout`: from the request sent until the response head arrives."""
+
     duration: Duration
     span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrimaryIdleTimeout:
+    """`idle_timeout`: the longest pause in either body (upload or response)."""
+
+    duration: Duration
+    span: Span
+
+
+PrimaryStatement = PrimaryTimeout | PrimaryIdleTimeout
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Primary:
     url: str
     url_span: Span
-    statements: tuple[PrimaryTimeout, ...]
+    statements: tuple[PrimaryStatement, ...]
     span: Span
 
 

@@ -30,6 +30,7 @@ CATALOGUE: dict[str, list[str]] = {
     "a duration needs a unit, such as 10s or 250ms": [
         "canary a { timeout 10 }",
         "primary http://127.0.0.1:1 { timeout 10 }",
+        "primary http://127.0.0.1:1 { idle_timeout 10 }",
     ],
     "a size needs a unit, such as 512KiB or 1MiB": ["canary a { max_body 1024 }"],
     "a rate is a count per second or minute, such as 200/s or 50/m": ["canary a { rate 200 }"],

@@ -140,7 +140,7 @@ class AstBuilder:
     def admin_off(self, c: list[Token]) -> ast.Admin:  # "admin" "off"
         return ast.Admin(address_raw=None, span=self._span(c[0], c[1]))
 
-    def primary(self, c: list[Child]) -> ast.Primary:  # "primary" URL ("{" primary_timeout* "}")?
+    def primary(self, c: list[Child]) -> ast.Primary:  # "primary" URL ("{" _primary_stmt* "}")?
         url: Token = c[1]
         return ast.Primary(
             url=str(url),
@@ -151,6 +151,10 @@ class AstBuilder:
 
     def primary_timeout(self, c: list[Token]) -> ast.PrimaryTimeout:  # "timeout" DURATION
         return ast.PrimaryTimeout(duration=self._duration(c[1]), span=self._span(c[0], c[1]))
+
+    def primary_idle_timeout(self, c: list[Token]) -> ast.PrimaryIdleTimeout:
+        # "idle_timeout" DURATION
+        return ast.PrimaryIdleTimeout(duration=self._duration(c[1]), span=self._span(c[0], c[1]))
 
     # --- canaries --------------------------------------------------------------
 

@@ -151,14 +151,20 @@ class _Validator:
         self.primary_node = node
         url_ok = r.check("invalid-url", node.url_span, values.url_problem(node.url))
         timeout_s = cfg.DEFAULT_PRIMARY_TIMEOUT_S
+        idle_s = cfg.DEFAULT_PRIMARY_IDLE_TIMEOUT_S
         seen: Span | None = None
+        seen_idle: Span | None = None
         for st in node.statements:
-            if r.once("timeout", st.span, seen):
+            if isinstance(st, ast.PrimaryIdleTimeout):
+                if r.once("idle_timeout", st.span, seen_idle):
+                    seen_idle = st.span
+                    idle_s = r.duration(st.duration) or idle_s
+            elif r.once("timeout", st.span, seen):
                 seen = st.span
                 timeout_s = r.duration(st.duration) or timeout_s
         if url_ok:
             self.primary = cfg.PrimarySpec(
-                endpoint=cfg.Endpoint.parse(node.url), timeout_s=timeout_s
+                endpoint=cfg.Endpoint.parse(node.url), timeout_s=timeout_s, idle_timeout_s=idle_s
             )
 
     # --- mirror rules ----------------------------------------------------------------
