@@ -252,7 +252,13 @@ class SidecarTCPServer(_StockTCPServer):
                 )
                 await self.protocol.initiate()
                 await self.idle_task.restart(task_group, self._idle_timeout)
-                await self._read_data()
+                try:
+                    await self._read_data()
+                except asyncio.CancelledError:
+                    # The grace ran out: the app tasks are cancelled next and must not
+                    # restart the idle timer in the task group being torn down.
+                    self._closing = True
+                    raise
         except OSError:
             pass
         finally:
@@ -571,6 +577,13 @@ class H2Protocol(StockH2Protocol):
             await self.send(Closed())  # hypercorn waits for the idle timer instead
 
     async def stream_send(self, event: Any) -> None:
+        if isinstance(event, (Response, EndBody)) and self._cut(event.stream_id):
+            # The grace ran out: hypercorn's 500 (with a Connection header HTTP/2 forbids)
+            # and its EndBody, which waits for the send task the same cancellation stops:
+            # the connection, then the whole shutdown, hung. 503 straight onto the wire.
+            if isinstance(event, Response):
+                await self._answer_cut(event.stream_id)
+            return
         if isinstance(event, StreamClosed) and self._goaway_last is not None:
             # hypercorn's, but its final GOAWAY must not name a higher stream than ours.
             await self._close_stream(event.stream_id)
@@ -584,6 +597,19 @@ class H2Protocol(StockH2Protocol):
             await self.send(Updated(idle=idle))
             return
         await super().stream_send(event)
+
+    def _cut(self, stream_id: int) -> bool:
+        stream = self.streams.get(stream_id)
+        return isinstance(stream, HTTPStream) and bool(stream.scope.get(_CUT_SCOPE_KEY))
+
+    async def _answer_cut(self, stream_id: int) -> None:
+        head = [(b":status", b"503"), _TEXT_PLAIN, (b"content-length", b"%d" % len(_CUT_BODY))]
+        try:
+            self.connection.send_headers(stream_id, head)
+            self.connection.send_data(stream_id, _CUT_BODY, end_stream=True)
+        except h2.exceptions.ProtocolError:  # the stream or connection is gone already
+            return
+        await self._flush()
 
     async def _handle_events(self, events: list[Any]) -> None:
         for event in events:

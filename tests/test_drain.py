@@ -121,3 +121,26 @@ async def test_grace_running_out_answers_503_and_logs_the_cut_count(
         assert b"connection: close" in reply.lower()
         assert reply.endswith(b"the proxy shut down before the primary answered\n")
         assert "grace of 0.5s ran out: 1 requests cut off" in proxy.log(), proxy.log()
+
+
+async def test_http2_grace_running_out_answers_503_and_exits_promptly(
+    tmp_path: Path, primary: tuple[PrimaryApp, str]
+) -> None:
+    """hypercorn's HTTP/2 cut-off path waited for a send task cancelled with it: the
+    process never exited. Now: 503 on the stream, exit 0 right after the grace."""
+    app, url = primary
+    rules = f"primary {url} {{ timeout 30s }}\n"
+    async with (
+        serve_proxy(tmp_path, rules, "--grace", "0.5") as proxy,
+        H2Conn.open(proxy.url) as h2c,
+    ):
+        sid = await h2c.request("GET", "/slow?s=20")
+        await wait_until(lambda: _arrived(app, b"/slow"), what="slow request at primary")
+        proxy.proc.send_signal(signal.SIGTERM)
+        await h2c.events_until(lambda e: isinstance(e, h2.events.ConnectionTerminated))
+        # h2 (the client library) refuses frames after a GOAWAY; the server may send them.
+        h2c.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        await h2c.events_until(lambda e: isinstance(e, h2.events.StreamEnded))
+        assert h2c.status(sid) == 503
+        assert await proxy.wait_exit(timeout=5) == 0
+        assert "grace of 0.5s ran out: 1 requests cut off" in proxy.log()
