@@ -24,7 +24,7 @@ aggregate). The parent forwards SIGTERM/SIGINT to the workers, waits for them, r
 directory and exits 0 when every worker did. A single process keeps the plain in-memory
 registry (faster: no mmap writes on the hot path).
 
-Reloading (SPEC 7, sidecar/reload.py): SIGHUP, `POST /-/reload` on the admin listener and,
+Reloading (sidecar/reload.py): SIGHUP, `POST /-/reload` on the admin listener and,
 with `--watch`, a changed rule file each make a process reload its rules; the paths and
 the start-up flags are handed to its `Reloader`. SIGHUP stays blocked until the event loop
 handles it (its default action would kill the process), so an early one waits, never fatal. With `--workers N` every worker reloads by itself
