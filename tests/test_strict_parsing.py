@@ -5,8 +5,10 @@ forwarded, counted in sidecar_refused_requests_total{reason} and sidecar_request
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import h2.events
 import h11
@@ -236,3 +238,11 @@ async def test_http2_refusal_is_answered_on_its_stream_and_counted(env: Env) -> 
 
 def _ended(event: object, stream_id: int) -> bool:
     return isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id
+
+
+async def test_docs_table_lists_every_reason_label() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "proxy.md").read_text()
+    documented = re.findall(r"^\| `([a-z_0-9]+)` \| (\d{3}) \|", docs, re.MULTILINE)
+    assert [label for label, _ in documented] == list(framing.REFUSAL_LABELS)
+    statuses = {r.label: r.status for r in vars(framing).values() if isinstance(r, framing.Refusal)}
+    assert {label: int(status) for label, status in documented} == statuses
