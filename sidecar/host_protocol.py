@@ -82,9 +82,11 @@ log = logging.getLogger("sidecar.host")
 # client that never stops sending cannot hold a descriptor: at most 5 s per connection.
 LINGER_TOTAL_S = 5.0
 LINGER_IDLE_S = 1.0
-# And at most this much read and dropped (a fast client could send gigabytes in 5 s of
-# loopback; the CPU for that is better spent on requests).
-LINGER_MAX_BYTES = 64 * 1024 * 1024
+# And at most this much read and dropped: the rest of an upload the primary refused early
+# (the app drains rests up to 8 MiB itself and keeps the connection; larger ones end up
+# here). Over a network the time bound binds first (1 Gbit/s moves ~600 MB in 5 s); on
+# loopback this caps the CPU one client can make us spend at about half a second.
+LINGER_MAX_BYTES = 1024 * 1024 * 1024
 # hypercorn's read size per call (its MAX_RECV).
 READ_BYTES = tcp_server.MAX_RECV
 
