@@ -1,0 +1,372 @@
+"""The HTTP/1.1 and HTTP/2 protocols of sidecar's listeners: hypercorn's, with the fixes
+that sidecar/host_protocol.py describes (strict parsing and counted refusals, reason
+phrases, draining, prompt close on EOF, the cut-off answer), and what they share with it:
+the listener's `HostState` and the refusal counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from itertools import chain
+from typing import Any, cast
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import h11
+from hypercorn.events import Closed, RawData, Updated
+from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
+from hypercorn.protocol.h2 import H2Protocol as StockH2Protocol
+from hypercorn.protocol.h11 import H11Protocol as StockH11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
+from hypercorn.utils import filter_pseudo_headers
+from hyperframe.frame import GoAwayFrame
+
+from sidecar import framing
+from sidecar.strict_h11 import RequestRefused, StrictConnection
+
+log = logging.getLogger("sidecar.host")
+
+# The name of the attribute that marks a hypercorn Config as sidecar's proxy listener.
+MARK_ATTR = "sidecar_host"
+# Set in the scope of a request cancelled when the grace ran out.
+CUT_SCOPE_KEY = "sidecar.cut"
+_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+_CLOSE = (b"connection", b"close")
+_CUT_BODY = b"Service Unavailable: the proxy shut down before the primary answered\n"
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+# For a status outside http.HTTPStatus: the name of its class (RFC 9110 section 15).
+_CLASS_REASONS = {
+    1: b"Informational",
+    2: b"Successful",
+    3: b"Redirection",
+    4: b"Client Error",
+    5: b"Server Error",
+}
+
+
+@dataclass(slots=True)
+class HostState:
+    """A listener's settings for this layer, and what it reports to server.py."""
+
+    # Refusals count in the proxy's metrics (sidecar_refused_requests_total and
+    # sidecar_requests_total); not for the admin listener's.
+    count_refusals: bool
+    cut: int = 0  # requests cancelled when the grace ran out
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status) or _CLASS_REASONS.get(status // 100, b"Unknown")
+
+
+class _Refusals:
+    """Counts and logs refusals; the metric children of each (label, status), resolved once."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def record(self, host: HostState, refusal: framing.Refusal, client: Any, detail: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            peer = f"{client[0]}:{client[1]}" if client else "?"
+            log.debug("refused a request from %s: %s (%s)", peer, refusal.label, detail)
+        if not host.count_refusals:
+            return
+        key = (refusal.label, refusal.status)
+        children = self._children.get(key)
+        if children is None:
+            from sidecar import prom
+
+            children = self._children[key] = (
+                prom.refused_request(refusal.label),
+                prom.primary_requests(f"{refusal.status // 100}xx"),
+            )
+        children[0].inc()
+        children[1].inc()
+
+
+REFUSALS = _Refusals()
+
+
+class H11Protocol(StockH11Protocol):
+    """hypercorn's HTTP/1.1 protocol with strict parsing, counted refusals, reason phrases,
+    `Connection: close` while draining and a prompt close on EOF."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.host: HostState = getattr(self.config, MARK_ATTR)
+        self.connection = StrictConnection(self.config.h11_max_incomplete_size)
+
+    def wants_linger(self) -> bool:
+        conn = self.connection
+        if not isinstance(conn, StrictConnection):  # a WebSocket pass-through
+            return False
+        return (
+            conn.their_state is h11.SEND_BODY
+            or conn.their_state is h11.ERROR
+            or conn.stray_bytes > 0
+            or conn.unread_bytes > 0
+        )
+
+    async def before_close(self) -> None:
+        return None
+
+    async def handle(self, event: Any) -> None:
+        if isinstance(event, Closed):
+            # The client's FIN (or a failed write): close our side now, idle or not.
+            await self._close_stream()
+            await self.send(Closed())
+        else:
+            await super().handle(event)
+
+    async def stream_send(self, event: Any) -> None:
+        if isinstance(event, Response) and event.status_code >= 200:
+            await self._send_response(event)
+        else:
+            await super().stream_send(event)
+
+    async def _send_response(self, event: Response) -> None:
+        status = event.status_code
+        headers = event.headers
+        body = b""
+        if status == 500 and self._cut():
+            status, body = 503, _CUT_BODY
+            headers = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode()), _CLOSE]
+        headers = list(chain(headers, self.config.response_headers("h11")))
+        if (
+            self.context.terminated.is_set()
+            or self.keep_alive_requests >= self.config.keep_alive_max_requests
+        ) and not any(name.lower() == b"connection" for name, _ in headers):
+            headers.append(_CLOSE)
+        await self._send_h11_event(
+            h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+        )
+        if body:
+            await self._send_h11_event(h11.Data(data=body))
+
+    def _cut(self) -> bool:
+        stream = self.stream
+        return isinstance(stream, HTTPStream) and bool(stream.scope.get(CUT_SCOPE_KEY))
+
+    async def _handle_events(self) -> None:
+        # hypercorn's loop; protocol errors go to _refuse.
+        while True:
+            if self.connection.they_are_waiting_for_100_continue:
+                await self._send_h11_event(
+                    h11.InformationalResponse(
+                        status_code=100,
+                        headers=self.config.response_headers("h11"),
+                        reason=b"Continue",
+                    )
+                )
+            state = self.connection.their_state
+            try:
+                event = self.connection.next_event()
+            except h11.RemoteProtocolError as error:
+                await self._refuse(error, state)
+                break
+            if isinstance(event, h11.Request):
+                await self.send(Updated(idle=False))
+                await self._check_protocol(event)
+                await self._create_stream(event)
+            elif event is h11.PAUSED:
+                await self.can_read.clear()
+                await self.can_read.wait()
+            elif (
+                isinstance(event, h11.ConnectionClosed)
+                or event is h11.NEED_DATA
+                or self.stream is None
+            ):
+                break
+            elif isinstance(event, h11.Data):
+                await self.stream.handle(Body(stream_id=1, data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self.stream.handle(EndBody(stream_id=1))
+            else:  # WebSocket pass-through (hypercorn's H11WSConnection yields its Data)
+                await self.stream.handle(cast(Any, event))
+
+    async def _refuse(self, error: h11.RemoteProtocolError, state: Any) -> None:
+        refusal = _refusal_for(error, state, self.connection)
+        if refusal is not None:
+            REFUSALS.record(self.host, refusal, self.client, str(error))
+            if self.connection.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
+                body = refusal.body()
+                head = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode()), _CLOSE]
+                await self._send_h11_event(
+                    h11.Response(
+                        status_code=refusal.status,
+                        headers=head + list(self.config.response_headers("h11")),
+                        reason=reason_phrase(refusal.status),
+                    )
+                )
+                await self._send_h11_event(h11.Data(data=body))
+                await self._send_h11_event(h11.EndOfMessage())
+        # A body that broke mid-way: the app sees the client gone (nothing more forwarded).
+        await self._close_stream()
+        await self.send(Closed())
+
+
+def _refusal_for(error: h11.RemoteProtocolError, state: Any, conn: Any) -> framing.Refusal | None:
+    """What a h11 error refuses; None when the client just went away mid-message."""
+    if isinstance(error, RequestRefused):
+        return error.refusal
+    if isinstance(conn, StrictConnection) and conn.peer_closed:
+        return None
+    if state is h11.SEND_BODY:
+        return framing.BAD_CHUNK  # a Content-Length body cannot be malformed
+    if error.error_status_hint == 431:
+        return framing.HEADERS_TOO_LARGE
+    return framing.BAD_REQUEST_LINE
+
+
+class H2Protocol(StockH2Protocol):
+    """hypercorn's HTTP/2 protocol with GOAWAY when draining starts, REFUSED_STREAM after
+    it, refusals as for HTTP/1.1, and a prompt close on EOF."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.host: HostState = getattr(self.config, MARK_ATTR)
+        self._goaway_last: int | None = None  # the last stream id of our GOAWAY
+        self._drain_watch: asyncio.Task[None] | None = None
+
+    def wants_linger(self) -> bool:
+        return True  # the client may have frames in flight
+
+    async def initiate(
+        self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
+    ) -> None:
+        await super().initiate(headers, settings)
+        # In the connection's task group (cancelled with it); ended on Closed.
+        group = self.task_group._task_group  # type: ignore[attr-defined]
+        self._drain_watch = group.create_task(self._watch_drain())
+
+    async def _watch_drain(self) -> None:
+        await self.context.terminated.wait()
+        await self.goaway()
+
+    async def before_close(self) -> None:
+        await self.goaway()
+
+    async def goaway(self) -> None:
+        """GOAWAY(NO_ERROR) naming the last stream we still finish; streams go on.
+
+        Sent as a raw frame: h2's close_connection() would also stop every open stream.
+        """
+        if self._goaway_last is not None or self.closed:
+            return
+        self._goaway_last = self.connection.highest_inbound_stream_id
+        await self._flush()
+        frame = GoAwayFrame(stream_id=0, last_stream_id=self._goaway_last, error_code=0)
+        await self.send(RawData(data=frame.serialize()))
+
+    async def handle(self, event: Any) -> None:
+        await super().handle(event)
+        if isinstance(event, Closed):
+            watch = self._drain_watch
+            if watch is not None and watch is not asyncio.current_task():
+                watch.cancel()
+            await self.send(Closed())  # hypercorn waits for the idle timer instead
+
+    async def stream_send(self, event: Any) -> None:
+        if isinstance(event, (Response, EndBody)) and self._cut(event.stream_id):
+            # The grace ran out: hypercorn's 500 (with a Connection header HTTP/2 forbids)
+            # and its EndBody, which waits for the send task the same cancellation stops:
+            # the connection, then the whole shutdown, hung. 503 straight onto the wire.
+            if isinstance(event, Response):
+                await self._answer_cut(event.stream_id)
+            return
+        if isinstance(event, StreamClosed) and self._goaway_last is not None:
+            # hypercorn's, but its final GOAWAY must not name a higher stream than ours.
+            await self._close_stream(event.stream_id)
+            idle = not self.streams
+            if idle:
+                try:
+                    self.connection.close_connection(last_stream_id=self._goaway_last)
+                    await self._flush()
+                except h2.exceptions.ProtocolError:
+                    pass
+            await self.send(Updated(idle=idle))
+            return
+        await super().stream_send(event)
+
+    def _cut(self, stream_id: int) -> bool:
+        stream = self.streams.get(stream_id)
+        return isinstance(stream, HTTPStream) and bool(stream.scope.get(CUT_SCOPE_KEY))
+
+    async def _answer_cut(self, stream_id: int) -> None:
+        head = [(b":status", b"503"), _TEXT_PLAIN, (b"content-length", b"%d" % len(_CUT_BODY))]
+        try:
+            self.connection.send_headers(stream_id, head)
+            self.connection.send_data(stream_id, _CUT_BODY, end_stream=True)
+        except h2.exceptions.ProtocolError:  # the stream or connection is gone already
+            return
+        await self._flush()
+
+    async def _handle_events(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                await self._request_received(event)
+            elif isinstance(event, h2.events.DataReceived):
+                # hypercorn raises KeyError for a stream it has already answered and closed.
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    await stream.handle(Body(stream_id=event.stream_id, data=event.data))
+                self.connection.acknowledge_received_data(
+                    event.flow_controlled_length, event.stream_id
+                )
+            else:
+                await super()._handle_events([event])
+        await self._flush()
+
+    async def _request_received(self, event: h2.events.RequestReceived) -> None:
+        if self.context.terminated.is_set():
+            await self.goaway()
+        if self._goaway_last is not None and event.stream_id > self._goaway_last:
+            # Opened after our GOAWAY: not processed, so the client may retry it elsewhere
+            # (RFC 9113 section 8.7).
+            self.connection.reset_stream(
+                event.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM
+            )
+        else:
+            refusal = _h2_refusal(event.headers)
+            if refusal is None:
+                await self._create_stream(event)
+                await self.send(Updated(idle=False))
+            else:
+                REFUSALS.record(self.host, refusal, self.client, refusal.reason)
+                self._answer_refusal(event, refusal)
+        if self.keep_alive_requests > self.config.keep_alive_max_requests:
+            self.connection.close_connection()
+
+    def _answer_refusal(self, event: h2.events.RequestReceived, refusal: framing.Refusal) -> None:
+        stream_id = event.stream_id
+        body = refusal.body()
+        head = [
+            (b":status", str(refusal.status).encode()),
+            _TEXT_PLAIN,
+            (b"content-length", str(len(body)).encode()),
+        ]
+        try:
+            self.connection.send_headers(stream_id, head)
+            self.connection.send_data(stream_id, body, end_stream=True)
+        except h2.exceptions.FlowControlError:  # a client with a zero window
+            self.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if event.stream_ended is None:
+            # The response is complete: the client may stop sending the body (RFC 9113 8.1).
+            self.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
+
+
+def _h2_refusal(headers: list[tuple[bytes, bytes]]) -> framing.Refusal | None:
+    method = path = b""
+    for name, value in headers:
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+    framed = framing.inspect(
+        method.decode("ascii", "replace"), path, "2", filter_pseudo_headers(headers)
+    )
+    return framed if isinstance(framed, framing.Refusal) else None
