@@ -207,7 +207,7 @@ async def test_unmarked_hypercorn_configs_keep_hypercorn_classes() -> None:
     assert isinstance(marked, host_protocol.SidecarTCPServer)
 
 
-async def test_in_process_hypercorn_still_answers_stray_bytes_like_hypercorn() -> None:
+async def test_in_process_hypercorn_keeps_stock_behaviour() -> None:
     """The primary in this process is a plain hypercorn server: stock behaviour (an empty
     reason phrase) even though the layer is installed."""
     host_protocol.install()
