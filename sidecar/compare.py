@@ -255,7 +255,7 @@ def jsonpath_problem(text: str) -> str | None:
         where = ""
         if exc.token is not None:
             _line, column = exc.token.position()
-            where = f" (at character {column + 1})"
+            where = " (at the end)" if column >= len(text) else f" (at character {column + 1})"
         return f"invalid JSONPath {json.dumps(text, ensure_ascii=False)}: {message}{where}"
     except (RecursionError, ValueError) as exc:  # a pathological query, not a library error
         return f"invalid JSONPath {json.dumps(text, ensure_ascii=False)}: {exc}"

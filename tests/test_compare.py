@@ -404,7 +404,8 @@ def test_spec_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("$.", "unexpected end of expression (at character 3)"),
+        ("$.", "unexpected end of expression (at the end)"),
+        ("$.a b", "found 'b' (at character 5)"),
         ("$..", "'..' must be followed by a name"),
         ("$[", "a '[' is not closed"),
         ("", "empty query"),
