@@ -27,6 +27,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,8 +57,9 @@ FETCH_TIMEOUT_S: Final = 10.0
 # /diffs keeps at most 1,000 records of at most ~12 KiB each: 32 MiB is twice that, and
 # bounds what a wrong URL (a huge download) can cost.
 MAX_FETCH_BYTES: Final = 32 << 20
-# A diff_log line is one record (~12 KiB at most); a longer line is not one of ours.
-MAX_LINE_BYTES: Final = 1 << 20
+# A diff_log line is one record (~12 KiB at most); a longer line is not one of ours, and
+# is skipped without being held in memory.
+MAX_LINE_CHARS: Final = 1 << 20
 # Bad lines are each reported up to this many per run, then only counted.
 MAX_BAD_LINES_SHOWN: Final = 20
 # Rows per table on a terminal; `--format json` has them all.
@@ -167,8 +169,6 @@ def classify(text: str) -> SourceSpec:
         path = parts.path if parts.path not in ("", "/") else ADMIN_DIFFS_PATH
         url = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
         return SourceSpec(text=text, kind="url", target=url)
-    from pathlib import Path
-
     if not Path(text).exists():
         raise UsageError(f"{text}: no such file")
     return SourceSpec(text=text, kind="file", target=text)
@@ -197,11 +197,18 @@ def read_source(spec: SourceSpec, stdin: IO[str] | None = None) -> Iterator[Reco
 
 
 def _lines(name: str, handle: IO[str]) -> Iterator[Record | BadLine]:
-    for number, line in enumerate(handle, start=1):
-        if not line.strip():
-            continue
-        if len(line) > MAX_LINE_BYTES:
+    number = 0
+    while True:
+        line = handle.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            while line and not line.endswith("\n"):  # skip the rest without holding it
+                line = handle.readline(MAX_LINE_CHARS)
             yield BadLine(f"{name}:{number}", "line too long for a diff record")
+            continue
+        if not line.strip():
             continue
         try:
             obj = json.loads(line)

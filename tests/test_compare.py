@@ -478,3 +478,58 @@ def test_judge_x_x_is_always_match(value: Any) -> None:
     assert judge(spec, a, a).result == "match"
     verdict = judge(spec, a, b)
     assert verdict.result == "match", verdict.differences
+
+
+def _leaves(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Paths of the scalars and of the empty containers."""
+    if isinstance(value, dict) and value:
+        return [p for k, v in value.items() for p in _leaves(v, (*path, k))]
+    if isinstance(value, list) and value:
+        return [p for i, v in enumerate(value) for p in _leaves(v, (*path, i))]
+    return [path]
+
+
+def _replaced(value: Any, path: tuple[str | int, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _replaced(value[path[0]], path[1:], new)  # type: ignore[index]
+    return copy
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.data())
+def test_one_changed_leaf_is_one_difference_at_its_path(value: Any, data: st.DataObject) -> None:
+    path = data.draw(st.sampled_from(_leaves(value)))
+    old = value
+    for step in path:
+        old = old[step]
+    new = data.draw(
+        json_values.filter(
+            lambda v: json.dumps(v) != json.dumps(old) and not isinstance(v, dict | list)
+        )
+    )
+    if (
+        isinstance(old, int | float)
+        and not isinstance(old, bool)
+        and isinstance(new, int | float)
+        and not isinstance(new, bool)
+        and old == new
+    ):
+        return  # 1 and 1.0: the same JSON number
+    spec = CompareSpec(body="json")
+    verdict = judge(
+        spec,
+        capture(spec, json.dumps(value)),
+        capture(spec, json.dumps(_replaced(value, path, new))),
+    )
+    assert [d.where for d in verdict.differences] == [normalized_path(path)]
+    ignoring = CompareSpec(body="json", ignore=(normalized_path(path),))
+    assert (
+        judge(
+            ignoring,
+            capture(spec, json.dumps(value)),
+            capture(spec, json.dumps(_replaced(value, path, new))),
+        ).result
+        == "match"
+    )

@@ -244,3 +244,15 @@ def test_parse_record_problems() -> None:
     assert diffs.parse_record({**good, "canary": {}}) == "no 'canary.name'"
     bad = {**good, "differences": [{"kind": "body"}]}
     assert diffs.parse_record(bad) == "an entry of 'differences' has no kind and where"
+
+
+def test_overlong_line_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "d.jsonl"
+    good = json.dumps(record(1))
+    monkeypatch.setattr(diffs, "MAX_LINE_CHARS", len(good) + 1)
+    log.write_text(good + "\n" + "x" * (5 * len(good)) + "\n" + good + "\n")
+    code, doc, err = run_json(capsys, str(log))
+    assert code == 0 and doc["records"] == 2 and doc["bad_lines"] == 1
+    assert f"{log}:2: warning: skipped: line too long" in err
