@@ -16,7 +16,8 @@ source could not be read; 2 on usage errors (a file that does not exist, a URL
 scheme other than http/https).
 
 The library side: `read_source(spec)` yields parsed records, `Report.add(record)`
-aggregates, `report_json(report)` / `render(report, console)` show it.
+aggregates, `report_json(report)` makes the JSON document and `render(doc, console)`
+prints it as tables; `collect(specs)` does all of it for the command.
 """
 
 from __future__ import annotations
