@@ -15,18 +15,27 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
 4. The body: when the first `http.request` message is the whole body (the common case for
    small bodies; hypercorn's empty closing message is taken at once when the first one
    already holds the whole `Content-Length`), it is sent as bytes (one write, retryable on
-   a stale connection); otherwise an async generator streams it chunk by chunk,
-   `Content-Length` passed through when known, else chunked, feeding each chunk object to
-   the tees as it goes. The body is never buffered: hypercorn's bounded app queue and the
-   client's write flow control give backpressure both ways. Body whole -> `tees.finish()` (admission, never awaits);
-   client gone mid-upload -> `tees.abort()`.
-5. The primary exchange runs on the snapshot's pooled keep-alive `ConnectionPool` under
-   the primary `timeout` (the whole round trip). No response head: 502 (unreachable or
-   broken) or 504 (timeout), short plain text, counted, logged. The response's hop-by-hop
-   headers are dropped; status, headers (repeats in order) and body bytes pass as they
-   are. The body streams back chunk by chunk; the chunk that completes a known length is
-   sent with `more_body=False`, so a small response is one write. A response of several
-   chunks watches for the client's disconnect and stops reading the primary then.
+   a stale connection); otherwise an `Upload` (sidecar/upload.py) streams it chunk by
+   chunk, `Content-Length` passed through when known, else chunked, feeding each chunk
+   object to the tees as it goes. The body is never buffered: hypercorn's bounded app
+   queue and the client's write flow control give backpressure both ways. Body whole ->
+   `tees.finish()` (admission, never awaits); client gone mid-upload -> `tees.abort()`.
+5. The primary exchange runs on the snapshot's pooled keep-alive `ConnectionPool` inside
+   one `asyncio.timeout` block with two clocks (sidecar/stall.py): the primary `timeout`
+   until the response head (from the moment the request is sent whole), and
+   `idle_timeout` for every pause while a body moves (an upload, the response). No
+   response head: 502 (unreachable or broken), 504 (timeout, or the primary stopped
+   reading the upload) or 408 (the client stopped sending), short plain text, counted,
+   logged. The response's hop-by-hop headers are dropped; status, headers (repeats in
+   order) and body bytes pass as they are. The body streams back chunk by chunk; the chunk
+   that completes a known length is sent with `more_body=False`, so a small response is
+   one write. A response of several chunks watches for the client's disconnect and stops
+   reading the primary then; a stalled one is cut (the client sees the connection close).
+6. A primary that answers before the upload is whole (a 413): the rest of the body is
+   read and discarded before the response's final message so the connection stays
+   usable, or, when the rest is too large or of unknown size, the response carries
+   `Connection: close` (see sidecar/upload.py for the bounds and why the rest must be
+   read either way under hypercorn).
 
 Nothing here awaits a canary: the tees only ever call synchronous pool admission.
 Hot-path rules: no per-request logging, metric children resolved once (`_Metrics`),
@@ -46,7 +55,7 @@ from sidecar.client import ClientError, ConnectError, Response
 from sidecar.headers import forward_request_headers, response_headers
 from sidecar.request import RequestView
 from sidecar.runtime import Runtime, Snapshot
-from sidecar.stall import IdleWatch
+from sidecar.stall import ExchangeClock
 from sidecar.tees import RequestTees
 from sidecar.upload import Upload, UploadAborted
 
@@ -148,10 +157,6 @@ class ProxyApp:
             # as nginx's default `proxy_set_header Host $proxy_host`.
             out_headers.append((b"host", snap.primary.endpoint.authority.encode("ascii")))
         body: bytes | AsyncIterator[bytes] = b""
-        # The exchange's clocks (see sidecar.stall): made here so that an upload's chunks
-        # can touch them; the head deadline counts from now.
-        clock = asyncio.timeout(snap.primary_timeout_s)
-        watch = IdleWatch(clock, snap.primary_idle_timeout_s)
         upload: Upload | None = None
         if framed != framing.NO_BODY:
             message = await receive()
@@ -180,20 +185,21 @@ class ProxyApp:
                     tees.feed(first)
                     tees.finish()
             else:
-                upload = Upload(receive, framed, len(first), tees, watch)
-                body = upload.chunks(first, snap.primary_timeout_s)
+                upload = Upload(receive, framed, first, tees)
             tees = None  # finished, or the upload's now
             if framed == framing.CHUNKED:
                 # The chunked framing was hop-by-hop: the primary gets a length when the body
                 # is already whole, else chunked again (h11 adds nothing by itself).
-                if isinstance(body, bytes):
-                    out_headers.append((_CONTENT_LENGTH, str(len(body)).encode("ascii")))
+                if upload is None:  # the body is `first`, whole
+                    out_headers.append((_CONTENT_LENGTH, str(len(first)).encode("ascii")))
                 else:
                     out_headers.append((b"transfer-encoding", b"chunked"))
+        # The exchange's two clocks (sidecar/stall.py), started by `_exchange`.
+        clock = ExchangeClock(snap.primary_timeout_s, snap.primary_idle_timeout_s)
+        if upload is not None:
+            body = upload.chunks(clock)
         target = raw_path + b"?" + query if query else raw_path
-        exchange = _Exchange(
-            clock, watch, upload, scope["http_version"] != "2", method, receive, send
-        )
+        exchange = _Exchange(clock, upload, scope["http_version"] != "2", method, receive, send)
         try:
             status = await self._exchange(snap, exchange, target, out_headers, body)
         finally:
@@ -214,14 +220,14 @@ class ProxyApp:
         a response cut off after its head still counts with the status it was sent)."""
         response_started = False
         status = 0
-        watch = ex.watch
+        clock = ex.clock
         upload = ex.upload
         try:
-            async with ex.clock:
+            async with clock:
                 if upload is not None:
-                    watch.expect_progress()  # an upload is bounded by its pauses, not in all
+                    clock.expect_progress()  # an upload is bounded by its pauses only
                 resp = await snap.primary.request(ex.method.encode("ascii"), target, headers, body)
-                watch.expect_progress()  # the head is in: from now on only pauses count
+                clock.expect_progress()  # the head is in: from now on only pauses count
                 status = resp.status
                 try:
                     out = response_headers(resp.headers)
@@ -242,13 +248,13 @@ class ProxyApp:
                     snap.primary_idle_timeout_s,
                 )
                 return status  # the client got this head (then a cut-off body): count it
-            if watch.fired and upload is not None and upload.waiting:
+            if clock.stalled and upload is not None and upload.waiting:
                 # Nothing came from the client for idle_timeout: its stall, not the primary's
                 # (nginx's client_body_timeout answers 408 too).
                 self._log_error("client upload stalled for %gs: 408", snap.primary_idle_timeout_s)
                 await ex.plain(408, b"Request Timeout: the upload stalled\n", close=True)
                 return 408
-            if watch.fired:
+            if clock.stalled:
                 self._log_error(
                     "primary stalled reading the upload for %gs: 504", snap.primary_idle_timeout_s
                 )
@@ -264,8 +270,6 @@ class ProxyApp:
             self._log_error("primary %s: %s: 502", what, exc)
             await ex.plain(502, f"Bad Gateway: the primary {what}\n".encode())
             return 502
-        finally:
-            watch.close()
 
     def _log_error(self, msg: str, *args: object) -> None:
         now = time.monotonic()
@@ -283,12 +287,11 @@ class _Exchange:
     """What one primary exchange carries from the request to the response (one object
     instead of eight parameters down the call chain)."""
 
-    __slots__ = ("clock", "http1", "method", "receive", "send", "upload", "watch")
+    __slots__ = ("clock", "http1", "method", "receive", "send", "upload")
 
     def __init__(
         self,
-        clock: asyncio.Timeout,
-        watch: IdleWatch,
+        clock: ExchangeClock,
         upload: Upload | None,
         http1: bool,
         method: str,
@@ -296,7 +299,6 @@ class _Exchange:
         send: Send,
     ) -> None:
         self.clock = clock
-        self.watch = watch
         self.upload = upload
         self.http1 = http1  # `Connection: close` is an HTTP/1.x header (HTTP/2 forbids it)
         self.method = method
@@ -321,8 +323,9 @@ class _Exchange:
             if last:
                 await self.send({"type": "http.response.body", "body": last, "more_body": True})
                 last = b""
-            self.watch.stop()  # the discard has its own bounds
+            self.clock.pause()  # the discard has its own bounds
             await upload.settle()
+            self.clock.expect_progress()  # the last write is bounded like the others
         await self.send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def plain(self, status: int, body: bytes, *, close: bool = False) -> None:
@@ -342,7 +345,7 @@ async def _relay(resp: Response, ex: _Exchange) -> None:
                 remaining = int(value) if value.isdigit() else -1
                 break
     send = ex.send
-    touch = ex.watch.touch
+    touch = ex.clock.touch
     upload = ex.upload
     held = b""
     watch: asyncio.Future[Message] | None = None

@@ -1,80 +1,137 @@
-"""The primary exchange's two clocks on one `asyncio.Timeout`: the head deadline and idleness.
+"""The primary exchange's two clocks on one timer: the head deadline and idleness.
 
 How this works
 --------------
-The exchange runs inside one `asyncio.timeout(...)` block. While the proxy waits for the
-response head, the block's own deadline is the primary `timeout` (`expect_head`). While a
-body moves (the upload toward the primary, the response toward the client), the block has
-no deadline and an `IdleWatch` timer stands in: each chunk only stores the time
-(`touch()`: one clock read), and the timer, when it comes due, re-arms itself for
-`last touch + idle_timeout` if anything moved meanwhile. Only when nothing did does it set
-the block's deadline to now, and asyncio's own `Timeout` cancels the task and turns the
-cancellation into `TimeoutError` (with its correct bookkeeping of other cancellations).
+The exchange runs inside `async with ExchangeClock(timeout_s, idle_s)`. Until the response
+head arrives the block times out `timeout_s` after it was entered, or after the upload's
+last chunk (`expect_head`). While a body moves (the upload toward the primary, the
+response toward the client: `expect_progress`), only pauses count: each chunk stores the
+time (`touch()`: one clock read) and nothing else.
 
-So a stream costs one timer handle per `idle_timeout` of its life, not one per chunk (an
-`asyncio.timeout` per chunk, or a `reschedule` per chunk, creates and cancels a heap entry
-each time), and a short exchange costs one handle created and cancelled.
+There is one timer handle. When it comes due, it looks at the clock it serves: if the
+deadline moved on meanwhile (a chunk came since), it re-arms itself for the new due time;
+only when nothing did does it cancel the task, and `__aexit__` turns that cancellation
+into `TimeoutError`, with `asyncio.Timeout`'s bookkeeping of other cancellations
+(`uncancel`). So a stream costs one timer handle per `idle_s` of its life instead of one
+per chunk (an `asyncio.timeout` per chunk, or a `reschedule` per chunk, each create and
+cancel a heap entry); a short exchange costs exactly one handle, as a plain
+`asyncio.timeout` would: the switch from the head's clock to the idle one re-arms only when
+the idle due time comes before the armed one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from types import TracebackType
 
 
-class IdleWatch:
-    """Idleness of the exchange running in `timeout`'s block (see the module docstring)."""
+class ExchangeClock:
+    """The two clocks of one exchange (see the module docstring)."""
 
-    __slots__ = ("_closed", "_handle", "_loop", "_now", "_timeout", "fired", "idle_s", "last")
+    __slots__ = (
+        "_cancelling",
+        "_closed",
+        "_handle",
+        "_idle",
+        "_loop",
+        "_now",
+        "_task",
+        "deadline",
+        "fired",
+        "head_s",
+        "idle_s",
+        "last",
+        "stalled",
+    )
 
-    def __init__(self, timeout: asyncio.Timeout, idle_s: float) -> None:
+    def __init__(self, head_s: float, idle_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._now = self._loop.time
-        self._timeout = timeout
-        self._handle: asyncio.TimerHandle | None = None
+        self.head_s = head_s
         self.idle_s = idle_s
-        self.last = 0.0  # loop time of the last progress
-        self.fired = False  # the block timed out because nothing moved for `idle_s`
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._cancelling = 0
+        self._idle = False  # which clock runs: idleness, or the head deadline
         self._closed = False
+        self.deadline = 0.0  # the head's, in loop time
+        self.last = 0.0  # loop time of the last progress
+        self.fired = False  # the block timed out
+        self.stalled = False  # ... because nothing moved for `idle_s` (not the head's wait)
+
+    async def __aenter__(self) -> ExchangeClock:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("ExchangeClock must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self.deadline = self._now() + self.head_s
+        self._handle = self._loop.call_at(self.deadline, self._check)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task = self._task
+        # The cancellation is ours unless someone else cancelled the task as well
+        # (asyncio.Timeout's rule: then it stays a cancellation).
+        if (
+            self.fired
+            and exc_type is asyncio.CancelledError
+            and task is not None
+            and task.uncancel() <= self._cancelling
+        ):
+            raise TimeoutError from exc
 
     def expect_progress(self) -> None:
         """From now on, time out only when nothing moves for `idle_s`."""
         if self._closed:
             return
-        self._timeout.reschedule(None)
+        self._idle = True
         self.last = now = self._now()
+        due = now + self.idle_s
+        handle = self._handle
+        if handle is None or handle.when() > due:
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(due, self._check)
+        # else: the armed handle comes first and re-arms itself for the idle clock
+
+    def expect_head(self) -> None:
+        """From now on, time out `head_s` from now whatever moves (the head's wait)."""
+        if self._closed:
+            return  # a late call from the upload's sender task after the block was left
+        self._idle = False
+        self.deadline = due = self._now() + self.head_s
         if self._handle is not None:
             self._handle.cancel()
-        self._handle = self._loop.call_at(now + self.idle_s, self._check)
-
-    def expect_head(self, timeout_s: float) -> None:
-        """From now on, time out `timeout_s` from now whatever moves (the head's wait)."""
-        if self._closed:
-            return  # a late call from the sender task after the block was left
-        self.stop()
-        self._timeout.reschedule(self._now() + timeout_s)
+        self._handle = self._loop.call_at(due, self._check)
 
     def touch(self) -> None:
         """Something moved (a chunk read or written)."""
         self.last = self._now()
 
-    def stop(self) -> None:
-        """No more idle checks (the exchange is over, or another clock takes over)."""
+    def pause(self) -> None:
+        """No clock until the next `expect_*` (another bound takes over meanwhile)."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
-    def close(self) -> None:
-        """The block is being left: stop, and ignore any later call (the upload's sender
-        task may still be winding down)."""
-        self._closed = True
-        self.stop()
-
     def _check(self) -> None:
         now = self._now()
-        due = self.last + self.idle_s
+        due = self.last + self.idle_s if self._idle else self.deadline
         if due > now:
             self._handle = self._loop.call_at(due, self._check)
             return
         self._handle = None
         self.fired = True
-        self._timeout.reschedule(now)  # due now: asyncio cancels the block's task
+        self.stalled = self._idle
+        assert self._task is not None
+        self._task.cancel()

@@ -4,7 +4,7 @@ How this works
 --------------
 A request whose body does not arrive in one ASGI message gets an `Upload`. `chunks()` is the
 async generator the primary client's sender task iterates: every chunk is fed to the tees
-and counted, and each step touches the exchange's `IdleWatch` (a stream that moves is never
+and counted, and each step touches the exchange's `ExchangeClock` (a stream that moves is never
 cut). Its last step hands the exchange over to the head deadline.
 
 The primary may answer before the body is whole (nginx's 413 for a too large upload): the
@@ -37,7 +37,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from sidecar.asgi import Receive
-from sidecar.stall import IdleWatch
+from sidecar.stall import ExchangeClock
 from sidecar.tees import RequestTees
 
 # An early answer keeps the client's connection when at most this much body is still to
@@ -71,6 +71,7 @@ class Upload:
     __slots__ = (
         "_discard",
         "_draining",
+        "_first",
         "_receive",
         "complete",
         "declared",
@@ -78,43 +79,41 @@ class Upload:
         "received",
         "tees",
         "waiting",
-        "watch",
     )
 
     def __init__(
         self,
         receive: Receive,
         declared: int,
-        received: int,
+        first: bytes,
         tees: RequestTees | None,
-        watch: IdleWatch,
     ) -> None:
-        """`declared`: the Content-Length, or -1 (chunked); `received`: bytes already taken
-        from `receive` (the first message)."""
+        """`declared`: the Content-Length, or -1 (chunked); `first`: the body of the first
+        message, already taken from `receive`."""
         self._receive = receive
         self.declared = declared
-        self.received = received
+        self._first = first
+        self.received = len(first)
         self.tees = tees
-        self.watch = watch
         self.complete = False  # the last body message was read
         self.gone = False  # the client disconnected before that
         self.waiting = False  # waiting for the client's next chunk (a stall is the client's)
         self._discard: asyncio.Task[bool] | None = None
         self._draining = False
 
-    async def chunks(self, first: bytes, head_deadline_s: float) -> AsyncIterator[bytes]:
-        """The body for the primary: `first`, then every chunk as it arrives; raises
-        UploadAborted when the client disconnects. After the last chunk was written, the
-        exchange waits for the head for at most `head_deadline_s`."""
+    async def chunks(self, clock: ExchangeClock) -> AsyncIterator[bytes]:
+        """The body for the primary: the first message's, then every chunk as it arrives
+        (each touching `clock`); raises UploadAborted when the client disconnects. After the
+        last chunk was written, the exchange's head deadline starts."""
         tees = self.tees
-        watch = self.watch
+        first, self._first = self._first, b""
         if first:
             if tees is not None:
                 tees.feed(first)
             yield first
         receive = self._receive
         while True:
-            watch.touch()  # the previous chunk was written
+            clock.touch()  # the previous chunk was written
             self.waiting = True
             message = await receive()
             self.waiting = False
@@ -127,7 +126,7 @@ class Upload:
             if not more:
                 self.complete = True
             if chunk:
-                watch.touch()
+                clock.touch()
                 if tees is not None:
                     tees.feed(chunk)
                 yield chunk
@@ -136,7 +135,7 @@ class Upload:
         if tees is not None:
             self.tees = None
             tees.finish()
-        watch.expect_head(head_deadline_s)
+        clock.expect_head()
 
     @property
     def keep_alive_possible(self) -> bool:
