@@ -27,7 +27,6 @@ from tests.support.serve import ServeProcess
 
 HOST = "127.0.0.1"
 HEALTHZ_TIMEOUT_S = 2.0
-WARMUP_FRACTION = 0.2  # samples before this share of the load are left out of the slope
 
 
 # --- sampling --------------------------------------------------------------------------------
@@ -209,9 +208,12 @@ class Trend:
     median: float
 
 
-def trend(samples: list[Sample], value: Callable[[Sample], float], seconds: float) -> Trend:
+def trend(
+    samples: list[Sample], value: Callable[[Sample], float], seconds: float, warmup_s: float
+) -> Trend:
+    """Start, middle and end of the load; the slope over the samples after `warmup_s`."""
     load = [s for s in samples if s.phase == "load"]
-    steady = [s for s in load if s.t >= seconds * WARMUP_FRACTION] or load
+    steady = [s for s in load if s.t >= warmup_s] or load
     middle = min(load, key=lambda s: abs(s.t - seconds / 2))
     slope = 0.0
     if len(steady) >= 2 and steady[-1].t > steady[0].t:

@@ -30,7 +30,7 @@ port's CLOSE-WAIT (`adm CW`: left by this script's own /healthz checks), the pri
 sockets, /healthz, and what the clients saw (ok, errors, 5xx); it prints a table as it
 goes, then `--settle` s more with no clients. The verdict: descriptors (judged without the
 primary pool) and RSS at start, middle and end of the load and their slope (least squares
-after the first WARMUP_FRACTION; flat is the goal), the CLOSE-WAIT maximum, errors by
+after the warm-up, `warm_up()`; flat is the goal), the CLOSE-WAIT maximum, errors by
 client kind, a /healthz check, and how long SIGTERM took against `--grace`. `--json`
 writes the samples, `--plot` draws descriptors, CLOSE-WAIT, the primary pool and RSS over
 time (`--baseline JSON` overlays an earlier run, dashed). `--only KIND` (repeatable) runs
@@ -77,6 +77,7 @@ SLOW_S = 0.3  # /slow's delay
 EDIT_EVERY = 4  # every 4th reload follows a rules edit (the mirrored share alternates)
 SHARES = (25, 10)  # the mirrored share, in %, alternating with the edits
 FD_SLACK = 32  # descriptors a flat run may still gain (wrk's 32 connections in flight)
+WARMUP_FRACTION = 0.2  # of the load, left out of the slopes (see warm_up())
 RSS_TOLERANCE = 0.05  # RSS growth over the load a flat run may show, relative to its median
 KILL_AFTER_S = 10.0  # beyond --grace, then SIGKILL
 STOP_TIMEOUT_S = 10.0  # nginx's own stop
@@ -378,15 +379,24 @@ async def finish(served: ServeProcess, grace: float) -> End:
     )
 
 
+def warm_up(args: argparse.Namespace) -> float:
+    """Seconds of the load left out of the slopes: WARMUP_FRACTION of it, and at least until
+    every kind has run once (the first wrk burst, which brings the peak concurrency and
+    the primary pool's 32 connections, and one sample after it)."""
+    first_burst_end = args.wrk_every / 2 + args.wrk_seconds + args.interval
+    return max(args.seconds * WARMUP_FRACTION, first_burst_end if args.wrk_every > 0 else 0.0)
+
+
 def report(
     args: argparse.Namespace, samples: list[sampling.Sample], load: sampling.Load, end: End
 ) -> tuple[bool, dict[str, object]]:
     mib = 1 << 20
-    fds = sampling.trend(samples, lambda s: s.fds, args.seconds)
+    warmup_s = warm_up(args)
+    fds = sampling.trend(samples, lambda s: s.fds, args.seconds, warmup_s)
     # Judged without the primary pool's sockets, which follow the load's concurrency (wrk's
     # 32 connections leave 32 idle ones until nginx's keep-alive timeout), as bench_soak.py.
-    own = sampling.trend(samples, lambda s: s.fds - s.primary_pool, args.seconds)
-    mem = sampling.trend(samples, lambda s: s.rss_bytes / mib, args.seconds)
+    own = sampling.trend(samples, lambda s: s.fds - s.primary_pool, args.seconds, warmup_s)
+    mem = sampling.trend(samples, lambda s: s.rss_bytes / mib, args.seconds, warmup_s)
     load_samples = [s for s in samples if s.phase == "load"]
     cw_max = max(s.close_wait for s in load_samples)
     settle = samples[-1]
@@ -432,7 +442,8 @@ def report(
     )
     print(
         f"RSS   start {mem.start:.1f}  middle {mem.middle:.1f}  end {mem.end:.1f} MiB  slope "
-        f"{mem.slope_per_min:+.2f} MiB/min  -> {'flat' if rss_flat else 'GROWING'}"
+        f"{mem.slope_per_min:+.2f} MiB/min  -> {'flat' if rss_flat else 'GROWING'}  (slopes "
+        f"after the first {warmup_s:.0f} s)"
     )
     print(
         f"CLOSE-WAIT on the listen port: max {cw_max} during the load, {settle.close_wait} "
@@ -463,6 +474,7 @@ def report(
         "fds": asdict(fds),
         "fds_without_primary_pool": asdict(own),
         "rss_mib": asdict(mem),
+        "warmup_s": warmup_s,
         "fds_flat": fd_flat,
         "rss_flat": rss_flat,
         "close_wait_max": cw_max,
