@@ -21,8 +21,8 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
    queue and the client's write flow control give backpressure both ways. Body whole ->
    `tees.finish()` (admission, never awaits); client gone mid-upload -> `tees.abort()`.
 5. The primary exchange runs on the snapshot's pooled keep-alive `ConnectionPool` inside
-   one `asyncio.timeout` block with two clocks (sidecar/stall.py): the primary `timeout`
-   until the response head (from the moment the request is sent whole), and
+   one `ExchangeClock` block, two clocks on one timer (sidecar/stall.py): the primary
+   `timeout` until the response head (from the moment the request is sent whole), and
    `idle_timeout` for every pause while a body moves (an upload, the response). No
    response head: 502 (unreachable or broken), 504 (timeout, or the primary stopped
    reading the upload) or 408 (the client stopped sending), short plain text, counted,
