@@ -81,6 +81,15 @@ def listen_port_states(port: int) -> tuple[int, int, int]:
     return close_wait, established, backlog
 
 
+def nofile_limit(pid: int) -> int | None:
+    """The process's soft RLIMIT_NOFILE (/proc/PID/limits), None when unlimited."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft = line.split()[3]
+            return None if soft == "unlimited" else int(soft)
+    return None
+
+
 KINDS = ("one-shot", "keep-alive", "early 413", "aborted upload", "aborted download")
 
 

@@ -36,8 +36,8 @@ writes the samples, `--plot` draws descriptors, CLOSE-WAIT, the primary pool and
 time (`--baseline JSON` overlays an earlier run, dashed). `--only KIND` (repeatable) runs
 only some kinds, to tell which one leaks what; `--tree DIR` runs the sidecar of another
 source tree (before/after). Exit 1 when a check fails: descriptors or RSS not flat,
-CLOSE-WAIT left after the idle time, any 5xx or client error, /healthz not 200, or the
-exit taking the whole grace. Everything on 127.0.0.1; every process started here is
+descriptors at 90% of RLIMIT_NOFILE, CLOSE-WAIT left after the idle time, any 5xx or
+client error, /healthz not 200, or the exit taking the whole grace. Everything on 127.0.0.1; every process started here is
 stopped on exit (Ctrl-C included; they also get SIGTERM if this script is killed) and the
 temporary directory removed.
 """
@@ -78,6 +78,7 @@ EDIT_EVERY = 4  # every 4th reload follows a rules edit (the mirrored share alte
 SHARES = (25, 10)  # the mirrored share, in %, alternating with the edits
 FD_SLACK = 32  # descriptors a flat run may still gain (wrk's 32 connections in flight)
 WARMUP_FRACTION = 0.2  # of the load, left out of the slopes (see warm_up())
+LIMIT_SHARE = 0.9  # descriptors pinned near RLIMIT_NOFILE look flat: that is a failure too
 RSS_TOLERANCE = 0.05  # RSS growth over the load a flat run may show, relative to its median
 KILL_AFTER_S = 10.0  # beyond --grace, then SIGKILL
 STOP_TIMEOUT_S = 10.0  # nginx's own stop
@@ -388,7 +389,11 @@ def warm_up(args: argparse.Namespace) -> float:
 
 
 def report(
-    args: argparse.Namespace, samples: list[sampling.Sample], load: sampling.Load, end: End
+    args: argparse.Namespace,
+    samples: list[sampling.Sample],
+    load: sampling.Load,
+    end: End,
+    limit: int | None,
 ) -> tuple[bool, dict[str, object]]:
     mib = 1 << 20
     warmup_s = warm_up(args)
@@ -398,6 +403,7 @@ def report(
     own = sampling.trend(samples, lambda s: s.fds - s.primary_pool, args.seconds, warmup_s)
     mem = sampling.trend(samples, lambda s: s.rss_bytes / mib, args.seconds, warmup_s)
     load_samples = [s for s in samples if s.phase == "load"]
+    fd_max = max(s.fds for s in samples)
     cw_max = max(s.close_wait for s in load_samples)
     settle = samples[-1]
     print()
@@ -433,7 +439,8 @@ def report(
     print()
     print(
         f"fds   start {fds.start:.0f}  middle {fds.middle:.0f}  end {fds.end:.0f}  slope "
-        f"{fds.slope_per_min:+.1f}/min  (after {args.settle:g} s idle: {settle.fds})"
+        f"{fds.slope_per_min:+.1f}/min  (after {args.settle:g} s idle: {settle.fds}); max "
+        f"{fd_max} of the limit {limit or 'unlimited'}"
     )
     print(
         f"  without the primary pool: start {own.start:.0f}  middle {own.middle:.0f}  end "
@@ -460,6 +467,7 @@ def report(
     errors = sum(t.error_total() + t.unexpected for t in load.tallies.values()) + load.wrk_errors
     checks = {
         "descriptors flat": fd_flat,
+        "descriptors below 90% of the limit": limit is None or fd_max < LIMIT_SHARE * limit,
         "RSS flat": rss_flat,
         "no CLOSE-WAIT left after the idle time": settle.close_wait == 0,
         "no 5xx": s5xx == 0,
@@ -473,6 +481,8 @@ def report(
     verdict = {
         "fds": asdict(fds),
         "fds_without_primary_pool": asdict(own),
+        "fds_max": fd_max,
+        "nofile_limit": limit,
         "rss_mib": asdict(mem),
         "warmup_s": warmup_s,
         "fds_flat": fd_flat,
@@ -510,6 +520,7 @@ async def main(args: argparse.Namespace) -> int:
             f":{lab.canary}; {args.seconds:g} s of load, then {args.settle:g} s idle",
             flush=True,
         )
+        limit = sampling.nofile_limit(served.pid)
         print(sampling.HEADER, flush=True)
         sampler = sampling.Sampler(
             served, lab.primary, sampling.Load(tallies={k: clients.Tally() for k in sampling.KINDS})
@@ -530,7 +541,7 @@ async def main(args: argparse.Namespace) -> int:
             return 1
         end = await finish(served, args.grace)
         keep_log(served, args.json)
-        ok, verdict = report(args, sampler.samples, load, end)
+        ok, verdict = report(args, sampler.samples, load, end, limit)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             doc = {
