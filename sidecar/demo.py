@@ -118,13 +118,12 @@ def render_rules(addresses: Mapping[str, str]) -> str:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from hypercorn.asyncio import serve
-
     from sidecar import diagnostics
     from sidecar.admin import AdminApp
     from sidecar.demo_apps import PROFILES, DemoApp
     from sidecar.demo_view import View, summarize
     from sidecar.dsl import loads
+    from sidecar.listener import Listener
     from sidecar.proxy import ProxyApp
     from sidecar.runtime import Runtime
     from sidecar.server import address_of, bind, hypercorn_config
@@ -151,10 +150,9 @@ async def _demo(args: argparse.Namespace) -> int:
     await runtime.start()
     stop_servers = asyncio.Event()
 
-    def serve_on(name: str, app: ASGIApp, *, proxy: bool = False) -> asyncio.Task[None]:
-        cfg = hypercorn_config(socks[name], grace_s=APP_GRACE_S, proxy=proxy)
-        hyper_app: Any = app  # hypercorn's own ASGI types are narrower than sidecar.asgi's
-        return asyncio.create_task(serve(hyper_app, cfg, shutdown_trigger=stop_servers.wait))
+    def serve_on(name: str, app: ASGIApp, *, proxy: bool = False) -> asyncio.Task[int]:
+        cfg = hypercorn_config(grace_s=APP_GRACE_S, proxy=proxy)
+        return asyncio.create_task(Listener(app, cfg, socks[name]).serve(stop_servers.wait))
 
     tasks = [serve_on(name, app) for name, app in apps.items()]
     tasks.append(serve_on("admin", AdminApp(runtime)))

@@ -9,9 +9,10 @@ iteration of a busy proxy serves hundreds of ready connections, so a burst of ne
 waits in the kernel's accept queue for seconds: `wrk -t1 -c1000` through sidecar gave p50
 259 ms but p99 5.7 s, while plain asyncio (which accepts up to `backlog` per readiness)
 gave p99 256 ms. Here the listening socket is watched with `add_reader` and up to
-`ACCEPT_BATCH` connections are accepted per readiness, each then served by hypercorn's own
-`TCPServer` (its HTTP/1.1 and HTTP/2 protocols, timeouts and flow control) exactly as
-`worker_serve` would. The ASGI lifespan protocol is not run: sidecar's apps start and stop
+`ACCEPT_BATCH` connections are accepted per readiness, each then served by hypercorn's
+`TCPServer` (its HTTP/1.1 and HTTP/2 protocols, timeouts and flow control; sidecar's
+subclass of it for a config marked by `server.hypercorn_config`, see host_protocol.py)
+as `worker_serve` would. The ASGI lifespan protocol is not run: sidecar's apps start and stop
 their resources in `serve` itself.
 
 Shutdown mirrors `worker_serve`: when `shutdown_trigger` returns, stop accepting (the
@@ -137,7 +138,7 @@ class Listener:
             self._refused_since_log = 0
 
     async def _serve_connection(self, conn: socket.socket) -> None:
-        from hypercorn.asyncio.tcp_server import TCPServer
+        from sidecar.host_protocol import connection
 
         loop = self._loop
         reader = asyncio.StreamReader(limit=STREAM_LIMIT_BYTES, loop=loop)
@@ -148,7 +149,9 @@ class Listener:
             conn.close()
             return
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        await TCPServer(self._app, loop, self._config, self._context, {}, reader, writer)
+        # sidecar's connection class for a config marked by server.hypercorn_config (prompt
+        # close on EOF, lingering close, strict parsing, draining); hypercorn's otherwise.
+        await connection(self._app, loop, self._config, self._context, {}, reader, writer)
 
     # --- shutdown ----------------------------------------------------------------------
 

@@ -3,8 +3,8 @@
 One process (the default): load and validate the rules (diagnostics exactly as `check`
 prints them; any error exits 1, a usage error 2, before anything listens), bind the proxy and admin sockets,
 start the runtime (routing table, primary client, canary pools), then serve the proxy and
-the admin app with two `hypercorn.asyncio.serve` calls on one event loop (uvloop when
-installed). SIGTERM/SIGINT: the proxy stops accepting, idle keep-alive connections close,
+the admin app on one event loop (uvloop when installed), each from its own batched accept
+loop (sidecar/listener.py) into hypercorn's connection handling. SIGTERM/SIGINT: the proxy stops accepting, idle keep-alive connections close,
 in-flight requests get up to `--grace` seconds (hypercorn's `graceful_timeout`); every
 HTTP/1.1 response finished meanwhile carries `Connection: close` and HTTP/2 connections get
 GOAWAY at once (sidecar/host_protocol.py); requests still running when the grace runs out
@@ -333,14 +333,13 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-def hypercorn_config(sock: socket.socket, *, grace_s: float, proxy: bool) -> Any:
+def hypercorn_config(*, grace_s: float, proxy: bool) -> Any:
+    """hypercorn's settings for one of sidecar's listeners (served by sidecar.listener)."""
     from hypercorn.config import Config as HyperConfig
 
     from sidecar.framing import MAX_HEADER_SECTION_BYTES
 
     hc = HyperConfig()
-    # hypercorn owns the socket from here: it closes it when it stops accepting.
-    hc.bind = [f"fd://{sock.detach()}"]
     hc.graceful_timeout = grace_s
     hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
     hc.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
@@ -376,9 +375,8 @@ async def _serve(
     admin_sock: socket.socket | None,
     notify: Connection | None = None,
 ) -> int:
-    from hypercorn.asyncio import serve
-
     from sidecar.admin import AdminApp
+    from sidecar.listener import Listener
     from sidecar.proxy import ProxyApp
     from sidecar.runtime import Runtime
 
@@ -394,17 +392,17 @@ async def _serve(
     await runtime.start()
     reloader, reload_tasks = _reloading(opts, runtime, stop, notify)
     proxy_done = asyncio.Event()
-    admin_task: asyncio.Task[None] | None = None
+    admin_task: asyncio.Task[int] | None = None
     try:
         if admin_sock is not None:
-            admin_cfg = hypercorn_config(admin_sock, grace_s=ADMIN_GRACE_S, proxy=False)
+            admin_cfg = hypercorn_config(grace_s=ADMIN_GRACE_S, proxy=False)
             admin_app = AdminApp(runtime, reload=lambda: reloader.reload(ADMIN_TRIGGER))
             admin_task = asyncio.create_task(
-                serve(admin_app, admin_cfg, shutdown_trigger=proxy_done.wait)  # type: ignore[arg-type]
+                Listener(admin_app, admin_cfg, admin_sock).serve(proxy_done.wait)
             )
-        proxy_cfg = hypercorn_config(proxy_sock, grace_s=opts.grace_s, proxy=True)
+        proxy_cfg = hypercorn_config(grace_s=opts.grace_s, proxy=True)
         proxy_task = asyncio.create_task(
-            serve(ProxyApp(runtime), proxy_cfg, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            Listener(ProxyApp(runtime), proxy_cfg, proxy_sock).serve(stop.wait)
         )
         # The sockets were listening before serve() began: connections made now wait in
         # the backlog, so the proxy is reachable and /readyz may say so.
