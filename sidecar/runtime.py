@@ -4,10 +4,10 @@ How this works
 --------------
 Everything a request needs is one immutable-by-convention `Snapshot`: the compiled
 `RoutingTable`, the `CanaryPool`s keyed by canary name (exactly the table's canaries), the
-primary's `ConnectionPool` and its two timeouts. `Runtime.current` is the one reference to the live
-snapshot. The proxy reads it once when a request starts and uses that snapshot until the
-request ends, so a request never mixes two tables. Replacing the snapshot is one attribute
-store on the event loop's thread, hence atomic for every request.
+primary's `ConnectionPool` and its two timeouts. `Runtime.current` is the one reference to
+the live snapshot. The proxy reads it once when a request starts and uses that snapshot
+until the request ends, so a request never mixes two tables. Replacing the snapshot is one
+attribute store on the event loop's thread, hence atomic for every request.
 
 `swap(config)` (the reload path, sidecar/reload.py) builds the next snapshot: a canary whose
 `CanarySpec` is equal keeps its pool (queue, workers, connections); a changed or new canary
