@@ -123,18 +123,22 @@ class Upload:
             chunk: bytes = message.get("body", b"")
             more: bool = message.get("more_body", False)
             self.received += len(chunk)
-            if not more:
-                self.complete = True
             if chunk:
                 clock.touch()
                 if tees is not None:
                     tees.feed(chunk)
+            if not more:
+                # Whole: the tees are admitted now, even if the primary answers (and the
+                # sender stops) before this last chunk is written.
+                self.complete = True
+                if tees is not None:
+                    self.tees = None
+                    tees.finish()
+                    tees = None
+            if chunk:
                 yield chunk
             if not more:
                 break
-        if tees is not None:
-            self.tees = None
-            tees.finish()
         clock.expect_head()
 
     @property
