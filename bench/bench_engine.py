@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_client import free_port, run_load, start_server
 
-from sidecar.config import CanarySpec, Endpoint, ServerSpec
+from sidecar.model.config import CanarySpec, ServerSpec
+from sidecar.model.endpoint import Endpoint
 from sidecar.pool import CanaryPool, ShadowRequest
 from sidecar.prom import Metrics
 from sidecar.tees import RequestTees

@@ -46,7 +46,7 @@ from sidecar.client_conn import (
 )
 
 if TYPE_CHECKING:  # only for annotations: keeps this module free of config's imports
-    from sidecar.config import Endpoint
+    from sidecar.model.endpoint import Endpoint
 
 __all__ = [
     "ClientError",

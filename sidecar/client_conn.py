@@ -41,7 +41,7 @@ from sidecar import http1
 from sidecar.http1 import CHUNKED, Head, ProtocolError, ResponseParser, chunk_frame
 
 if TYPE_CHECKING:  # only for annotations: keeps this module free of config's imports
-    from sidecar.config import Endpoint
+    from sidecar.model.endpoint import Endpoint
 
 
 # Pause reading once this much unread response data is pending: enough for a few large reads

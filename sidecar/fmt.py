@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar, cast
 
-from sidecar.config import Config
 from sidecar.diagnostics import Diagnostic, Span
 from sidecar.dsl import ast
+from sidecar.model.config import Config
 
 INDENT = "    "
 _END = 1 << 30  # "end of the line" as a column

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sidecar.config import CanarySpec, DropHeader, RewritePath, SetHeader
+from sidecar.model.config import CanarySpec, DropHeader, RewritePath, SetHeader
 
 Headers = list[tuple[bytes, bytes]]
 

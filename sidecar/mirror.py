@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.asgi import ASGIApp, Message, Receive, Scope, Send
-from sidecar.config import (
+from sidecar.model.config import (
     DEFAULT_MARK,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_QUEUE,
@@ -41,9 +41,9 @@ from sidecar.config import (
     DEFAULT_WORKERS,
     MAX_WORKERS,
     CanarySpec,
-    Endpoint,
     ServerSpec,
 )
+from sidecar.model.endpoint import Endpoint
 from sidecar.pool import (
     CanaryPool,
     Chain,

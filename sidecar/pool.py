@@ -64,7 +64,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from sidecar.client import ClientError, ConnectError, ConnectionPool
-from sidecar.config import CanarySpec, Endpoint, RateSpec
 from sidecar.headers import Headers, ShadowTemplate
 from sidecar.mirror_errors import (
     CONNECT,
@@ -78,6 +77,8 @@ from sidecar.mirror_errors import (
     observe_error_line,
     observe_summary_line,
 )
+from sidecar.model.config import CanarySpec, RateSpec
+from sidecar.model.endpoint import Endpoint
 
 log = logging.getLogger("sidecar.mirror")
 

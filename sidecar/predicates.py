@@ -1,6 +1,6 @@
 """Compile predicate syntax (`when`, `exclude when`) into closures over a `RequestView`.
 
-Each `ast.Test` becomes one closure with everything it needs prepared at load
+Each `nodes.Test` becomes one closure with everything it needs prepared at load
 time: the regex compiled, the `in` operands in a frozenset, the header name
 lower-cased, the CIDR networks as (address, mask) integers. `not`, `and` and
 `or` become closures over their compiled operands, short-circuiting in source
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter, methodcaller
 
-from sidecar.dsl import ast
+from sidecar.model import expr as nodes
 from sidecar.request import RequestView
 
 Check = Callable[[RequestView], bool]
@@ -37,7 +37,7 @@ class Predicate:
     """A compiled expression and the syntax it came from."""
 
     check: Check
-    node: ast.Expr
+    node: nodes.Expr
     text: str  # the expression's source text, normalised (see `expr_text`)
     children: tuple[Predicate, ...] = ()
 
@@ -52,9 +52,9 @@ class Predicate:
         if self.check(view):
             return None
         node = self.node
-        if isinstance(node, ast.Group) and not isinstance(_ungrouped(node), ast.And):
+        if isinstance(node, nodes.Group) and not isinstance(_ungrouped(node), nodes.And):
             return self.text
-        if isinstance(node, ast.And | ast.Group):
+        if isinstance(node, nodes.And | nodes.Group):
             for child in self.children:
                 found = child.failing_clause(view)
                 if found is not None:
@@ -62,40 +62,40 @@ class Predicate:
         return self.text
 
 
-def _ungrouped(expr: ast.Expr) -> ast.Expr:
-    while isinstance(expr, ast.Group):
+def _ungrouped(expr: nodes.Expr) -> nodes.Expr:
+    while isinstance(expr, nodes.Group):
         expr = expr.inner
     return expr
 
 
-def expr_text(expr: ast.Expr) -> str:
+def expr_text(expr: nodes.Expr) -> str:
     """The expression as source text: each test as written, operators and parentheses normalised."""
-    if isinstance(expr, ast.Test):
+    if isinstance(expr, nodes.Test):
         return expr.text
-    if isinstance(expr, ast.Not):
+    if isinstance(expr, nodes.Not):
         return f"not {expr_text(expr.operand)}"
-    if isinstance(expr, ast.And):
+    if isinstance(expr, nodes.And):
         return " and ".join(expr_text(e) for e in expr.operands)
-    if isinstance(expr, ast.Or):
+    if isinstance(expr, nodes.Or):
         return " or ".join(expr_text(e) for e in expr.operands)
     return f"({expr_text(expr.inner)})"
 
 
-def compile_expr(expr: ast.Expr) -> Predicate:
+def compile_expr(expr: nodes.Expr) -> Predicate:
     """Compile once; raises ValueError for what validation should have rejected."""
     text = expr_text(expr)
-    if isinstance(expr, ast.Test):
+    if isinstance(expr, nodes.Test):
         return Predicate(check=_compile_test(expr), node=expr, text=text)
-    if isinstance(expr, ast.Group):
+    if isinstance(expr, nodes.Group):
         inner = compile_expr(expr.inner)
         return Predicate(check=inner.check, node=expr, text=text, children=(inner,))
-    if isinstance(expr, ast.Not):
+    if isinstance(expr, nodes.Not):
         operand = compile_expr(expr.operand)
         f = operand.check
         return Predicate(check=lambda v: not f(v), node=expr, text=text, children=(operand,))
     children = tuple(compile_expr(e) for e in expr.operands)
     checks = tuple(c.check for c in children)
-    check = _all(checks) if isinstance(expr, ast.And) else _any(checks)
+    check = _all(checks) if isinstance(expr, nodes.And) else _any(checks)
     return Predicate(check=check, node=expr, text=text, children=children)
 
 
@@ -145,7 +145,7 @@ def _any(checks: tuple[Check, ...]) -> Check:
 # --- tests ----------------------------------------------------------------------------
 
 
-def _compile_test(t: ast.Test) -> Check:
+def _compile_test(t: nodes.Test) -> Check:
     args = tuple(a.value for a in t.args)
     if t.subject == "client" and t.op == "in":
         return _client_in(args)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sidecar.config import Config
+    from sidecar.model.config import Config
     from sidecar.routing import RoutingTable
     from sidecar.runtime import Runtime
 

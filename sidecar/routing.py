@@ -52,7 +52,8 @@ from operator import methodcaller
 from types import MappingProxyType
 from typing import Any
 
-from sidecar.config import (
+from sidecar.diagnostics import Span
+from sidecar.model.config import (
     CanarySpec,
     Config,
     DropHeader,
@@ -60,7 +61,6 @@ from sidecar.config import (
     SampleSpec,
     SetHeader,
 )
-from sidecar.diagnostics import Span
 from sidecar.predicates import Check, Predicate, compile_expr
 from sidecar.request import RequestView, ValueSet
 from sidecar.rule_index import RuleIndex

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sidecar.config import RuleSpec
-from sidecar.dsl import ast
+from sidecar.model import expr as nodes
+from sidecar.model.config import RuleSpec
 from sidecar.request import RequestView
 
 # A necessary condition of one test: (kind, key, value). Kinds: "method", "path" (exact),
@@ -37,11 +37,11 @@ def regex_prefix(pattern: str) -> str:
     return "".join(lit)
 
 
-def conditions(expr: ast.Expr) -> list[_Cond] | None:
+def conditions(expr: nodes.Expr) -> list[_Cond] | None:
     """Conditions one of which holds whenever `expr` holds; None if no such set is known."""
-    if isinstance(expr, ast.Group):
+    if isinstance(expr, nodes.Group):
         return conditions(expr.inner)
-    if isinstance(expr, ast.Or):
+    if isinstance(expr, nodes.Or):
         out: list[_Cond] = []
         for operand in expr.operands:
             sub = conditions(operand)
@@ -49,13 +49,13 @@ def conditions(expr: ast.Expr) -> list[_Cond] | None:
                 return None
             out.extend(sub)
         return out
-    if isinstance(expr, ast.And):
+    if isinstance(expr, nodes.And):
         # Any operand's conditions will do; prefer one that is not about the method,
         # which has only a handful of values and so selects little.
         found = [c for c in map(conditions, expr.operands) if c is not None]
         found.sort(key=lambda conds: any(kind == "method" for kind, _, _ in conds))
         return found[0] if found else None
-    if not isinstance(expr, ast.Test):
+    if not isinstance(expr, nodes.Test):
         return None  # `not`: its operand failing says nothing indexable
     args = [a.value for a in expr.args]
     key = "" if expr.key is None else expr.key.value

@@ -33,7 +33,8 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from sidecar.client import ConnectionPool
-from sidecar.config import CanarySpec, Config, Endpoint
+from sidecar.model.config import CanarySpec, Config
+from sidecar.model.endpoint import Endpoint
 from sidecar.pool import CanaryPool
 from sidecar.routing import RoutingTable, compile_table
 

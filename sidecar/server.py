@@ -59,10 +59,12 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from sidecar.model.endpoint import address_problem, split_address
+
 if TYPE_CHECKING:  # imported inside functions at run time: `sidecar --help` stays light
     from multiprocessing.connection import Connection
 
-    from sidecar.config import Config
+    from sidecar.model.config import Config
     from sidecar.reload import Reloader
     from sidecar.runtime import Runtime
 
@@ -235,7 +237,8 @@ def load_config(opts: Options, *, quiet: bool = False) -> tuple[Config, int] | N
 
 def apply_overrides(config: Config, opts: Options) -> Config:
     """Flags win over files: `--listen`, `--admin` (even over `admin off`), `--primary` URL."""
-    from sidecar.config import Endpoint, PrimarySpec
+    from sidecar.model.config import PrimarySpec
+    from sidecar.model.endpoint import Endpoint
 
     changes: dict[str, Any] = {}
     if opts.listen is not None:
@@ -261,8 +264,6 @@ def apply_overrides(config: Config, opts: Options) -> Config:
 
 def _check_flag_address(flag: str, addr: str) -> None:
     """The same check as a `listen`/`admin` statement's; raises UsageError."""
-    from sidecar.dsl.values import address_problem
-
     problem = address_problem(addr)
     if problem:
         raise UsageError(f"{flag} {addr}: {problem}")
@@ -270,12 +271,10 @@ def _check_flag_address(flag: str, addr: str) -> None:
 
 def parse_address(addr: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` -> (host, port); raises ServeError."""
-    host, sep, port_text = addr.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ServeError(f"invalid address {addr!r}: expected host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port_text)
+    try:
+        return split_address(addr)
+    except ValueError as exc:
+        raise ServeError(f"invalid address {addr!r}: {exc}") from None
 
 
 def bind(addr: str, *, reuse_port: bool) -> socket.socket:

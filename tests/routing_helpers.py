@@ -8,17 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sidecar.config import (
-    CanarySpec,
-    Config,
-    Endpoint,
-    ExcludeSpec,
-    RuleSpec,
-    SampleSpec,
-    ServerSpec,
-)
 from sidecar.diagnostics import Span
 from sidecar.dsl import ast
+from sidecar.model.config import CanarySpec, Config, ExcludeSpec, RuleSpec, SampleSpec, ServerSpec
+from sidecar.model.endpoint import Endpoint
 from sidecar.request import RequestView
 
 SPAN = Span(file="test.mirror", line=1, column=1, end_line=1, end_column=2)

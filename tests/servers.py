@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import h11
 
-from sidecar.config import Endpoint
+from sidecar.model.endpoint import Endpoint
 
 Behaviour = Literal["answer", "delay", "hold", "reset", "close"]
 WAIT_TIMEOUT_S = 10.0  # generous: CI machines are slow; a passing test never waits this long

@@ -26,7 +26,7 @@ from sidecar.client import (
     ReadError,
     RemoteProtocolError,
 )
-from sidecar.config import Endpoint
+from sidecar.model.endpoint import Endpoint
 
 READ_BYTES = 65536
 POLL_DEADLINE_S = 5.0

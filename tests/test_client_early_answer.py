@@ -16,7 +16,7 @@ import pytest
 
 from sidecar.client import ConnectionPool
 from sidecar.client_conn import open_connection
-from sidecar.config import Endpoint
+from sidecar.model.endpoint import Endpoint
 
 ANSWER = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!"
 KEEP_ALIVE_ANSWER = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!"

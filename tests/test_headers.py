@@ -2,15 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.config import (
-    CanarySpec,
-    DropHeader,
-    Endpoint,
-    RewritePath,
-    ServerSpec,
-    SetHeader,
-    Transform,
-)
 from sidecar.headers import (
     ShadowTemplate,
     forward_request_headers,
@@ -18,6 +9,15 @@ from sidecar.headers import (
     response_headers,
     strip_hop_by_hop,
 )
+from sidecar.model.config import (
+    CanarySpec,
+    DropHeader,
+    RewritePath,
+    ServerSpec,
+    SetHeader,
+    Transform,
+)
+from sidecar.model.endpoint import Endpoint
 
 SERVER = (ServerSpec(endpoint=Endpoint.parse("http://127.0.0.1:9")),)
 

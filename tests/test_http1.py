@@ -327,7 +327,7 @@ async def _one_response(wire: bytes) -> BaseException | bytes:
     import asyncio
 
     from sidecar.client import ConnectionPool
-    from sidecar.config import Endpoint
+    from sidecar.model.endpoint import Endpoint
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await r.readuntil(b"\r\n\r\n")

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import Mirror, MirrorInfo, Outcome, Upstream, prom
 from sidecar.asgi import Receive, Scope, Send
-from sidecar.config import CanarySpec, Endpoint, ServerSpec
+from sidecar.model.config import CanarySpec, ServerSpec
+from sidecar.model.endpoint import Endpoint
 from sidecar.pool import CanaryPool
 from sidecar.tees import RequestTees
 from tests.servers import RecordingCanary, serve_asgi, wait_until

@@ -30,8 +30,9 @@ from sidecar.client_conn import (
     RemoteProtocolError,
     WriteError,
 )
-from sidecar.config import CanarySpec, Endpoint, ServerSpec
 from sidecar.mirror_errors import ThrottledLog, classify
+from sidecar.model.config import CanarySpec, ServerSpec
+from sidecar.model.endpoint import Endpoint
 from sidecar.pool import CanaryPool, ClientRequest, Job, MirrorInfo, Outcome
 from tests.servers import RecordingCanary, wait_until
 from tests.support.faults import FaultServer

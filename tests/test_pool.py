@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from sidecar.config import CanarySpec, Endpoint, RateSpec, ServerSpec
+from sidecar.model.config import CanarySpec, RateSpec, ServerSpec
+from sidecar.model.endpoint import Endpoint
 from sidecar.pool import (
     ERR_ABANDONED,
     ERR_EXPIRED,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from sidecar.config import CanarySpec, Endpoint, ServerSpec
+from sidecar.model.config import CanarySpec, ServerSpec
+from sidecar.model.endpoint import Endpoint
 from sidecar.pool import (
     CONNECT_BACKOFF_MAX_S,
     CONNECT_BACKOFF_S,

@@ -3,7 +3,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sidecar import prom
-from sidecar.config import CanarySpec, Endpoint, ServerSpec
+from sidecar.model.config import CanarySpec, ServerSpec
+from sidecar.model.endpoint import Endpoint
 from sidecar.pool import CanaryPool, MirrorInfo, Outcome
 
 

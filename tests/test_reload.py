@@ -33,7 +33,7 @@ from tests.support.serve import (
 )
 
 if TYPE_CHECKING:
-    from sidecar.config import Config
+    from sidecar.model.config import Config
 
 # SPEC 7: a good edit changes where tees go within a second of the trigger.
 SWITCH_DEADLINE_S = 1.0

@@ -9,16 +9,16 @@ from dataclasses import replace
 import pytest
 
 from sidecar import routing
-from sidecar.config import (
+from sidecar.model.config import (
     Config,
     DropHeader,
-    Endpoint,
     PrimarySpec,
     RateSpec,
     RewritePath,
     SetHeader,
     SourceFile,
 )
+from sidecar.model.endpoint import Endpoint
 from sidecar.request import RequestView
 from sidecar.routing import RoutingTable, Tee, compile_table
 from sidecar.rule_index import regex_prefix

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `sidecar.config` imports `sidecar.dsl.ast`, which runs this package's
+    # Lazy: `sidecar.model.config` imports `sidecar.dsl.ast`, which runs this package's
     # __init__; importing the loader (which imports config) here would be circular.
     if name in __all__:
         from sidecar.dsl import loader

@@ -1,5 +1,9 @@
 """The syntax tree of `.mirror` files: frozen nodes that keep their source span.
 
+The statement nodes live here; the predicate nodes (`Test`, `Not`, `And`, `Or`,
+`Group`, `Expr`) and the `Str`/`Name` leaves they hold are the model's
+(`sidecar.model.expr`), re-exported so the parser and `fmt` see one tree.
+
 The transformer builds these and nothing else; it never raises. Values keep the
 text the user wrote (`raw`) next to their meaning so that `fmt` can print
 `1MiB` as `1MiB`, and so that diagnostics can quote them. Validation and
@@ -12,24 +16,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sidecar.diagnostics import Span
+from sidecar.model.expr import And as And
+from sidecar.model.expr import Expr as Expr
+from sidecar.model.expr import Group as Group
+from sidecar.model.expr import Name as Name
+from sidecar.model.expr import Not as Not
+from sidecar.model.expr import Op as Op
+from sidecar.model.expr import Or as Or
+from sidecar.model.expr import SampleKey as SampleKey
+from sidecar.model.expr import Str as Str
+from sidecar.model.expr import Subject as Subject
+from sidecar.model.expr import Test as Test
 
 # --- values -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Str:
-    """A double-quoted string, unescaped."""
-
-    value: str
-    span: Span
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Name:
-    """A bare identifier (canary or rule name, or an HTTP method word)."""
-
-    value: str
-    span: Span
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,63 +212,7 @@ class Canary:
     span: Span
 
 
-# --- predicates ------------------------------------------------------------------
-
-Subject = Literal["method", "path", "host", "header", "query", "cookie", "client"]
-# `==` `!=` `^=` `$=` `*=` `~` `!~` `in` `exists`
-Op = Literal["==", "!=", "^=", "$=", "*=", "~", "!~", "in", "exists"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Test:
-    """One comparison: `path ^= "/api/"`, `header "X-Debug" exists`, `method in (GET, HEAD)`.
-
-    `key` is the header/query/cookie name (None for method, path, host, client).
-    `args` are the operands: empty for `exists`, one for the binary operators,
-    one or more for `in`. Method operands are `Name`s, all others `Str`s.
-    `text` is the clause's source text, quoted by `explain`.
-    """
-
-    subject: Subject
-    key: Str | None
-    op: Op
-    args: tuple[Str | Name, ...]
-    text: str
-    span: Span
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Not:
-    operand: Expr
-    span: Span
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class And:
-    operands: tuple[Expr, ...]  # two or more, flattened
-    span: Span
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Or:
-    operands: tuple[Expr, ...]  # two or more, flattened
-    span: Span
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Group:
-    """A parenthesised expression; kept so that `fmt` can print the user's parentheses."""
-
-    inner: Expr
-    span: Span
-
-
-Expr = Test | Not | And | Or | Group
-
-
 # --- rules ------------------------------------------------------------------------
-
-SampleKey = Literal["header", "cookie", "query", "client"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

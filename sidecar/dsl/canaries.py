@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sidecar import config as cfg
 from sidecar.diagnostics import Span
 from sidecar.dsl import ast, values
 from sidecar.dsl.report import Report
+from sidecar.model import config as cfg
+from sidecar.model.endpoint import Endpoint
 
 MAX_WEIGHT = 1000  # smooth weighted round-robin; beyond this a ratio is better written smaller
 # A queue slot holds a request copy (up to max_body); a million is already far past sane.
@@ -41,7 +42,7 @@ def check_canary(node: ast.Canary, r: Report) -> cfg.CanarySpec | None:
             if st.weight is not None:
                 weight = r.whole("invalid-number", st.weight, "weight", 1, MAX_WEIGHT) or 1
             if ok:
-                servers.append(cfg.ServerSpec(endpoint=cfg.Endpoint.parse(st.url), weight=weight))
+                servers.append(cfg.ServerSpec(endpoint=Endpoint.parse(st.url), weight=weight))
         elif isinstance(st, ast.Workers):
             w = r.whole("workers-out-of-range", st.count, "workers", 1, cfg.MAX_WORKERS)
             fields["workers"] = w

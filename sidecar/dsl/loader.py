@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.config import Config, SourceFile
 from sidecar.diagnostics import Diagnostic, Span, sort
 from sidecar.dsl import ast
 from sidecar.dsl.parser import parse
 from sidecar.dsl.validate import validate
+from sidecar.model.config import Config, SourceFile
 
 RULE_SUFFIX = ".mirror"
 # A 1000-rule configuration is about 100 KB and parses in well under a second;

@@ -15,11 +15,12 @@ import dataclasses
 import difflib
 from collections.abc import Sequence
 
-from sidecar import config as cfg
 from sidecar.diagnostics import Diagnostic, Span
 from sidecar.dsl import ast, values
 from sidecar.dsl.canaries import check_canary
 from sidecar.dsl.report import Report
+from sidecar.model import config as cfg
+from sidecar.model.endpoint import Endpoint, address_problem
 
 # Every code `check` can give: code -> one-line description (docs are generated from this).
 CODES: dict[str, str] = {
@@ -116,13 +117,13 @@ class _Validator:
         if isinstance(stmt, ast.Listen):
             if r.once("listen", stmt.span, (self.listen.span if self.listen else None)):
                 self.listen = stmt
-            problem = values.address_problem(stmt.address_raw)
+            problem = address_problem(stmt.address_raw)
             r.check("invalid-address", _value_span(stmt.span, stmt.address_raw), problem)
         elif isinstance(stmt, ast.Admin):
             if r.once("admin", stmt.span, (self.admin.span if self.admin else None)):
                 self.admin = stmt
             if stmt.address_raw is not None:
-                problem = values.address_problem(stmt.address_raw)
+                problem = address_problem(stmt.address_raw)
                 r.check("invalid-address", _value_span(stmt.span, stmt.address_raw), problem)
         elif isinstance(stmt, ast.Primary):
             self._primary(stmt)
@@ -164,7 +165,7 @@ class _Validator:
                 timeout_s = r.duration(st.duration) or timeout_s
         if url_ok:
             self.primary = cfg.PrimarySpec(
-                endpoint=cfg.Endpoint.parse(node.url), timeout_s=timeout_s, idle_timeout_s=idle_s
+                endpoint=Endpoint.parse(node.url), timeout_s=timeout_s, idle_timeout_s=idle_s
             )
 
     # --- mirror rules ----------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from sidecar.config import Endpoint, host_problem
+from sidecar.model.endpoint import Endpoint, address_problem, host_problem
 
 # RFC 7230 section 3.2.6 `token`: the characters a header name may use.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -20,7 +20,6 @@ _METHOD = re.compile(r"[A-Z][A-Z0-9_-]*\Z")
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
 )
-MAX_PORT = 65535
 
 
 def is_hop_by_hop(name: str) -> bool:
@@ -48,19 +47,6 @@ def method_problem(method: str) -> str | None:
     if _METHOD.match(method.upper()):
         return f'HTTP methods are upper case: "{method.upper()}", not "{method}"'
     return f'"{method}" is not an HTTP method'
-
-
-def address_problem(raw: str) -> str | None:
-    """`host:port` or `[v6]:port`, port 1..65535."""
-    host, sep, port = raw.rpartition(":")
-    if not sep:
-        return f'"{raw}" is not host:port'
-    problem = host_problem(host)
-    if problem:
-        return problem
-    if not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
-        return f'port "{port}" is not in 1..{MAX_PORT}'
-    return None
 
 
 def host_header_problem(value: str) -> str | None:

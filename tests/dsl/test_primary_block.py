@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar import config as cfg
 from sidecar.dsl import ast, loads
 from sidecar.dsl.parser import parse
 from sidecar.fmt import format_text
+from sidecar.model import config as cfg
 from sidecar.routing import compile_table
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config as cfg
 from sidecar.dsl import ast, load, loads
 from sidecar.dsl.validate import CODES
+from sidecar.model import config as cfg
 
 OK = """
 primary http://127.0.0.1:8081
