@@ -4,8 +4,11 @@
     result = load(["rules/"])
     if result.config is None: ...  # result.diagnostics says why
 
-Pipeline: loader (files, SPEC section 2) -> parser (lark, errors.py) ->
-transform (AST) -> validate (every diagnostic, then the Config).
+Pipeline: loader (files) -> parser (lark: grammar.py, errors.py) -> transform
+(AST) -> validate (every diagnostic, then the `sidecar.model` Config).
+
+This layer turns text into the model: it imports `sidecar.model` and
+`sidecar.diagnostics`, nothing above them.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `sidecar.model.config` imports `sidecar.dsl.ast`, which runs this package's
-    # __init__; importing the loader (which imports config) here would be circular.
+    # Lazy: `fmt`, `explain` and `serve` import `sidecar.dsl.ast` or `values`, which runs
+    # this __init__; the loader imports lark, which `sidecar --help` should not pay for.
     if name in __all__:
         from sidecar.dsl import loader
 

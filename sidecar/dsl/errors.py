@@ -18,6 +18,7 @@ import re
 from lark import Lark, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from sidecar.diagnostics import Diagnostic, Span
+from sidecar.dsl.grammar import get_parser
 
 CODE = "syntax-error"
 ADDRESS_HINT = "an address is host:port (the port is required), such as 127.0.0.1:8080"
@@ -168,13 +169,6 @@ def _span(exc: UnexpectedInput, text: str, filename: str) -> Span:
     return _end_span(text, filename)
 
 
-@functools.cache
-def _parser() -> Lark:
-    from sidecar.dsl.parser import get_parser  # parser imports this module
-
-    return get_parser()
-
-
 def _key(exc: UnexpectedInput) -> tuple[int, str] | None:
     """Where and on what a parse failed: (LALR state number, token type or the character)."""
     state = getattr(exc, "state", None)
@@ -198,7 +192,7 @@ def _catalogue_index() -> dict[tuple[int, str], str]:
     for hint, examples in CATALOGUE.items():
         for example in examples:
             try:
-                _parser().parse(example)
+                get_parser().parse(example)
             except UnexpectedInput as exc:
                 key = _key(exc)
                 if key is not None:
@@ -214,7 +208,7 @@ def hint_for(exc: UnexpectedInput) -> str | None:
 
 def syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str) -> Diagnostic:
     """Translate one lark error (the only place that does)."""
-    parser = _parser()
+    parser = get_parser()
     if isinstance(exc, UnexpectedToken):
         expected: set[str] = set(exc.accepts or exc.expected)
     elif isinstance(exc, UnexpectedCharacters):

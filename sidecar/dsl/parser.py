@@ -1,6 +1,6 @@
-"""Grammar loading and `parse(text, filename)`: text -> `ast.File` plus diagnostics.
+"""`parse(text, filename)`: text -> `ast.File` plus diagnostics.
 
-The Lark instance is built once (LALR, contextual lexer) and cached. It builds
+The Lark instance (`grammar.get_parser`) is built once and cached. It builds
 the AST while it parses: `transform.AstBuilder` is its inline transformer, so
 no parse tree is ever made, and spans come from the tokens themselves
 (`keep_all_tokens=True` keeps keywords and punctuation in each rule's children)
@@ -16,40 +16,20 @@ lexer callback into `File.comments`, with their positions, for `fmt`.
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import re
-import threading
-from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, UnexpectedInput
 from lark.lexer import ContextualLexer
 from lark.parsers.lalr_analysis import Shift
 
-import sidecar
 from sidecar.diagnostics import Diagnostic, Span
 from sidecar.dsl import ast
 from sidecar.dsl.errors import syntax_diagnostic
-from sidecar.dsl.transform import MAX_NESTING, AstBuilder
-
-GRAMMAR_FILE = "mirror.lark"
-
-# The one builder the parser calls back, and the lock that gives it to one parse at a time.
-_BUILDER = AstBuilder()
-_LOCK = threading.Lock()
-
-
-def _on_comment(token: Token) -> Token:
-    _BUILDER.comments.append(token)
-    return token
-
-
-def grammar_text() -> str:
-    """The grammar source: the source tree's `grammar/` when present, else the wheel's copy."""
-    source_tree = Path(sidecar.__file__).resolve().parent.parent / "grammar" / GRAMMAR_FILE
-    if source_tree.is_file():
-        return source_tree.read_text(encoding="utf-8")
-    return importlib.resources.files("sidecar.grammar").joinpath(GRAMMAR_FILE).read_text("utf-8")
+from sidecar.dsl.grammar import BUILDER as _BUILDER
+from sidecar.dsl.grammar import LOCK as _LOCK
+from sidecar.dsl.grammar import get_parser
+from sidecar.dsl.transform import MAX_NESTING
 
 
 class _Mismatch(Exception):
@@ -174,27 +154,6 @@ class _QuickParse:
         values.append(callback(children))
         _shift, new_state = self._actions[states[-1]][origin]
         states.append(new_state)
-
-
-@functools.cache
-def get_parser(*, strict: bool = False) -> Lark:
-    """The one Lark instance (built on first use, then reused). `parse()` returns AST nodes.
-
-    `strict=True` makes lark prove that no two terminals can collide; that proof costs
-    ~0.7 s of start-up for every `sidecar` command, so the test suite builds the grammar
-    strictly once (tests/dsl/test_grammar_strict.py) and the product skips it.
-    """
-    lark = Lark(
-        grammar_text(),
-        parser="lalr",
-        lexer="contextual",
-        strict=strict,
-        transformer=_BUILDER,
-        keep_all_tokens=True,
-        maybe_placeholders=False,
-        lexer_callbacks={"COMMENT": _on_comment},
-    )
-    return lark
 
 
 @functools.cache

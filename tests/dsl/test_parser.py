@@ -6,7 +6,8 @@ import pytest
 
 from sidecar.dsl import ast, units
 from sidecar.dsl.errors import CATALOGUE, HINT_CODES, hint_for
-from sidecar.dsl.parser import get_parser, parse
+from sidecar.dsl.grammar import get_parser
+from sidecar.dsl.parser import parse
 
 
 def one(src: str) -> ast.TopLevel:

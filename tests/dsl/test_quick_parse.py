@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.dsl import parser
+from sidecar.dsl import grammar, parser
 from sidecar.dsl.transform import MAX_NESTING
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,13 +29,13 @@ SAMPLES = [
 
 
 def _both(text: str) -> tuple[object, object]:
-    builder = parser._BUILDER
-    with parser._LOCK:
+    builder = grammar.BUILDER
+    with grammar.LOCK:
         try:
             builder.begin(text, "t.mirror")
             quick = (parser._quick().parse(text), list(builder.comments))
             builder.begin(text, "t.mirror")
-            slow = (parser.get_parser().parse(text), list(builder.comments))
+            slow = (grammar.get_parser().parse(text), list(builder.comments))
         finally:
             builder.end()
     return quick, slow
@@ -55,12 +55,12 @@ def test_quick_parse_equals_lark(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["mirror a {", "canary a { wokers 8 }", "\x00", 'path == "a'])
 def test_errors_are_left_to_lark(text: str) -> None:
-    with pytest.raises(parser._Mismatch), parser._LOCK:
+    with pytest.raises(parser._Mismatch), grammar.LOCK:
         try:
-            parser._BUILDER.begin(text, "t")
+            grammar.BUILDER.begin(text, "t")
             parser._quick().parse(text)
         finally:
-            parser._BUILDER.end()
+            grammar.BUILDER.end()
     file, diags = parser.parse(text, "t")
     assert file is None and [d.code for d in diags] == ["syntax-error"]
 
@@ -93,3 +93,23 @@ def test_nesting_limit(depth: int, ok: bool) -> None:
     assert (file is not None) is ok
     if not ok:
         assert diags[0].message == "expression nested too deeply"
+
+
+def test_the_lark_internals_the_quick_parse_reads_are_still_there() -> None:
+    """pyproject pins lark to the versions this was tested on; a new lark that moves these
+    internals fails here by name, not as a slow fallback nobody notices."""
+    from lark import Token
+    from lark.lexer import ContextualLexer
+
+    lark = grammar.get_parser()
+    frontend = lark.parser
+    assert isinstance(frontend.lexer, ContextualLexer), "lark: contextual lexer moved"
+    assert hasattr(Token, "_future_new"), "lark: Token._future_new is gone"
+    table = frontend.parser.parser.parse_table
+    assert table.start_states["start"] is not None and table.states, "lark: parse table moved"
+    for basic in frontend.lexer.lexers.values():
+        assert len(basic.scanner._mres) == 1, "lark: one scanner regex per state no longer"
+    quick = parser._quick()
+    assert isinstance(quick, parser._QuickParse)
+    file, diags = parser.parse("mirror m { to c }", "t")
+    assert file is not None and not diags
