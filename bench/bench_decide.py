@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sidecar.dsl import ast
 from sidecar.model.config import Config
-from sidecar.request import RequestView
-from sidecar.routing import RoutingTable, compile_table
+from sidecar.routing.request import RequestView
+from sidecar.routing.table import RoutingTable, compile_table
 from tests.routing_helpers import and_, config, not_, or_, rule, t
 
 BROWSER_HEADERS = [

@@ -1,4 +1,4 @@
-"""`sidecar check [PATH...]`: validate a configuration like `nginx -t` (SPEC section 2).
+"""`sidecar check [PATH...]`: validate a configuration like `nginx -t`.
 
 Prints every diagnostic (source line and caret) and a summary line, or with
 `--format json` exactly one JSON document (a list of diagnostics) on stdout.
@@ -37,9 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--format", choices=("text", "json"), default="text", help="output format (default text)"
     )
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
-    parser.add_argument(
-        "--expect", metavar="CASES", help="a YAML file of route test cases to run (SPEC 8)"
-    )
+    parser.add_argument("--expect", metavar="CASES", help="a YAML file of route test cases to run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +78,7 @@ def _run_expect(args: argparse.Namespace, result: LoadResult) -> int:
     """`check --expect`: the configuration's diagnostics as usual, then the cases."""
     from sidecar import diagnostics, expect
     from sidecar.explain import always_in
-    from sidecar.routing import compile_table
+    from sidecar.routing.table import compile_table
 
     try:
         with open(args.expect, encoding="utf-8") as f:

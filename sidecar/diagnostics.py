@@ -97,7 +97,7 @@ def render(diag: Diagnostic, sources: Mapping[str, str]) -> str:
     num = str(diag.span.line)
     col = max(1, min(start, len(line) + 1))
     width = max(1, min(end - col, len(line) + 1 - col))
-    # The line number right-aligned in a fixed gutter, as SPEC section 2 shows it.
+    # The line number right-aligned in a fixed gutter, as `check` prints it.
     gutter = max(GUTTER_WIDTH, len(num))
     return f"{head}\n{num:>{gutter}} | {line}\n{'':>{gutter}} | {' ' * (col - 1)}{'^' * width}"
 
@@ -116,7 +116,7 @@ def summary(diags: Sequence[Diagnostic], files: int) -> str:
 def sort(diags: Iterable[Diagnostic], order: Sequence[str] | None = None) -> list[Diagnostic]:
     """By file, then line, column and code.
 
-    Files are taken in `order` (a configuration's files, as given: SPEC section 2);
+    Files are taken in `order` (a configuration's files, as given);
     diagnostics of files not in it (a directory, a path) come first, by name. Without
     an order, files sort by name.
     """

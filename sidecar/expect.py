@@ -1,4 +1,4 @@
-"""Route test cases for `sidecar check --expect CASES` (SPEC section 8).
+"""Route test cases for `sidecar check --expect CASES`.
 
 A cases file is a YAML list of mappings: `name`, `request` ("METHOD /path?query"),
 optional `headers` (a mapping; a list value repeats the header), optional
@@ -34,7 +34,7 @@ from sidecar.explain import (
 )
 from sidecar.explain import to_json as explain_json
 from sidecar.explain import to_text as explain_text
-from sidecar.routing import RoutingTable
+from sidecar.routing.table import RoutingTable
 
 _KEYS = ("name", "request", "headers", "client", "expect")
 

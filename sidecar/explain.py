@@ -1,4 +1,4 @@
-"""`sidecar explain`: how the routing table decides one request, step by step (SPEC section 8).
+"""`sidecar explain`: how the routing table decides one request, step by step.
 
 The core is pure: `request_view` turns the command-line description of a
 request into a `RequestView` (raising `RequestError` with a message fit for the
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.request import RequestView
-from sidecar.routing import RoutingTable, Trace
+from sidecar.routing.request import RequestView
+from sidecar.routing.table import RoutingTable, Trace
 
 DEFAULT_CLIENT = "127.0.0.1"
 # RFC 9110 token characters: what a method and a header name may be made of.
@@ -118,7 +118,7 @@ def explain(table: RoutingTable, view: RequestView, body_size: int = 0) -> Expla
 
 
 def to_json(e: Explanation) -> dict[str, Any]:
-    """SPEC section 8's document."""
+    """The explain document (JSON)."""
     t = e.trace
     rules = []
     for r in t.rules:
@@ -221,7 +221,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sidecar import diagnostics
     from sidecar.dsl import load
-    from sidecar.routing import compile_table
+    from sidecar.routing.table import compile_table
 
     if args.body_size < 0:
         print("sidecar explain: error: --body-size must be >= 0", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`sidecar fmt`: rule files in one canonical layout, every comment kept (SPEC section 8).
+"""`sidecar fmt`: rule files in one canonical layout, every comment kept.
 
 How this works. `format_file` prints an `ast.File` into *entries*, one per
 output line: a statement, a block's opening line, or its closing `}`. Each

@@ -129,7 +129,7 @@ def add_forwarded(
 def forward_request_headers(
     headers: Iterable[tuple[bytes, bytes]], *, client: str | None, scheme: str
 ) -> Headers:
-    """The primary request's headers: hop-by-hop stripped, X-Forwarded-* added (SPEC 4)."""
+    """The primary request's headers: hop-by-hop stripped, X-Forwarded-* added."""
     return add_forwarded(strip_hop_by_hop(headers), client=client, scheme=scheme)
 
 
@@ -207,7 +207,7 @@ class ShadowTemplate:
         body_length: int,
         default_host: bytes | None = None,
     ) -> tuple[bytes, Headers]:
-        """The shadow request's target and headers (SPEC 4, "The mirrored request").
+        """The shadow request's target and headers ("the mirrored request").
 
         Headers: the client's minus hop-by-hop and `Expect`, X-Forwarded-* as for the
         primary, transforms in written order, the mark (overwriting), `Host` per `host`

@@ -1,4 +1,4 @@
-"""The library API (SPEC section 6): request shadowing as an ASGI middleware.
+"""The library API: request shadowing as an ASGI middleware.
 
     mirror = Mirror(match=lambda r: r.method == "GET", sample_rate=0.1, observe=prom.observe)
     mirror.use(Upstream("http://canary:8080"))
@@ -53,7 +53,7 @@ from sidecar.pool import (
     ShadowRequest,
     Stats,
 )
-from sidecar.request import RequestView
+from sidecar.routing.request import RequestView
 from sidecar.tees import RequestTees
 
 __all__ = ["Mirror", "MirrorInfo", "Outcome", "ShadowRequest", "Stats", "Upstream"]
@@ -81,7 +81,7 @@ class Upstream:
         if self.weight < 1:
             raise ValueError("weight must be at least 1")
         if self.name is None:
-            object.__setattr__(self, "name", self.url)  # SPEC 6: the name defaults to the URL
+            object.__setattr__(self, "name", self.url)  # the name defaults to the URL
 
     @property
     def canary(self) -> str:
@@ -89,7 +89,7 @@ class Upstream:
 
 
 class Mirror:
-    """Request shadowing for any ASGI app (see the module docstring and SPEC section 6)."""
+    """Request shadowing for any ASGI app (see the module docstring)."""
 
     def __init__(
         self,

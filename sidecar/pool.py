@@ -193,7 +193,7 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class ShadowRequest:
-    """What a chain receives: the shadow request as it goes on the wire (SPEC 4)."""
+    """What a chain receives: the shadow request as it goes on the wire."""
 
     method: bytes
     target: bytes

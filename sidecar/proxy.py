@@ -53,7 +53,7 @@ from sidecar import framing
 from sidecar.asgi import Message, Receive, Scope, Send, serve_lifespan
 from sidecar.client import ClientError, ConnectError, Response
 from sidecar.headers import forward_request_headers, response_headers
-from sidecar.request import RequestView
+from sidecar.routing.request import RequestView
 from sidecar.runtime import Runtime, Snapshot
 from sidecar.stall import ExchangeClock
 from sidecar.tees import RequestTees

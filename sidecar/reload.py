@@ -1,4 +1,4 @@
-"""Reloading the rules of a running `serve` without a restart (SPEC section 7).
+"""Reloading the rules of a running `serve` without a restart.
 
 How this works
 --------------
@@ -45,12 +45,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sidecar.model.config import Config
-    from sidecar.routing import RoutingTable
+    from sidecar.routing.table import RoutingTable
     from sidecar.runtime import Runtime
 
 log = logging.getLogger("sidecar.reload")
 
-# SPEC 7 asks for a check at least once a second; twice a second halves the delay for the
+# A check at least once a second; twice a second halves the delay for the
 # price of a few stat() calls (one per rule file) per poll.
 WATCH_POLL_S = 0.5
 # A change must hold still this long before it is loaded: editors and `cp` write a file in
@@ -217,7 +217,7 @@ def _load(
     from sidecar import diagnostics
     from sidecar.dsl import load
     from sidecar.dsl.loader import internal_error
-    from sidecar.routing import compile_table
+    from sidecar.routing.table import compile_table
 
     try:
         result = load(list(paths))

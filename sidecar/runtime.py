@@ -36,7 +36,7 @@ from sidecar.client import ConnectionPool
 from sidecar.model.config import CanarySpec, Config
 from sidecar.model.endpoint import Endpoint
 from sidecar.pool import CanaryPool
-from sidecar.routing import RoutingTable, compile_table
+from sidecar.routing.table import RoutingTable, compile_table
 
 log = logging.getLogger("sidecar.runtime")
 
@@ -196,7 +196,7 @@ class Runtime:
         await asyncio.gather(*(p.aclose(drain=drain) for p in pools), return_exceptions=True)
         for pool in pools:
             self._retired_pools.discard(pool)
-            prom.untrack_pool(pool)  # its gauges go; its counters stay (SPEC 7)
+            prom.untrack_pool(pool)  # its gauges go; its counters stay
         if primary is not None:
             with contextlib.suppress(Exception):
                 await primary.aclose()

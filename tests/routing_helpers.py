@@ -12,7 +12,7 @@ from sidecar.diagnostics import Span
 from sidecar.dsl import ast
 from sidecar.model.config import CanarySpec, Config, ExcludeSpec, RuleSpec, SampleSpec, ServerSpec
 from sidecar.model.endpoint import Endpoint
-from sidecar.request import RequestView
+from sidecar.routing.request import RequestView
 
 SPAN = Span(file="test.mirror", line=1, column=1, end_line=1, end_column=2)
 

@@ -10,7 +10,7 @@ import pytest
 from sidecar.cli import main
 from sidecar.dsl import loads
 from sidecar.explain import always_in, explain, request_view, to_json
-from sidecar.routing import compile_table
+from sidecar.routing.table import compile_table
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).resolve().parent / "explain" / "cases"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sidecar.dsl import ast
-from sidecar.predicates import compile_expr
-from sidecar.request import RequestView
+from sidecar.routing.predicates import compile_expr
+from sidecar.routing.request import RequestView
 from tests.routing_helpers import and_, group, not_, or_, req, t, when
 
 R = req(

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.request import RequestView
+from sidecar.routing.request import RequestView
 from tests.routing_helpers import req
 
 

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import pytest
 
-from sidecar import routing
 from sidecar.model.config import (
     Config,
     DropHeader,
@@ -19,9 +18,10 @@ from sidecar.model.config import (
     SourceFile,
 )
 from sidecar.model.endpoint import Endpoint
-from sidecar.request import RequestView
-from sidecar.routing import RoutingTable, Tee, compile_table
-from sidecar.rule_index import regex_prefix
+from sidecar.routing import table as routing
+from sidecar.routing.request import RequestView
+from sidecar.routing.rule_index import regex_prefix
+from sidecar.routing.table import RoutingTable, Tee, compile_table
 from tests.routing_helpers import CANARIES, canary, config, load_text, or_, req, rule, t
 
 API = t("path", "^=", "/api/")

@@ -1,4 +1,4 @@
-"""PATHs -> one configuration (SPEC section 2): read, decode, parse, validate.
+"""PATHs -> one configuration: read, decode, parse, validate.
 
 Files are taken in the order given; a directory means the `*.mirror` entries
 directly inside it, in lexicographic order (like nginx's conf.d). A path that

@@ -1,8 +1,7 @@
 """The semantic pass over all files of one configuration, and the Config it yields.
 
-`validate(files)` walks every statement, collects every problem of SPEC
-section 3 ("Diagnostics that check must give") as a Diagnostic, and raises
-nothing. Only when no error was found does it assemble the `Config`. Names are
+`validate(files)` walks every statement, collects every problem `check` must
+report as a Diagnostic, and raises nothing. Only when no error was found does it assemble the `Config`. Names are
 global across files. Checks that need the whole configuration (unknown or
 unused canaries, unreachable rules, no primary) are skipped when `complete` is
 False, i.e. when some file did not parse, so that its missing canaries do not

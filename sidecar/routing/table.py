@@ -2,10 +2,10 @@
 
 How this works. `compile_table(config)` turns a validated `Config` into an
 immutable `RoutingTable` once, at load time: every `when` and `exclude when`
-becomes a tree of closures (`sidecar.predicates`), every `sample` becomes a
+becomes a tree of closures (`sidecar.routing.predicates`), every `sample` becomes a
 small sampler closure, and each rule's tees are built as `Tee` objects up
-front. `decide(view)` then runs SPEC section 3 "Semantics of the routing
-table", steps 1-3, over those closures and nothing else:
+front. `decide(view)` then runs the routing semantics (steps 1-3 below) over
+those closures and nothing else:
 
 1. Loop guard: if the request carries any canary's mark header with exactly
    that canary's mark value, nothing is mirrored. The (lower-case name, value
@@ -16,12 +16,8 @@ table", steps 1-3, over those closures and nothing else:
    chosen by an earlier rule gets one tee. Once every canary a rule can reach
    is chosen, later rules cannot add anything and the loop stops.
 
-Sampling: `sample R` compares a fresh draw of the injected `random()` with R.
-`sample R by ...` compares `key_position(key)` with R, where `key_position` is
-an unsalted hash of the key's UTF-8 bytes mapped to [0, 1): the same key gets
-the same position in every process, rule and restart, so the keys sampled at
-5% are a subset of those sampled at 10%. A request without the key falls back
-to a random draw. With several values of the key, the first one is used.
+Sampling (`sidecar.routing.sampling`): a fresh random draw, or a stable position of
+the request's key in [0, 1) so that the same key is sampled the same way everywhere.
 
 Large tables (`INDEX_MIN_RULES` rules or more) add a candidate index: for each
 rule, one necessary condition of its `when` that a dict lookup can test (its
@@ -44,13 +40,11 @@ evaluated, with their failing clause computed without drawing a sample.
 
 from __future__ import annotations
 
-import hashlib
 import random as _random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from operator import methodcaller
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from sidecar.diagnostics import Span
 from sidecar.model.config import (
@@ -61,9 +55,17 @@ from sidecar.model.config import (
     SampleSpec,
     SetHeader,
 )
-from sidecar.predicates import Check, Predicate, compile_expr
-from sidecar.request import RequestView, ValueSet
-from sidecar.rule_index import RuleIndex
+from sidecar.routing.predicates import Check, Predicate, compile_expr
+from sidecar.routing.request import RequestView, ValueSet
+from sidecar.routing.rule_index import RuleIndex
+from sidecar.routing.sampling import (
+    KeyGetter,
+    Random,
+    Sampler,
+    compile_sample,
+    key_getter,
+    key_position,
+)
 
 __all__ = [
     "CompiledExclude",
@@ -77,11 +79,14 @@ __all__ = [
     "key_position",
 ]
 
-Random = Callable[[], float]
-Sampler = Callable[[RequestView], bool]
-KeyGetter = Callable[[RequestView], list[str]]
+
 # One rule on the hot path: its check, its sampler, its tees and their canary names.
-_Hot = tuple[Check | None, Sampler | None, tuple["Tee", ...], frozenset[str]]
+class _Hot(NamedTuple):
+    check: Check | None
+    sample: Sampler | None
+    tees: tuple[Tee, ...]
+    canaries: frozenset[str]
+
 
 _NO_TEES: tuple[Tee, ...] = ()
 
@@ -95,55 +100,6 @@ class Tee:
 
     canary: str
     rule: str
-
-
-def key_position(value: str) -> float:
-    """The key's stable position in [0, 1): unsalted, identical across processes.
-
-    The top 53 bits of an 8-byte BLAKE2b digest, so the float is exact and never 1.0.
-    """
-    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") >> 11) * (1.0 / (1 << 53))
-
-
-def _client_key(v: RequestView) -> list[str]:
-    return [v.client] if v.client else []
-
-
-def _key_getter(spec: SampleSpec) -> KeyGetter | None:
-    """Where a keyed sample's key comes from (the first value counts); None for a random draw."""
-    if spec.by is None:
-        return None
-    if spec.by == "client":
-        return _client_key
-    if spec.key is None:
-        raise ValueError(f"sample by {spec.by} needs a name")
-    if spec.by == "header":
-        return methodcaller("header_b", spec.key.lower().encode("latin-1"))
-    return methodcaller(spec.by, spec.key)
-
-
-def _compile_sample(spec: SampleSpec | None, random: Random) -> Sampler | None:
-    if spec is None or spec.rate >= 1.0:
-        return None  # every matching request: no draw at all
-    rate = spec.rate
-    get = _key_getter(spec)
-    if get is None:
-        return lambda v: random() < rate
-
-    if get is _client_key:
-
-        def by_client(v: RequestView) -> bool:
-            key = v.client  # inline rather than through _client_key: the hot path
-            return (key_position(key) if key else random()) < rate
-
-        return by_client
-
-    def by_key(v: RequestView) -> bool:
-        values = get(v)
-        return (key_position(values[0]) if values else random()) < rate
-
-    return by_key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -314,8 +270,8 @@ class RoutingTable:
                 name=r.name,
                 when=None if r.when is None else compile_expr(r.when),
                 sample=r.sample,
-                sampler=_compile_sample(r.sample, random),
-                key=None if r.sample is None else _key_getter(r.sample),
+                sampler=compile_sample(r.sample, random),
+                key=None if r.sample is None else key_getter(r.sample),
                 tees=tuple(Tee(canary, r.name) for canary in r.to),
                 span=r.span,
             )
@@ -334,7 +290,7 @@ class RoutingTable:
             self._marks,
             tuple(e.when.check for e in self.excludes),
             tuple(
-                (
+                _Hot(
                     None if r.when is None else r.when.check,
                     r.sampler,
                     r.tees,
@@ -361,7 +317,7 @@ class RoutingTable:
             probes,
             tuple(_recorded(c, held, i) for i, c in enumerate(d.excludes)),
             tuple(
-                (
+                _Hot(
                     _recorded(check, matched, i),
                     None if sample is None else _recorded(sample, drawn, i),
                     tees,

@@ -1,4 +1,4 @@
-"""The candidate index of large routing tables (see `sidecar.routing`).
+"""The candidate index of large routing tables (see `sidecar.routing.table`).
 
 How this works. For each rule, one necessary condition of its `when` that a dict
 lookup can test: its path prefix or exact path, host, method, or an exact header,
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from sidecar.model import expr as nodes
 from sidecar.model.config import RuleSpec
-from sidecar.request import RequestView
+from sidecar.routing.request import RequestView
 
 # A necessary condition of one test: (kind, key, value). Kinds: "method", "path" (exact),
 # "prefix" (path prefix), "host", "header" (key: lower-case name), "query", "cookie".

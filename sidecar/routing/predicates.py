@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from operator import attrgetter, methodcaller
 
 from sidecar.model import expr as nodes
-from sidecar.request import RequestView
+from sidecar.routing.request import RequestView
 
 Check = Callable[[RequestView], bool]
 _Single = Callable[[RequestView], str]
