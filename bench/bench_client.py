@@ -123,7 +123,7 @@ def _result(requests: int, start: float, cpu: float) -> Result:
 
 
 async def bench_sidecar(port: int, requests: int, concurrency: int) -> Result:
-    from sidecar.client import ConnectionPool
+    from sidecar.http.client import ConnectionPool
     from sidecar.model.endpoint import Endpoint
 
     endpoint = Endpoint(scheme="http", host="127.0.0.1", port=port)

@@ -154,7 +154,7 @@ async def bench_pool(port: int, seconds: float, workers: int) -> tuple[float, fl
 
 
 async def bench_hypercorn(port: int) -> float:
-    from sidecar.client import ConnectionPool
+    from sidecar.http.client import ConnectionPool
 
     endpoint = Endpoint(scheme="http", host="127.0.0.1", port=port)
     headers = [(b"host", f"127.0.0.1:{port}".encode())]

@@ -57,6 +57,8 @@ from jsonpath_rfc9535.selectors import (
     WildcardSelector,
 )
 
+from sidecar.http.syntax import is_token
+
 # --- errors -----------------------------------------------------------------------------------
 
 
@@ -99,7 +101,6 @@ KIND_ORDER: Final[Mapping[str, int]] = MappingProxyType({"status": 0, "header": 
 STATUS_WHERE: Final = "status"
 ROOT_WHERE: Final = "$"
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 field-name
 
 # --- the spec ---------------------------------------------------------------------------------
 
@@ -198,7 +199,7 @@ def _spec_problem(spec: CompareSpec) -> str | None:
         return f"body must be bytes or json, not {spec.body!r}"
     seen: set[str] = set()
     for name in spec.headers:
-        if not _TOKEN.match(name):
+        if not is_token(name):
             return f"invalid header name {name!r}"
         if name.lower() in seen:
             return f"header {name!r} is named twice"

@@ -25,7 +25,7 @@ from sidecar.diagnostics import Diagnostic, Span
 from sidecar.explain import (
     DEFAULT_CLIENT,
     Explanation,
-    RequestError,
+    RequestTextError,
     explain,
     parse_client,
     parse_header,
@@ -163,7 +163,7 @@ def _headers(filename: str, node: yaml.Node | None) -> tuple[str, ...]:
             header = f"{name}: {_scalar(filename, v, 'a header value')}"
             try:
                 parse_header(header)
-            except RequestError as exc:
+            except RequestTextError as exc:
                 raise _fail(filename, key_node, "invalid-case", str(exc)) from None
             out.append(header)
     return tuple(out)
@@ -174,7 +174,7 @@ def _checked(filename: str, node: yaml.Node, what: str, check: Callable[[str], o
     text = _scalar(filename, node, what)
     try:
         check(text)
-    except RequestError as exc:
+    except RequestTextError as exc:
         raise _fail(filename, node, "invalid-case", str(exc)) from None
     return text
 

@@ -1,7 +1,7 @@
 """`sidecar explain`: how the routing table decides one request, step by step.
 
 The core is pure: `request_view` turns the command-line description of a
-request into a `RequestView` (raising `RequestError` with a message fit for the
+request into a `RequestView` (raising `RequestTextError` with a message fit for the
 user), `explain` runs `RoutingTable.trace` (the same decision code as `serve`)
 and adds per-canary admission for a body size, and `to_json` / `to_text`
 render the result. The table is compiled with a random source that always
@@ -20,16 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.http.syntax import is_token
 from sidecar.routing.request import RequestView
 from sidecar.routing.table import RoutingTable, Trace
 
 DEFAULT_CLIENT = "127.0.0.1"
 # RFC 9110 token characters: what a method and a header name may be made of.
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HTTP_VERSION = re.compile(r"HTTP/\d(?:\.\d)?")
 
 
-class RequestError(ValueError):
+class RequestTextError(ValueError):
     """A request, header or client address given on the command line that is not valid."""
 
 
@@ -39,30 +39,30 @@ def always_in() -> float:
 
 
 def parse_request(line: str) -> tuple[str, str, bytes]:
-    """`"GET /path?q=1"` -> (method, raw path, query string). Raises RequestError."""
+    """`"GET /path?q=1"` -> (method, raw path, query string). Raises RequestTextError."""
     parts = line.split()
     if len(parts) == 3 and _HTTP_VERSION.fullmatch(parts[2]):
         parts = parts[:2]
     if len(parts) != 2:
-        raise RequestError(f'request must look like "METHOD /path?query", got {line!r}')
+        raise RequestTextError(f'request must look like "METHOD /path?query", got {line!r}')
     method, target = parts
-    if not _TOKEN.fullmatch(method) or method != method.upper():
-        raise RequestError(f"invalid method {method!r}: an upper-case word such as GET")
+    if not is_token(method) or method != method.upper():
+        raise RequestTextError(f"invalid method {method!r}: an upper-case word such as GET")
     if not target.startswith("/") or not target.isprintable():
-        raise RequestError(f"invalid request target {target!r}: it must start with '/'")
+        raise RequestTextError(f"invalid request target {target!r}: it must start with '/'")
     raw = target.encode("utf-8")
     path, _, query = raw.partition(b"?")
     return method, path.decode("latin-1"), query
 
 
 def parse_header(text: str) -> tuple[bytes, bytes]:
-    """`"Name: value"` -> the ASGI pair (lower-case name). Raises RequestError."""
+    """`"Name: value"` -> the ASGI pair (lower-case name). Raises RequestTextError."""
     name, sep, value = text.partition(":")
-    if not sep or not _TOKEN.fullmatch(name):
-        raise RequestError(f'header must look like "Name: value", got {text!r}')
+    if not sep or not is_token(name):
+        raise RequestTextError(f'header must look like "Name: value", got {text!r}')
     value = value.strip(" \t")
     if any(c in value for c in "\r\n\0"):
-        raise RequestError(f"header {name!r} has a line break or NUL in its value")
+        raise RequestTextError(f"header {name!r} has a line break or NUL in its value")
     try:
         raw = value.encode("latin-1")
     except UnicodeEncodeError:
@@ -74,13 +74,13 @@ def parse_client(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise RequestError(f"client must be an IP address, got {text!r}") from None
+        raise RequestTextError(f"client must be an IP address, got {text!r}") from None
 
 
 def request_view(
     request: str, headers: Sequence[str] = (), client: str = DEFAULT_CLIENT
 ) -> RequestView:
-    """The view `serve` would build for this request. Raises RequestError."""
+    """The view `serve` would build for this request. Raises RequestTextError."""
     method, path, query = parse_request(request)
     return RequestView(
         method=method,
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         view = request_view(args.request, args.header, args.client)
-    except RequestError as exc:
+    except RequestTextError as exc:
         print(f"sidecar explain: error: {exc}", file=sys.stderr)
         return 2
     result = load(list(args.paths) or ["rules/"])

@@ -25,7 +25,7 @@ from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.utils import filter_pseudo_headers
 from hyperframe.frame import GoAwayFrame
 
-from sidecar import framing
+from sidecar.http import framing
 from sidecar.strict_h11 import RequestRefused, StrictConnection
 
 log = logging.getLogger("sidecar.host")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.asgi import ASGIApp, Message, Receive, Scope, Send
+from sidecar.http.syntax import is_token
 from sidecar.model.config import (
     DEFAULT_MARK,
     DEFAULT_MAX_BODY_BYTES,
@@ -122,7 +123,7 @@ class Mirror:
         if not (isinstance(queue_size, int) and queue_size >= 0):
             raise ValueError("queue_size must be an int >= 0")
         if not disable_mark:
-            if not _is_token(mark_header):
+            if not is_token(mark_header):
                 raise ValueError("mark_header must be a valid header name")
             if not mark_value or any(c in mark_value for c in "\r\n\0"):
                 raise ValueError("mark_value must be a non-empty header value")
@@ -317,7 +318,3 @@ class _Middleware:
         # mirror (hypercorn hands it over; uvicorn answers http.disconnect, see above).
         while tees.pending:
             await tee_receive()
-
-
-def _is_token(name: str) -> bool:
-    return bool(name) and all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in name)

@@ -4,7 +4,7 @@ How this works
 --------------
 `classify(exc)` maps what a canary exchange raised to one of `ERROR_KINDS`, the label values
 of `sidecar_mirror_errors_total{canary,error}`. It reads the client's error tree
-(`sidecar.client_conn`: `ConnectError`, `ReadError`/`WriteError`, the protocol errors) and
+(`sidecar.http.connection`: `ConnectError`, `ReadError`/`WriteError`, the protocol errors) and
 the foreign exception each one was translated from (`__cause__`), because a TLS failure
 arrives as a `ConnectError` (or `ReadError`) whose cause is an `ssl.SSLError`.
 
@@ -23,7 +23,7 @@ import ssl
 from collections.abc import Callable
 from typing import Final, Literal
 
-from sidecar.client_conn import (
+from sidecar.http.connection import (
     ClientError,
     ConnectError,
     LocalProtocolError,
@@ -31,7 +31,7 @@ from sidecar.client_conn import (
     RemoteProtocolError,
     WriteError,
 )
-from sidecar.http1 import ProtocolError, Truncated
+from sidecar.http.http1 import ProtocolError, Truncated
 
 ErrorKind = Literal["connect", "timeout", "tls", "reset", "protocol"]
 CONNECT: Final = "connect"

@@ -63,8 +63,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sidecar.client import ClientError, ConnectError, ConnectionPool
-from sidecar.headers import Headers, ShadowTemplate
+from sidecar.http.client import ClientError, ConnectError, ConnectionPool
+from sidecar.http.headers import Headers, ShadowTemplate
 from sidecar.mirror_errors import (
     CONNECT,
     ERROR_KINDS,

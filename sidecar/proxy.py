@@ -49,10 +49,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from sidecar import framing
 from sidecar.asgi import Message, Receive, Scope, Send, serve_lifespan
-from sidecar.client import ClientError, ConnectError, Response
-from sidecar.headers import forward_request_headers, response_headers
+from sidecar.http import framing
+from sidecar.http.client import ClientError, ConnectError, Response
+from sidecar.http.headers import forward_request_headers, response_headers
 from sidecar.routing.request import RequestView
 from sidecar.runtime import Runtime, Snapshot
 from sidecar.stall import ExchangeClock

@@ -32,7 +32,7 @@ import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 
-from sidecar.client import ConnectionPool
+from sidecar.http.client import ConnectionPool
 from sidecar.model.config import CanarySpec, Config
 from sidecar.model.endpoint import Endpoint
 from sidecar.pool import CanaryPool

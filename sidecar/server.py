@@ -336,7 +336,7 @@ def hypercorn_config(*, grace_s: float, proxy: bool) -> Any:
     """hypercorn's settings for one of sidecar's listeners (served by sidecar.listener)."""
     from hypercorn.config import Config as HyperConfig
 
-    from sidecar.framing import MAX_HEADER_SECTION_BYTES
+    from sidecar.http.framing import MAX_HEADER_SECTION_BYTES
 
     hc = HyperConfig()
     hc.graceful_timeout = grace_s

@@ -43,7 +43,7 @@ from h11._readers import (  # h11 exports no reader API; see the module docstrin
 from h11._receivebuffer import ReceiveBuffer
 from h11._state import CLOSED, IDLE, MUST_CLOSE, SEND_BODY
 
-from sidecar import framing
+from sidecar.http import framing
 
 # The largest chunk size accepted: 16 hex digits (2**64 - 1), as nginx and Go do. Longer
 # sizes are how chunk-size overflow desyncs start.

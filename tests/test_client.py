@@ -1,4 +1,4 @@
-"""sidecar.client against real loopback servers (asyncio + h11, started by each test)."""
+"""sidecar.http.client against real loopback servers (asyncio + h11, started by each test)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Literal
 import h11
 import pytest
 
-from sidecar.client import (
+from sidecar.http.client import (
     ClientError,
     ConnectError,
     ConnectionPool,
@@ -210,8 +210,8 @@ async def test_streamed_body_with_content_length() -> None:
         ConnectionPool(server.endpoint, max_connections=1) as pool,
     ):
         headers = [*get_headers(server), (b"content-length", b"10")]
-        async with pool.stream(b"PUT", b"/", headers, gen()) as resp:
-            assert await resp.aread() == hashlib.sha256(b"1234567890").hexdigest().encode()
+        resp = await pool.request(b"PUT", b"/", headers, gen())
+        assert await resp.aread() == hashlib.sha256(b"1234567890").hexdigest().encode()
 
 
 async def test_response_streams_chunk_by_chunk() -> None:
@@ -615,9 +615,12 @@ async def test_unread_body_closes_connection() -> None:
         Server(h11_server(app)) as server,
         ConnectionPool(server.endpoint, max_connections=1) as pool,
     ):
-        async with pool.stream(b"GET", b"/", get_headers(server)) as resp:
+        resp = await pool.request(b"GET", b"/", get_headers(server))
+        try:
             async for _chunk in resp.aiter_bytes():
                 break  # stop after the first chunk: the rest is never read
+        finally:
+            await resp.aclose()
         assert resp.is_closed
         assert pool.open_connections == 0
         # the slot was freed: max_connections=1 still lets the next request through
@@ -714,7 +717,7 @@ async def test_https_round_trip(tmp_path: Path) -> None:
 
 
 async def test_connection_slots_are_fifo_and_survive_cancelled_waiters() -> None:
-    from sidecar.client import _Slots
+    from sidecar.http.client import _Slots
 
     slots = _Slots(1)
     assert slots.take()

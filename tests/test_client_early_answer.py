@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sidecar.client import ConnectionPool
-from sidecar.client_conn import open_connection
+from sidecar.http.client import ConnectionPool
+from sidecar.http.connection import open_connection
 from sidecar.model.endpoint import Endpoint
 
 ANSWER = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar import framing
-from sidecar.framing import CHUNKED, NO_BODY, Refusal, inspect, origin_form
+from sidecar.http import framing
+from sidecar.http.framing import CHUNKED, NO_BODY, Refusal, inspect, origin_form
 
 H = [(b"host", b"example.com")]
 

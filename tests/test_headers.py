@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.headers import (
+from sidecar.http.headers import (
     ShadowTemplate,
     forward_request_headers,
-    is_hop_by_hop,
     response_headers,
     strip_hop_by_hop,
 )
+from sidecar.http.syntax import is_hop_by_hop
 from sidecar.model.config import (
     CanarySpec,
     DropHeader,

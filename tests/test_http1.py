@@ -1,10 +1,10 @@
-"""sidecar.http1: the client's request head writer and response parser (pure, table-driven)."""
+"""sidecar.http.http1: the client's request head writer and response parser (pure, table-driven)."""
 
 from __future__ import annotations
 
 import pytest
 
-from sidecar.http1 import (
+from sidecar.http.http1 import (
     CHUNKED,
     Head,
     RequestError,
@@ -326,7 +326,7 @@ async def _one_response(wire: bytes) -> BaseException | bytes:
     """Serve `wire` (then close) to one request of a ConnectionPool; its outcome."""
     import asyncio
 
-    from sidecar.client import ConnectionPool
+    from sidecar.http.client import ConnectionPool
     from sidecar.model.endpoint import Endpoint
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -368,7 +368,7 @@ async def _one_response(wire: bytes) -> BaseException | bytes:
     ],
 )
 async def test_client_errors(wire: bytes, error: str | None, reason: str | None) -> None:
-    from sidecar.client import ClientError
+    from sidecar.http.client import ClientError
 
     outcome = await _one_response(wire)
     if error is None:

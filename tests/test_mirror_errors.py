@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar import http1, mirror_errors, prom
+from sidecar import mirror_errors, prom
 from sidecar import pool as pool_module
-from sidecar.client_conn import (
+from sidecar.http import http1
+from sidecar.http.connection import (
     ClientError,
     ConnectError,
     LocalProtocolError,

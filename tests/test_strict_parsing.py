@@ -15,7 +15,8 @@ import h11
 import pytest
 import pytest_asyncio
 
-from sidecar import framing, host_protocol
+from sidecar import host_protocol
+from sidecar.http import framing
 from sidecar.strict_h11 import MAX_CHUNK_SIZE, RequestRefused, StrictConnection
 from tests.servers import serve_asgi
 from tests.support.primary import PrimaryApp

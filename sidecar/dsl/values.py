@@ -9,34 +9,27 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from sidecar.http import syntax
 from sidecar.model.endpoint import Endpoint, address_problem, host_problem
 
-# RFC 7230 section 3.2.6 `token`: the characters a header name may use.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]*\Z")
-
-# Hop-by-hop headers (RFC 7230 section 6.1, plus the de facto Keep-Alive and Proxy-*):
-# the proxy strips them, so setting one on a shadow request would be silently lost.
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
-)
 
 
 def is_hop_by_hop(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in HOP_BY_HOP or lowered.startswith("proxy-")
+    """A header the proxy strips (so setting one on a shadow request would be lost)."""
+    return syntax.is_hop_by_hop(name.lower().encode("utf-8", "replace"))
 
 
 def header_name_problem(name: str) -> str | None:
     if not name:
         return "a header name cannot be empty"
-    if not _TOKEN.match(name):
+    if not syntax.is_token(name):
         return f'"{name}" is not a valid header name (letters, digits and !#$%&\'*+-.^_`|~ only)'
     return None
 
 
 def header_value_problem(value: str) -> str | None:
-    if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+    if syntax.find_control(value):
         return "a header value cannot contain control characters or line breaks"
     return None
 

@@ -32,13 +32,15 @@ characters only), header names (tokens) and values (no CR, LF or NUL...), requir
 and tells the body framing the caller must honour: `Content-Length`, `chunked`, or none
 (then the body must be empty). Errors are `RequestError`.
 
-Both error classes derive from `ProtocolError`; `sidecar.client_conn` translates them into
+Both error classes derive from `ProtocolError`; `sidecar.http.connection` translates them into
 the client's error tree at its one boundary.
 """
 
 from __future__ import annotations
 
 import re
+
+from sidecar.http.syntax import CHUNKED, TOKEN_BYTES, find_control_bytes, is_token_bytes
 
 __all__ = [
     "CHUNKED",
@@ -59,9 +61,6 @@ MAX_CHUNK_LINE_BYTES = 4 * 1024
 MAX_TRAILER_BYTES = 64 * 1024
 MAX_LENGTH_DIGITS = 18
 
-# Request body framing returned by encode_request_head: a length (0: no body) or CHUNKED.
-CHUNKED = -1
-
 
 class ProtocolError(ValueError):
     """Something on the wire is not HTTP/1.1 as we accept it."""
@@ -79,14 +78,11 @@ class Truncated(ResponseError):
     """The server closed the connection before the response was complete."""
 
 
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # A header block (every line with its CRLF). Values: no CTLs but HTAB; obs-text allowed.
 _FIELD_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"
-_HEADER_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":" + _FIELD_VALUE + rb"\r\n)*")
-_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):(" + _FIELD_VALUE + rb")\r\n")
-_TOKEN_RE = re.compile(_TOKEN)
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HEADER_BLOCK = re.compile(rb"(?:" + TOKEN_BYTES + rb":" + _FIELD_VALUE + rb"\r\n)*")
+_HEADER_LINE = re.compile(rb"(" + TOKEN_BYTES + rb"):(" + _FIELD_VALUE + rb")\r\n")
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[\t ]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 _WS = b" \t"
@@ -112,7 +108,7 @@ def encode_request_head(
 ) -> tuple[bytes, int, bool]:
     """(the request head, its body framing, keep-alive): framing is a Content-Length (0 for
     none) or CHUNKED; keep-alive is False when the request says `Connection: close`."""
-    if not _TOKEN_RE.fullmatch(method):
+    if not is_token_bytes(method):
         raise RequestError(f"invalid method {method!r}")
     if not target or _BAD_TARGET.search(target):
         raise RequestError(f"invalid request target {target!r}")
@@ -162,9 +158,9 @@ def encode_request_head(
 
 def _raise_bad_header(headers: list[tuple[bytes, bytes]]) -> None:
     for name, value in headers:
-        if not _TOKEN_RE.fullmatch(name):
+        if not is_token_bytes(name):
             raise RequestError(f"invalid header name {name!r}")
-        if _BAD_VALUE.search(value):
+        if find_control_bytes(value):
             raise RequestError(f"invalid header value for {name.decode('latin-1')!r}")
         if not name:
             raise RequestError("empty header name")

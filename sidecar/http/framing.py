@@ -38,6 +38,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sidecar.http.syntax import CHUNKED as CHUNKED
+from sidecar.http.syntax import find_control_bytes
+
 # One limit for the whole request head (request line and headers), whatever the
 # packetization: h11's own limit (hypercorn's h11_max_incomplete_size) applies only while
 # the head is incomplete, so a large head arriving in one read would pass without this.
@@ -51,7 +54,6 @@ SUPPORTED_HTTP_VERSIONS = frozenset({"1.0", "1.1", "2"})
 
 # inspect() returns the request body's framing as an int: a length, or one of these.
 NO_BODY = 0
-CHUNKED = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +123,6 @@ _VALID_HOST = re.compile(
     rb"(?::[0-9]{0,5})?"
 ).fullmatch
 
-# Any CTL but HTAB (RFC 9110 section 5.5); search() returns None without allocating.
-_CTL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
-
 # Per-header framing overhead in the head: ": " and CRLF.
 _HEADER_OVERHEAD_BYTES = 4
 
@@ -147,7 +146,7 @@ def inspect(
     hosts = 0
     for name, value in headers:
         size += len(name) + len(value) + _HEADER_OVERHEAD_BYTES
-        if _CTL_IN_VALUE(value) is not None:
+        if find_control_bytes(value) is not None:
             return BAD_HEADER_VALUE
         if name == b"content-length":
             if length is not None and value != length:

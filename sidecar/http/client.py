@@ -2,7 +2,7 @@
 
 How this works
 --------------
-A `ConnectionPool` talks to one `Endpoint`. A semaphore of `max_connections` permits bounds the
+A `ConnectionPool` talks to one `Origin` (an `Endpoint`). A semaphore of `max_connections` permits bounds the
 exchanges in flight; each permit holder owns at most one connection, and a new connection is
 opened only when no idle one is left, so idle + busy + connecting never exceeds the limit.
 Idle connections sit on a LIFO stack (the most recently used is the one most likely still open
@@ -30,11 +30,8 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
-from sidecar.client_conn import (
-    Body,
+from sidecar.http.connection import (
     ClientError,
     ConnectError,
     Connection,
@@ -44,9 +41,7 @@ from sidecar.client_conn import (
     WriteError,
     open_connection,
 )
-
-if TYPE_CHECKING:  # only for annotations: keeps this module free of config's imports
-    from sidecar.model.endpoint import Endpoint
+from sidecar.http.syntax import Origin
 
 __all__ = [
     "ClientError",
@@ -152,7 +147,7 @@ class ConnectionPool:
 
     def __init__(
         self,
-        endpoint: Endpoint,
+        endpoint: Origin,
         *,
         max_connections: int,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
@@ -229,21 +224,6 @@ class ConnectionPool:
             self._slots.release()
             raise
         return Response(self, conn, head.status_code, head.reason, head.headers, head.http_version)
-
-    @asynccontextmanager
-    async def stream(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: Body = b"",
-    ) -> AsyncIterator[Response]:
-        """`request()` as a context manager that always closes the response."""
-        response = await self.request(method, target, headers, body)
-        try:
-            yield response
-        finally:
-            await response.aclose()
 
     async def aclose(self) -> None:
         """Close every connection, idle or busy, and wait until their sockets are closed."""

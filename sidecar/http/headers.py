@@ -18,23 +18,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sidecar.http.syntax import HOP_BY_HOP, PROXY_PREFIX
 from sidecar.model.config import CanarySpec, DropHeader, RewritePath, SetHeader
 
 Headers = list[tuple[bytes, bytes]]
 
-HOP_BY_HOP: frozenset[bytes] = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        # Proxy-* (Proxy-Authorization, Proxy-Authenticate, Proxy-Connection) is matched by
-        # prefix in `is_hop_by_hop`.
-    }
-)
-PROXY_PREFIX = b"proxy-"
 
 XFF = b"x-forwarded-for"
 XFP = b"x-forwarded-proto"
@@ -43,23 +31,6 @@ HOST = b"host"
 CONTENT_LENGTH = b"content-length"
 TRANSFER_ENCODING = b"transfer-encoding"
 EXPECT = b"expect"
-
-
-def is_hop_by_hop(name: bytes) -> bool:
-    """True for a header that never crosses a proxy (`name` lower case)."""
-    return name in HOP_BY_HOP or name.startswith(PROXY_PREFIX)
-
-
-def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """The header names listed in every `Connection` header (lower case)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            for token in value.split(b","):
-                token = token.strip().lower()
-                if token:
-                    tokens.add(token)
-    return frozenset(tokens)
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:

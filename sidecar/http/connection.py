@@ -1,4 +1,4 @@
-"""One HTTP/1.1 client connection: an asyncio Protocol driving `sidecar.http1`'s parser.
+"""One HTTP/1.1 client connection: an asyncio Protocol driving `sidecar.http.http1`'s parser.
 
 How this works
 --------------
@@ -35,14 +35,11 @@ import asyncio
 import os
 import ssl
 from collections.abc import AsyncIterable
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal, cast
 
-from sidecar import http1
-from sidecar.http1 import CHUNKED, Head, ProtocolError, ResponseParser, chunk_frame
-
-if TYPE_CHECKING:  # only for annotations: keeps this module free of config's imports
-    from sidecar.model.endpoint import Endpoint
-
+from sidecar.http import http1
+from sidecar.http.http1 import Head, ProtocolError, ResponseParser, chunk_frame
+from sidecar.http.syntax import CHUNKED, Origin
 
 # Pause reading once this much unread response data is pending: enough for a few large reads
 # (the transport reads up to 64-256 KiB at a time), small enough to bound memory per connection.
@@ -133,7 +130,7 @@ def _translate(exc: BaseException, phase: Literal["connect", "read", "write"]) -
 
 
 async def open_connection(
-    endpoint: Endpoint, *, timeout_s: float, ssl_context: ssl.SSLContext | None
+    endpoint: Origin, *, timeout_s: float, ssl_context: ssl.SSLContext | None
 ) -> Connection:
     loop = asyncio.get_running_loop()
     try:
