@@ -11,13 +11,13 @@ __version__ = "0.1.0"
 __all__ = ["Mirror", "MirrorInfo", "Outcome", "Upstream", "__version__"]
 
 if TYPE_CHECKING:
-    from sidecar.mirror import Mirror, MirrorInfo, Outcome, Upstream
+    from sidecar.shadow.mirror import Mirror, MirrorInfo, Outcome, Upstream
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `sidecar check` does not import asyncio machinery it never uses.
     if name in ("Mirror", "MirrorInfo", "Outcome", "Upstream"):
-        from sidecar import mirror
+        from sidecar.shadow import mirror
 
         return getattr(mirror, name)
     raise AttributeError(f"module 'sidecar' has no attribute {name!r}")

@@ -10,6 +10,8 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from sidecar.shadow import metrics as shadow_metrics
+
 if TYPE_CHECKING:
     from sidecar.demo import Traffic
     from sidecar.runtime import Runtime
@@ -52,10 +54,9 @@ def summarize(
 
 def canary_quantile(canary: str, q: float) -> float | None:
     """`histogram_quantile(q, sidecar_mirror_duration_seconds{canary=...})` in seconds."""
-    from sidecar import prom
 
     buckets: list[tuple[float, float]] = []
-    for metric in prom.metrics().mirror_duration.collect():
+    for metric in shadow_metrics.metrics().mirror_duration.collect():
         for s in metric.samples:
             if s.name.endswith("_bucket") and s.labels.get("canary") == canary:
                 buckets.append((float(s.labels["le"]), s.value))
@@ -64,10 +65,9 @@ def canary_quantile(canary: str, q: float) -> float | None:
 
 def canary_responses(canary: str) -> dict[str, int]:
     """`sidecar_mirror_responses_total{canary=...}` by status class (completed round trips)."""
-    from sidecar import prom
 
     codes: dict[str, int] = {}
-    for metric in prom.metrics().mirror_responses.collect():
+    for metric in shadow_metrics.metrics().mirror_responses.collect():
         for s in metric.samples:
             if s.name.endswith("_total") and s.labels.get("canary") == canary:
                 codes[s.labels["code"]] = int(s.value)

@@ -26,6 +26,7 @@ from hypercorn.utils import filter_pseudo_headers
 from hyperframe.frame import GoAwayFrame
 
 from sidecar.http import framing
+from sidecar.serve import metrics as serve_metrics
 from sidecar.strict_h11 import RequestRefused, StrictConnection
 
 log = logging.getLogger("sidecar.host")
@@ -77,11 +78,9 @@ class _Refusals:
         key = (refusal.label, refusal.status)
         children = self._children.get(key)
         if children is None:
-            from sidecar import prom
-
             children = self._children[key] = (
-                prom.refused_request(refusal.label),
-                prom.primary_requests(f"{refusal.status // 100}xx"),
+                serve_metrics.refused_request(refusal.label),
+                serve_metrics.primary_requests(f"{refusal.status // 100}xx"),
             )
         children[0].inc()
         children[1].inc()

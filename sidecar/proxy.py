@@ -55,8 +55,9 @@ from sidecar.http.client import ClientError, ConnectError, Response
 from sidecar.http.headers import forward_request_headers, response_headers
 from sidecar.routing.request import RequestView
 from sidecar.runtime import Runtime, Snapshot
+from sidecar.serve import metrics as serve_metrics
+from sidecar.shadow.tees import RequestTees
 from sidecar.stall import ExchangeClock
-from sidecar.tees import RequestTees
 from sidecar.upload import Upload, UploadAborted
 
 log = logging.getLogger("sidecar.proxy")
@@ -76,12 +77,11 @@ class _Metrics:
     __slots__ = ("by_class", "duration")
 
     def __init__(self) -> None:
-        from sidecar import prom
 
         # Index = status // 100, clamped to 1..5 (h11 never hands us another status).
-        children = [prom.primary_requests(f"{n}xx") for n in range(1, 6)]
+        children = [serve_metrics.primary_requests(f"{n}xx") for n in range(1, 6)]
         self.by_class = (children[0], *children)
-        self.duration = prom.primary_duration()
+        self.duration = serve_metrics.primary_duration()
 
     def record(self, status: int, started: float) -> None:
         self.by_class[max(1, min(status // 100, 5))].inc()

@@ -43,6 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from sidecar.serve import metrics as serve_metrics
+
 if TYPE_CHECKING:
     from sidecar.model.config import Config
     from sidecar.routing.table import RoutingTable
@@ -121,7 +123,6 @@ class Reloader:
 
     async def reload(self, trigger: str) -> ReloadResult:
         """Load, validate, compile and swap (or keep the old table); never raises."""
-        from sidecar import prom
 
         async with self._lock:
             self._fingerprint = fingerprint(self.paths)
@@ -141,11 +142,11 @@ class Reloader:
                 )
             if loaded.config is None or loaded.table is None:
                 result = self._failed(trigger, running, loaded)
-                prom.record_reload(False)
+                serve_metrics.record_reload(False)
             else:
                 result = self._swap(trigger, running, loaded)
                 self._declared = loaded.declared
-                prom.record_reload(True)
+                serve_metrics.record_reload(True)
         if self._after is not None:
             try:
                 self._after(trigger, result)

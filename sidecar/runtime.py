@@ -35,8 +35,10 @@ from collections.abc import Mapping, Sequence
 from sidecar.http.client import ConnectionPool
 from sidecar.model.config import CanarySpec, Config
 from sidecar.model.endpoint import Endpoint
-from sidecar.pool import CanaryPool
 from sidecar.routing.table import RoutingTable, compile_table
+from sidecar.serve import metrics as serve_metrics
+from sidecar.shadow import metrics as shadow_metrics
+from sidecar.shadow.pool import CanaryPool
 
 log = logging.getLogger("sidecar.runtime")
 
@@ -156,7 +158,6 @@ class Runtime:
     def _build(
         self, config: Config, *, previous: Snapshot | None, table: RoutingTable | None = None
     ) -> Snapshot:
-        from sidecar import prom
 
         primary_spec = config.primary
         if primary_spec is None:
@@ -168,9 +169,9 @@ class Runtime:
         for name, spec in table.canaries.items():
             pool = kept.get(name)
             if pool is None or not _same_spec(pool.spec, spec):
-                pool = CanaryPool(spec, observe=prom.observe)
+                pool = CanaryPool(spec, observe=shadow_metrics.observe)
                 pool.start()
-                prom.track_pool(pool)
+                shadow_metrics.track_pool(pool)
             pools[name] = pool
         if previous is not None and self._primary_endpoint == primary_spec.endpoint:
             primary = previous.primary
@@ -190,13 +191,12 @@ class Runtime:
         # Requests that started on an older snapshot may still hand tees to these pools.
         while any(s.active > 0 for s in older):
             await asyncio.sleep(RETIRE_POLL_S)
-        from sidecar import prom
 
         drain = max((p.spec.timeout_s for p in pools), default=0.0) + RETIRE_DRAIN_SLACK_S
         await asyncio.gather(*(p.aclose(drain=drain) for p in pools), return_exceptions=True)
         for pool in pools:
             self._retired_pools.discard(pool)
-            prom.untrack_pool(pool)  # its gauges go; its counters stay
+            shadow_metrics.untrack_pool(pool)  # its gauges go; its counters stay
         if primary is not None:
             with contextlib.suppress(Exception):
                 await primary.aclose()
@@ -207,6 +207,7 @@ def _same_spec(a: CanarySpec, b: CanarySpec) -> bool:
 
 
 def _publish_rules_info(config: Config) -> None:
-    from sidecar import prom
 
-    prom.set_rules_info(config.sha256, rules=len(config.rules), canaries=len(config.canaries))
+    serve_metrics.set_rules_info(
+        config.sha256, rules=len(config.rules), canaries=len(config.canaries)
+    )

@@ -1,4 +1,4 @@
-"""sidecar.compare: capture, judge, noise and the diff record, as plain functions."""
+"""sidecar.shadow.compare: capture, judge, noise and the diff record, as plain functions."""
 
 from __future__ import annotations
 
@@ -10,26 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.compare import (
+from sidecar.model.compare import (
     DEFAULT_MAX_BODY_BYTES,
     MAX_RECORD_DIFFERENCES,
     MAX_VALUE_CHARS,
     PRIMARY_FAILED,
-    Capture,
-    Captured,
     CaptureError,
     CompareError,
     CompareSpec,
     CompareSpecError,
-    Difference,
-    RequestInfo,
-    Verdict,
-    diff_record,
-    format_time,
     jsonpath_problem,
-    judge,
-    normalized_path,
 )
+from sidecar.shadow.compare.capture import Capture, Captured
+from sidecar.shadow.compare.judge import Difference, Verdict, judge, normalized_path
+from sidecar.shadow.compare.record import RequestInfo, diff_record, format_time
 
 JSON = CompareSpec(body="json")
 BYTES = CompareSpec(body="bytes")

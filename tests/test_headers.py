@@ -2,12 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.http.headers import (
-    ShadowTemplate,
-    forward_request_headers,
-    response_headers,
-    strip_hop_by_hop,
-)
+from sidecar.http.headers import forward_request_headers, response_headers, strip_hop_by_hop
 from sidecar.http.syntax import is_hop_by_hop
 from sidecar.model.config import (
     CanarySpec,
@@ -18,6 +13,7 @@ from sidecar.model.config import (
     Transform,
 )
 from sidecar.model.endpoint import Endpoint
+from sidecar.shadow.template import ShadowTemplate
 
 SERVER = (ServerSpec(endpoint=Endpoint.parse("http://127.0.0.1:9")),)
 

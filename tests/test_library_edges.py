@@ -21,8 +21,8 @@ from sidecar import Mirror, MirrorInfo, Outcome, Upstream, prom
 from sidecar.asgi import Receive, Scope, Send
 from sidecar.model.config import CanarySpec, ServerSpec
 from sidecar.model.endpoint import Endpoint
-from sidecar.pool import CanaryPool
-from sidecar.tees import RequestTees
+from sidecar.shadow.pool import CanaryPool
+from sidecar.shadow.tees import RequestTees
 from tests.servers import RecordingCanary, serve_asgi, wait_until
 
 # --- wrap() and use() ---------------------------------------------------------------------
@@ -111,12 +111,13 @@ def test_default_registry_library_vs_proxy_entry_points() -> None:
         """
         from prometheus_client import generate_latest
         from sidecar import prom
-        from sidecar.pool import MirrorInfo, Outcome
+        from sidecar.serve import metrics as serve_metrics
+        from sidecar.shadow.types import MirrorInfo, Outcome
         prom.observe(MirrorInfo(Outcome.DISPATCHED, canary="v2"))
         print(generate_latest().decode())
         print("----")
-        prom.primary_requests("2xx").inc()
-        prom.set_rules_info("abc", rules=1, canaries=1)
+        serve_metrics.primary_requests("2xx").inc()
+        serve_metrics.set_rules_info("abc", rules=1, canaries=1)
         print(generate_latest().decode())
         """
     )

@@ -14,7 +14,7 @@ import pytest
 
 from sidecar import Mirror, MirrorInfo, Outcome, Upstream
 from sidecar.asgi import Receive, Scope, Send
-from sidecar.pool import ShadowRequest
+from sidecar.shadow.types import ShadowRequest
 from tests.servers import RecordingCanary, serve_asgi, wait_until
 
 

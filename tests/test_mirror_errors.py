@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar import mirror_errors, prom
-from sidecar import pool as pool_module
+from sidecar import prom
 from sidecar.http import http1
 from sidecar.http.connection import (
     ClientError,
@@ -31,11 +30,15 @@ from sidecar.http.connection import (
     RemoteProtocolError,
     WriteError,
 )
-from sidecar.mirror_errors import ThrottledLog, classify
 from sidecar.model.config import CanarySpec, ServerSpec
 from sidecar.model.endpoint import Endpoint
-from sidecar.pool import CanaryPool, ClientRequest, Job, MirrorInfo, Outcome
+from sidecar.shadow import balance as pool_module
+from sidecar.shadow import errors as mirror_errors
+from sidecar.shadow.errors import ThrottledLog, classify
+from sidecar.shadow.pool import CanaryPool
+from sidecar.shadow.types import ClientRequest, Job, MirrorInfo, Outcome
 from tests.servers import RecordingCanary, wait_until
+from tests.support.engine import admit
 from tests.support.faults import FaultServer
 
 LOGGER = "sidecar.mirror"
@@ -118,7 +121,7 @@ async def fail_one(url: str, **kw: float) -> tuple[CanaryPool, Seen]:
     seen = Seen()
     pool = CanaryPool(spec(url, **kw), observe=seen)
     seen.metrics.track_pool(pool)
-    assert pool.try_admit(job()) is Outcome.DISPATCHED
+    assert admit(pool, job()) is Outcome.DISPATCHED
     await wait_until(lambda: pool.stats().failed + pool.stats().completed == 1)
     return pool, seen
 
@@ -142,7 +145,7 @@ async def test_refused_port_is_connect_and_backoff_skips_are_not_counted(
         assert seen.all_errors() == {"connect": 1}
         assert seen.infos[-1].error == "connect" and seen.infos[-1].error_kind == "connect"
         # The server is now in its back-off: this tee fails at once, with no attempt.
-        pool.try_admit(job())
+        admit(pool, job())
         assert pool.stats().failed == 2 and pool.backoff_skips == 1
         assert seen.infos[-1].error == "connect" and seen.infos[-1].error_kind is None
         assert seen.all_errors() == {"connect": 1}
@@ -253,7 +256,7 @@ async def test_many_resets_log_one_line_then_one_summary(
         pool = CanaryPool(spec(srv.url, workers=4), observe=seen)
         with caplog.at_level(logging.WARNING, logger=LOGGER):
             for _ in range(n):
-                pool.try_admit(job())
+                admit(pool, job())
             await wait_until(lambda: pool.stats().failed == n)
             assert seen.errors("reset") == n
             await wait_until(lambda: len(caplog.records) >= 2, what="the summary line")
@@ -309,14 +312,14 @@ async def test_connect_summary_tells_attempts_from_backoff_skips(
     pool = CanaryPool(spec(f"http://127.0.0.1:{closed_port()}"), observe=seen)
     loop = asyncio.get_running_loop()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        pool.try_admit(job())
+        admit(pool, job())
         await wait_until(lambda: pool.stats().failed == 1)
         for _ in range(5):  # the server backs off: failed at once, no attempt
-            pool.try_admit(job())
+            admit(pool, job())
         assert pool.backoff_skips == 5
         # End the window now (rather than waiting for it): the next tee is an attempt again.
         pool._servers[0].down_until = pool._down_until = loop.time()
-        pool.try_admit(job())
+        admit(pool, job())
         await wait_until(lambda: pool.stats().failed == 7)
         await pool.aclose()  # flushes the pending summary
     assert seen.all_errors() == {"connect": 2}

@@ -11,20 +11,20 @@ import pytest
 
 from sidecar.model.config import CanarySpec, RateSpec, ServerSpec
 from sidecar.model.endpoint import Endpoint
-from sidecar.pool import (
+from sidecar.shadow.balance import SmoothWeightedRoundRobin, connection_shares
+from sidecar.shadow.pool import CanaryPool
+from sidecar.shadow.tees import RequestTees
+from sidecar.shadow.types import (
     ERR_ABANDONED,
     ERR_EXPIRED,
-    CanaryPool,
     ClientRequest,
     Job,
     MirrorInfo,
     Outcome,
     ShadowRequest,
-    SmoothWeightedRoundRobin,
-    connection_shares,
 )
-from sidecar.tees import RequestTees
 from tests.servers import RecordingCanary, wait_until
+from tests.support.engine import admit
 
 PLACEHOLDER = (ServerSpec(endpoint=Endpoint.parse("http://127.0.0.1:9")),)
 
@@ -40,7 +40,7 @@ def canary_spec(
 
 
 def job(rule: str | None = "r", body: bytes = b"", method: str = "GET") -> Job:
-    from sidecar.pool import Body
+    from sidecar.shadow.types import Body
 
     b = None
     if body:
@@ -114,10 +114,10 @@ async def test_rate_cap_drops_excess_as_dropped_rate() -> None:
     events = Events()
     spec = canary_spec(rate=RateSpec(burst=5, per_second=0.001), queue=100)
     pool = CanaryPool(spec, observe=events, chain=chain)
-    outcomes = Counter(pool.try_admit(job()) for _ in range(20))
+    outcomes = Counter(admit(pool, job()) for _ in range(20))
     assert outcomes == {Outcome.DISPATCHED: 5, Outcome.DROPPED_RATE: 15}
     await wait_until(lambda: pool.stats().completed == 5)
-    assert pool.rule_stats()[("r", Outcome.DROPPED_RATE)] == 15
+    assert pool.stats().dropped_rate == 15
     await pool.aclose()
 
 
@@ -126,12 +126,12 @@ async def test_rate_bucket_refills_continuously() -> None:
         return 200
 
     pool = CanaryPool(canary_spec(rate=RateSpec(burst=1, per_second=50.0)), chain=chain)
-    assert pool.try_admit(job()) is Outcome.DISPATCHED
-    assert pool.try_admit(job()) is Outcome.DROPPED_RATE
+    assert admit(pool, job()) is Outcome.DISPATCHED
+    assert admit(pool, job()) is Outcome.DROPPED_RATE
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     await wait_until(lambda: loop.time() - t0 > 0.03)  # > 1 token at 50/s
-    assert pool.try_admit(job()) is Outcome.DISPATCHED
+    assert admit(pool, job()) is Outcome.DISPATCHED
     await pool.aclose(drain=5)
 
 
@@ -145,14 +145,14 @@ async def test_queue_zero_admits_only_when_a_worker_is_idle() -> None:
     pool = CanaryPool(canary_spec(workers=2, queue=0), chain=chain)
     pool.start()
     await wait_until(lambda: pool.busy_workers == 0, what="workers parked")
-    assert pool.try_admit(job()) is Outcome.DISPATCHED
-    assert pool.try_admit(job()) is Outcome.DISPATCHED
-    assert pool.try_admit(job()) is Outcome.DROPPED_FULL
+    assert admit(pool, job()) is Outcome.DISPATCHED
+    assert admit(pool, job()) is Outcome.DISPATCHED
+    assert admit(pool, job()) is Outcome.DROPPED_FULL
     assert pool.busy_workers == 2 and pool.queue_depth == 0
     gate.set()
     await wait_until(lambda: pool.stats().completed == 2)
     await wait_until(lambda: pool.busy_workers == 0)
-    assert pool.try_admit(job()) is Outcome.DISPATCHED
+    assert admit(pool, job()) is Outcome.DISPATCHED
     await pool.aclose(drain=5)
     assert pool.stats().completed == 3
 
@@ -167,7 +167,7 @@ async def test_full_queue_drops_and_counts() -> None:
     pool = CanaryPool(canary_spec(workers=1, queue=3), chain=chain)
     pool.start()
     await wait_until(lambda: pool.busy_workers == 0)
-    outcomes = Counter(pool.try_admit(job()) for _ in range(10))
+    outcomes = Counter(admit(pool, job()) for _ in range(10))
     assert outcomes == {Outcome.DISPATCHED: 4, Outcome.DROPPED_FULL: 6}
     assert pool.queue_depth == 3
     gate.set()
@@ -185,7 +185,7 @@ async def test_job_expired_in_queue_is_not_sent() -> None:
     events = Events()
     pool = CanaryPool(canary_spec(workers=1, queue=5, timeout_s=0.05), observe=events, chain=chain)
     for _ in range(3):
-        assert pool.try_admit(job()) is Outcome.DISPATCHED
+        assert admit(pool, job()) is Outcome.DISPATCHED
     # The loop is stalled (as under heavy load) past every job's deadline before any
     # worker runs: the jobs sat in the queue too long.
     time.sleep(0.1)
@@ -207,11 +207,11 @@ async def test_chain_exception_is_panicked_logged_and_worker_survives(
     pool = CanaryPool(canary_spec(workers=2), observe=events, chain=chain)
     with caplog.at_level(logging.ERROR, logger="sidecar.mirror"):
         for _ in range(5):
-            pool.try_admit(job("boom"))
+            admit(pool, job("boom"))
         await wait_until(lambda: pool.stats().panicked == 5)
     assert pool.alive_workers == 2
     for _ in range(4):
-        pool.try_admit(job("ok"))
+        admit(pool, job("ok"))
     await wait_until(lambda: pool.stats().completed == 4)
     assert len([r for r in caplog.records if r.exc_info]) == 5  # once each, with traceback
     panics = [i for i in events.infos if i.outcome is Outcome.PANICKED]
@@ -233,7 +233,7 @@ async def test_observe_errors_are_logged_not_counted_twice(
     pool = CanaryPool(canary_spec(), observe=observe, chain=chain)
     with caplog.at_level(logging.ERROR, logger="sidecar.mirror"):
         for _ in range(3):
-            pool.try_admit(job())
+            admit(pool, job())
         await wait_until(lambda: pool.stats().completed == 3)
         s = pool.stats()
         assert (s.dispatched, s.completed, s.panicked) == (3, 3, 0)
@@ -254,7 +254,7 @@ async def test_aclose_drains_or_abandons_and_invariant_holds() -> None:
 
     pool = CanaryPool(canary_spec(workers=1, queue=10), chain=chain)
     for _ in range(5):
-        pool.try_admit(job())
+        admit(pool, job())
     asyncio.get_running_loop().call_soon(gate.set)
     await pool.aclose(drain=5.0)
     assert pool.stats().completed == 5
@@ -268,13 +268,13 @@ async def test_aclose_drains_or_abandons_and_invariant_holds() -> None:
     events = Events()
     pool = CanaryPool(canary_spec(workers=1, queue=10), observe=events, chain=stuck)
     for _ in range(5):
-        pool.try_admit(job())
+        admit(pool, job())
     await wait_until(lambda: pool.queue_depth == 4)
     await pool.aclose(drain=0.05)
     s = pool.stats()
     assert (s.dispatched, s.failed) == (5, 5)
     assert {i.error for i in events.infos if i.outcome is Outcome.FAILED} == {ERR_ABANDONED}
-    assert pool.try_admit(job()) is Outcome.DROPPED_FULL  # closed: counted, never lost
+    assert admit(pool, job()) is Outcome.DROPPED_FULL  # closed: counted, never lost
 
 
 # --- pool against real canaries ------------------------------------------------------------
@@ -284,7 +284,7 @@ async def test_completed_with_status_and_duration_response_drained() -> None:
     events = Events()
     async with RecordingCanary(status=503, response_body=b"x" * 100_000) as canary:
         pool = CanaryPool(canary_spec(canary), observe=events)
-        pool.try_admit(job(body=b"hello", method="POST"))
+        admit(pool, job(body=b"hello", method="POST"))
         await wait_until(lambda: pool.stats().completed == 1)
         req = canary.requests[0]
         assert (req.method, req.target, req.body) == (b"POST", b"/p", b"hello")
@@ -292,7 +292,7 @@ async def test_completed_with_status_and_duration_response_drained() -> None:
         done = next(i for i in events.infos if i.outcome is Outcome.COMPLETED)
         assert done.status == 503 and done.duration is not None and done.duration > 0
         # drained: the connection went back to the pool and is reused
-        pool.try_admit(job())
+        admit(pool, job())
         await wait_until(lambda: pool.stats().completed == 2)
         assert canary.connections_total == 1
         await pool.aclose()
@@ -303,7 +303,7 @@ async def test_reset_canary_ends_as_failed(behaviour: str, reason: str) -> None:
     events = Events()
     async with RecordingCanary(behaviour) as canary:  # type: ignore[arg-type]
         pool = CanaryPool(canary_spec(canary), observe=events)
-        pool.try_admit(job())
+        admit(pool, job())
         await wait_until(lambda: pool.stats().failed == 1)
         assert [i.error for i in events.infos if i.outcome is Outcome.FAILED] == [reason]
         await pool.aclose()
@@ -314,7 +314,7 @@ async def test_dead_canary_ends_as_failed_connect() -> None:
     await canary.aclose()  # nothing listens on that port any more
     events = Events()
     pool = CanaryPool(canary_spec(canary), observe=events)
-    pool.try_admit(job())
+    admit(pool, job())
     await wait_until(lambda: pool.stats().failed == 1)
     assert [i.error for i in events.infos if i.outcome is Outcome.FAILED] == ["connect"]
     await pool.aclose()
@@ -326,7 +326,7 @@ async def test_hung_canary_ends_at_the_timeout() -> None:
         pool = CanaryPool(canary_spec(canary, timeout_s=0.2), observe=events)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        pool.try_admit(job())
+        admit(pool, job())
         await wait_until(lambda: pool.stats().failed == 1)
         elapsed = loop.time() - t0
         assert 0.15 <= elapsed < 2.0
@@ -338,7 +338,7 @@ async def test_weighted_round_robin_proportions_on_real_servers() -> None:
     async with RecordingCanary() as a, RecordingCanary() as b:
         pool = CanaryPool(canary_spec(a, b, weights=(3, 1), queue=100))
         for _ in range(40):
-            assert pool.try_admit(job()) is Outcome.DISPATCHED
+            assert admit(pool, job()) is Outcome.DISPATCHED
         await wait_until(lambda: pool.stats().completed == 40)
         assert (len(a.requests), len(b.requests)) == (30, 10)
         await pool.aclose()
@@ -351,7 +351,7 @@ async def test_connections_and_requests_never_exceed_workers(servers: int) -> No
     try:
         pool = CanaryPool(canary_spec(*canaries, workers=workers, queue=200))
         for _ in range(120):
-            pool.try_admit(job())
+            admit(pool, job())
         await wait_until(lambda: pool.stats().completed == 120)
         assert sum(c.max_connections_open for c in canaries) <= workers
         assert sum(c.max_in_flight for c in canaries) <= workers
@@ -368,7 +368,7 @@ async def test_more_servers_than_workers_still_bounded() -> None:
     try:
         pool = CanaryPool(canary_spec(*canaries, workers=2, queue=100))
         for _ in range(30):
-            pool.try_admit(job())
+            admit(pool, job())
         await wait_until(lambda: pool.stats().completed == 30)
         # a throw-away connection per request, closed right after it: open connections are
         # exactly the requests in flight (counted client-side; the server notices closes late)
@@ -487,17 +487,17 @@ async def test_expired_queued_jobs_free_room_at_admission_while_workers_stay_bus
     )
     loop = asyncio.get_running_loop()
     try:
-        assert pool.try_admit(job()) is Outcome.DISPATCHED
+        assert admit(pool, job()) is Outcome.DISPATCHED
         await wait_until(lambda: pool.busy_workers == 1 and pool.queue_depth == 0)
-        assert pool.try_admit(job()) is Outcome.DISPATCHED
-        assert pool.try_admit(job()) is Outcome.DISPATCHED
-        assert pool.try_admit(job()) is Outcome.DROPPED_FULL
+        assert admit(pool, job()) is Outcome.DISPATCHED
+        assert admit(pool, job()) is Outcome.DISPATCHED
+        assert admit(pool, job()) is Outcome.DROPPED_FULL
         assert pool.queue_depth == 2
         past = loop.time() + 0.1
         await wait_until(lambda: loop.time() > past, what="the queued jobs' deadline")
         assert pool.busy_workers == 1  # still stuck on the first job
 
-        assert pool.try_admit(job()) is Outcome.DISPATCHED
+        assert admit(pool, job()) is Outcome.DISPATCHED
         assert pool.queue_depth == 1
         expired = [i.error for i in events.infos if i.outcome is Outcome.FAILED]
         assert expired == [ERR_EXPIRED, ERR_EXPIRED]
@@ -514,9 +514,9 @@ async def test_dead_canary_tees_fail_at_admission_during_back_off(
     the request path (dispatched, then failed "connect") without waking a worker."""
     import socket
 
-    import sidecar.pool
+    import sidecar.shadow.balance
 
-    monkeypatch.setattr(sidecar.pool, "CONNECT_BACKOFF_S", 30.0)  # outlasts the test
+    monkeypatch.setattr(sidecar.shadow.balance, "CONNECT_BACKOFF_S", 30.0)  # outlasts the test
 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -526,10 +526,10 @@ async def test_dead_canary_tees_fail_at_admission_during_back_off(
     events = Events()
     pool = CanaryPool(spec, observe=events)
     try:
-        pool.try_admit(job())
+        admit(pool, job())
         await wait_until(lambda: pool.stats().failed == 1)
         for n in range(2, 12):
-            assert pool.try_admit(job()) is Outcome.DISPATCHED
+            assert admit(pool, job()) is Outcome.DISPATCHED
             s = pool.stats()
             assert (s.dispatched, s.failed) == (n, n)  # settled before any await
             assert pool.queue_depth == 0
@@ -568,10 +568,10 @@ async def _order_sent(wait_until_oldest_remaining: float | None) -> list[bytes]:
     pool = CanaryPool(canary_spec(workers=1, queue=3, timeout_s=2.0), chain=chain)
     loop = asyncio.get_running_loop()
     try:
-        pool.try_admit(_job_for(b"/a"))
+        admit(pool, _job_for(b"/a"))
         await wait_until(lambda: sent == [b"/a"])
         for path in (b"/b", b"/c", b"/d"):
-            assert pool.try_admit(_job_for(path)) is Outcome.DISPATCHED
+            assert admit(pool, _job_for(path)) is Outcome.DISPATCHED
         if wait_until_oldest_remaining is not None:
             oldest = pool._jobs[0].deadline
             await wait_until(lambda: oldest - loop.time() < wait_until_oldest_remaining)
@@ -597,7 +597,7 @@ async def test_backed_up_queue_serves_the_newest_job_first() -> None:
 async def test_closed_pool_refuses_without_starting_workers() -> None:
     pool = CanaryPool(canary_spec(workers=3))
     await pool.aclose()
-    assert pool.try_admit(job()) is Outcome.DROPPED_FULL
+    assert admit(pool, job()) is Outcome.DROPPED_FULL
     assert pool.alive_workers == 0
 
 
@@ -617,7 +617,7 @@ async def test_unequal_weights_still_reach_the_server_that_is_up() -> None:
         pool = CanaryPool(spec, observe=events)
         try:
             for n in range(1, 9):
-                assert pool.try_admit(job()) is Outcome.DISPATCHED
+                assert admit(pool, job()) is Outcome.DISPATCHED
                 await wait_until(lambda n=n: pool.stats().completed + pool.stats().failed == n)
         finally:
             await pool.aclose()

@@ -7,16 +7,11 @@ import socket
 
 from sidecar.model.config import CanarySpec, ServerSpec
 from sidecar.model.endpoint import Endpoint
-from sidecar.pool import (
-    CONNECT_BACKOFF_MAX_S,
-    CONNECT_BACKOFF_S,
-    CanaryPool,
-    ClientRequest,
-    Job,
-    MirrorInfo,
-    Outcome,
-)
+from sidecar.shadow.balance import CONNECT_BACKOFF_MAX_S, CONNECT_BACKOFF_S
+from sidecar.shadow.pool import CanaryPool
+from sidecar.shadow.types import ClientRequest, Job, MirrorInfo, Outcome
 from tests.servers import wait_until
+from tests.support.engine import admit
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
@@ -64,7 +59,7 @@ async def test_refused_server_backs_off_then_heals() -> None:
     port = sock.getsockname()[1]
     pool = CanaryPool(spec(port), observe=infos.append)
     try:
-        pool.try_admit(job())
+        admit(pool, job())
         await wait_until(lambda: pool.stats().failed == 1)
         server = pool._servers[0]
         assert server.backoff == CONNECT_BACKOFF_S
@@ -72,7 +67,7 @@ async def test_refused_server_backs_off_then_heals() -> None:
 
         # More refusals: every tee still ends as failed (connect), the window only grows.
         for _ in range(20):
-            pool.try_admit(job())
+            admit(pool, job())
         await wait_until(lambda: pool.stats().failed == 21)
         failures = [i.error for i in infos if i.outcome is Outcome.FAILED]
         assert failures == ["connect"] * 21
@@ -86,7 +81,7 @@ async def test_refused_server_backs_off_then_heals() -> None:
 
         def healed() -> bool:
             if loop.time() >= server.down_until and not pool.queue_depth:
-                pool.try_admit(job())
+                admit(pool, job())
             return pool.stats().completed > 0
 
         await wait_until(healed, what="a completed mirror after the back-off window")
@@ -107,7 +102,7 @@ async def test_refusing_server_is_skipped_for_the_others() -> None:
     pool = CanaryPool(spec(dead.getsockname()[1], live_port))
     try:
         for _ in range(40):
-            pool.try_admit(job())
+            admit(pool, job())
         await wait_until(lambda: pool.stats().completed + pool.stats().failed == 40)
         # Round robin alternates, but the refusing server is skipped while backing off:
         # far more than half of the mirrors complete.

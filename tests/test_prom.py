@@ -5,7 +5,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sidecar import prom
 from sidecar.model.config import CanarySpec, ServerSpec
 from sidecar.model.endpoint import Endpoint
-from sidecar.pool import CanaryPool, MirrorInfo, Outcome
+from sidecar.serve import metrics as serve_metrics
+from sidecar.shadow.pool import CanaryPool
+from sidecar.shadow.types import MirrorInfo, Outcome
 
 
 def value(reg: CollectorRegistry, name: str, **labels: str) -> float:
@@ -59,7 +61,7 @@ async def test_queue_and_busy_gauges_follow_the_pool() -> None:
 def test_primary_rules_and_reload_metrics() -> None:
     reg = CollectorRegistry()
     prom.Metrics(reg)
-    m = prom.ProxyMetrics(reg)
+    m = serve_metrics.ProxyMetrics(reg)
     m.primary_requests("2xx").inc()
     m.primary_duration().observe(0.1)
     m.set_rules_info("abc", rules=2, canaries=1)
@@ -99,6 +101,6 @@ def test_metrics_are_built_once_per_registry() -> None:
 
 def test_reload_counters_exist_at_zero_before_any_reload() -> None:
     reg = CollectorRegistry()
-    prom.ProxyMetrics(reg)
+    serve_metrics.ProxyMetrics(reg)
     for result in ("ok", "error"):
         assert reg.get_sample_value("sidecar_rules_reloads_total", {"result": result}) == 0.0

@@ -3,7 +3,7 @@
 How this works
 --------------
 Admission runs on the request path and never awaits: `refusal()` says whether a tee would
-be dropped, without building anything, and `dispatch(job)` admits it (`try_admit` is both).
+be dropped, without building anything, and `dispatch(job)` admits it.
 It first settles queued jobs whose deadline has passed (one timeout per pool, so they are
 the oldest, at the head): a stuck canary's queue holds no dead jobs, and they are settled
 a few per request rather than in a burst when a worker frees up. Then it checks the rate
@@ -44,7 +44,7 @@ jobs end as `failed` ("abandoned at shutdown").
 
 Why a tee failed: a failure that came from trying the canary (an exchange that raised, its
 deadline, or a deadline that passed in the queue) carries an error kind
-(`sidecar.mirror_errors.classify`: connect, timeout, tls, reset, protocol) in
+(`sidecar.shadow.errors.classify`: connect, timeout, tls, reset, protocol) in
 `MirrorInfo.error_kind`, and is logged per kind, rate-limited. A tee failed at once because
 every server is in its connect back-off made no attempt: its `error` is "connect" but it has
 no kind (the errors metric counts attempts), it is only counted in `backoff_skips` and in the
@@ -55,17 +55,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
 
 from sidecar.http.client import ClientError, ConnectError, ConnectionPool
-from sidecar.http.headers import Headers, ShadowTemplate
-from sidecar.mirror_errors import (
+from sidecar.http.headers import Headers
+from sidecar.model.config import CanarySpec
+from sidecar.shadow.balance import Server, SmoothWeightedRoundRobin, connection_shares
+from sidecar.shadow.errors import (
     CONNECT,
     ERROR_KINDS,
     TIMEOUT,
@@ -77,216 +74,31 @@ from sidecar.mirror_errors import (
     observe_error_line,
     observe_summary_line,
 )
-from sidecar.model.config import CanarySpec, RateSpec
-from sidecar.model.endpoint import Endpoint
+from sidecar.shadow.rate import TokenBucket
+from sidecar.shadow.template import ShadowTemplate
+from sidecar.shadow.types import (
+    ERR_ABANDONED,
+    ERR_CONNECT,
+    ERR_EXPIRED,
+    ERR_TIMEOUT,
+    Chain,
+    Job,
+    MirrorInfo,
+    Observe,
+    Outcome,
+    ShadowRequest,
+    Stats,
+)
 
 log = logging.getLogger("sidecar.mirror")
 
-
-class Outcome(enum.Enum):
-    DISPATCHED = "dispatched"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    PANICKED = "panicked"
-    DROPPED_FULL = "dropped_full"
-    DROPPED_OVERSIZE = "dropped_oversize"
-    DROPPED_RATE = "dropped_rate"
-    DROPPED_ABORTED = "dropped_aborted"
-    # Library only: the app answered without reading the whole body and the server would not
-    # deliver the rest afterwards (uvicorn discards it), so the body to mirror is unknown.
-    DROPPED_UNREAD = "dropped_unread"
-
-    # Members are singletons: hash by identity in C (Enum.__hash__ is a Python call, and
-    # every tee bumps several dicts keyed by its outcome).
-    __hash__ = object.__hash__
-
-
-@dataclass(frozen=True, slots=True)
-class MirrorInfo:
-    """One outcome of one tee. `status`/`duration` when completed; `error` when failed/panicked;
-    `error_kind` (connect, timeout, tls, reset, protocol) when a failed tee tried the canary."""
-
-    # Field order as the library API lists them (positional construction follows it); the
-    # kind came later, so it is last.
-    outcome: Outcome
-    status: int | None = None
-    duration: float | None = None
-    canary: str = ""
-    rule: str | None = None
-    error: str | None = None
-    error_kind: ErrorKind | None = None
-
-
-class Stats(NamedTuple):
-    dispatched: int = 0
-    completed: int = 0
-    failed: int = 0
-    panicked: int = 0
-    dropped_full: int = 0
-    dropped_oversize: int = 0
-    dropped_rate: int = 0
-    dropped_aborted: int = 0
-    dropped_unread: int = 0
-
-
-Observe = Callable[[MirrorInfo], None]
-
-# Failure reasons (MirrorInfo.error for `failed`).
-ERR_EXPIRED = "deadline expired in queue"
-ERR_TIMEOUT = "timeout"
-ERR_CONNECT = "connect"
-ERR_RESET = "reset"
-ERR_PROTOCOL = "protocol"
-ERR_ABANDONED = "abandoned at shutdown"
-
-# A server whose connect failed is not tried again for a short window, during which its
-# tees end at once as `failed` ("connect"): a dead canary then costs an admission and a
-# counter per tee instead of a connect attempt each (nginx: max_fails / fail_timeout). The
-# window doubles while connects keep failing, up to the maximum; a success resets it.
-CONNECT_BACKOFF_S = 0.05
-CONNECT_BACKOFF_MAX_S = 1.0
 
 # Distinct (rule, outcome, error, kind) infos kept for reuse; panics carry free-form errors.
 _PLAIN_INFOS_MAX = 1024
 
 
-class Body:
-    """A request body copy shared by all tees of one request: chunk objects, joined once."""
-
-    __slots__ = ("_joined", "chunks", "length")
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.length = 0
-        self._joined: bytes | None = None
-
-    def bytes(self) -> bytes:
-        if self._joined is None:
-            self._joined = b"".join(self.chunks)
-            self.chunks = [self._joined]
-        return self._joined
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRequest:
-    """The client's request as the tees need it; shared by all tees, never mutated."""
-
-    method: str
-    raw_path: bytes
-    query_string: bytes
-    headers: Sequence[tuple[bytes, bytes]]
-    client: str | None
-    scheme: str
-
-
-class Job:
-    """One admitted tee: the request, its body copy (None: no body), rule and deadline."""
-
-    __slots__ = ("body", "deadline", "request", "rule")
-
-    def __init__(self, request: ClientRequest, body: Body | None, rule: str | None) -> None:
-        self.request = request
-        self.body = body
-        self.rule = rule
-        self.deadline = 0.0  # loop time; set by dispatch()
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowRequest:
-    """What a chain receives: the shadow request as it goes on the wire."""
-
-    method: bytes
-    target: bytes
-    headers: Headers
-    body: bytes
-    canary: str
-    rule: str | None
-
-
-# A custom destination (library `Mirror.use(callable)`): returns the response status.
-Chain = Callable[[ShadowRequest], Awaitable[int | None]]
-
-
-class SmoothWeightedRoundRobin:
-    """nginx's smooth weighted round-robin: deterministic, spreads picks evenly."""
-
-    __slots__ = ("_current", "_total", "_weights")
-
-    def __init__(self, weights: Sequence[int]) -> None:
-        self._weights = list(weights)
-        self._current = [0] * len(weights)
-        self._total = sum(weights)
-
-    def pick(self) -> int:
-        best = 0
-        current = self._current
-        for i, w in enumerate(self._weights):
-            current[i] += w
-            if current[i] > current[best]:
-                best = i
-        current[best] -= self._total
-        return best
-
-
-class TokenBucket:
-    """At most `burst` tokens, full at start, refilled continuously at `per_second`."""
-
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
-
-    def __init__(self, spec: RateSpec, now: float) -> None:
-        self._burst = spec.burst
-        self._rate = spec.per_second
-        self._tokens = spec.burst
-        self._last = now
-
-    def has_token(self, now: float) -> bool:
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        return self._tokens >= 1.0
-
-    def take(self) -> None:
-        self._tokens -= 1.0
-
-
-def connection_shares(weights: Sequence[int], workers: int) -> list[int] | None:
-    """Per-server connection caps summing to `workers` (largest remainder by weight, each
-    at least 1); None when there are more servers than workers."""
-    n = len(weights)
-    if n > workers:
-        return None
-    shares = [1] * n
-    spare = workers - n
-    total = sum(weights)
-    exact = [spare * w / total for w in weights]
-    floors = [math.floor(x) for x in exact]
-    rest = spare - sum(floors)
-    order = sorted(range(n), key=lambda i: (floors[i] - exact[i], i))
-    for i in range(n):
-        shares[i] += floors[i] + (1 if i in order[:rest] else 0)
-    return shares
-
-
 class _BackingOff(ConnectError):
     """Every server was in its connect back-off when the worker picked one: no attempt."""
-
-
-class _Server:
-    __slots__ = ("backoff", "down_until", "endpoint", "host", "max_connections", "pool")
-
-    def __init__(self, endpoint: Endpoint, max_connections: int | None) -> None:
-        self.endpoint = endpoint
-        self.host = endpoint.authority.encode("ascii")
-        self.max_connections = max_connections  # None: a throw-away pool per request
-        self.pool: ConnectionPool | None = None
-        self.down_until = 0.0  # loop time until which this server is not tried (refused)
-        self.backoff = 0.0  # the current window; 0: the last connect succeeded
-
-    def refused(self, now: float) -> None:
-        """A connect failed: skip this server for a window that grows while they fail."""
-        if now < self.down_until:
-            return  # one of several concurrent attempts: the window is already set
-        self.backoff = min(self.backoff * 2, CONNECT_BACKOFF_MAX_S) or CONNECT_BACKOFF_S
-        self.down_until = now + self.backoff
 
 
 class CanaryPool:
@@ -309,7 +121,6 @@ class CanaryPool:
         self._running = 0  # jobs taken by a worker and not yet settled
         self._ephemeral_open = 0  # throw-away pools' connections (more servers than workers)
         self._counts: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
-        self._rule_counts: dict[tuple[str | None, Outcome], int] = {}
         self._plain_infos: dict[
             tuple[str | None, Outcome, str | None, ErrorKind | None], MirrorInfo
         ] = {}
@@ -334,7 +145,7 @@ class CanaryPool:
         weights = [s.weight for s in spec.servers]
         shares = connection_shares(weights, spec.workers)
         self._servers = [
-            _Server(s.endpoint, None if shares is None else shares[i])
+            Server(s.endpoint, None if shares is None else shares[i])
             for i, s in enumerate(spec.servers)
         ]
         self._wrr = SmoothWeightedRoundRobin(weights)
@@ -387,13 +198,6 @@ class CanaryPool:
                     await pool.aclose()
 
     # --- request path (synchronous) ----------------------------------------------------
-
-    def try_admit(self, job: Job) -> Outcome:
-        """Admit `job` or drop it, without awaiting; returns (and counts) the outcome."""
-        refused = self.refusal()
-        if refused is not None:
-            return self.record(refused, job.rule)
-        return self.dispatch(job)
 
     def refusal(self) -> Outcome | None:
         """The drop a tee would get right now (`dropped_full`, `dropped_rate`), or None when
@@ -475,8 +279,6 @@ class CanaryPool:
         first with its traceback, then counted and summarized: a broken hook would otherwise
         log a traceback per outcome)."""
         self._counts[outcome] += 1
-        key = (rule, outcome)
-        self._rule_counts[key] = self._rule_counts.get(key, 0) + 1
         observe = self._observe
         if observe is not None:
             if status is None and duration is None and outcome is not Outcome.PANICKED:
@@ -507,10 +309,6 @@ class CanaryPool:
         """Failed attempts by error kind (back-off skips are in `backoff_skips`)."""
         return dict(self._error_counts)
 
-    def rule_stats(self) -> dict[tuple[str | None, Outcome], int]:
-        """Counts per (rule, outcome), for the metrics."""
-        return dict(self._rule_counts)
-
     @property
     def queue_depth(self) -> int:
         return len(self._jobs)
@@ -527,7 +325,7 @@ class CanaryPool:
     def open_connections(self) -> int:
         """TCP connections currently open toward this canary (all servers)."""
         return (
-            sum(int(getattr(s.pool, "open_connections", 0)) for s in self._servers if s.pool)
+            sum(s.pool.open_connections for s in self._servers if s.pool is not None)
             + self._ephemeral_open
         )
 
@@ -681,7 +479,7 @@ class CanaryPool:
         server.backoff = 0.0
         return status
 
-    def _pick(self) -> _Server:
+    def _pick(self) -> Server:
         """The next server by weighted round-robin, skipping any in its connect back-off;
         raises ConnectError (a `failed` "connect") when every server is in one."""
         servers = self._servers
@@ -719,8 +517,10 @@ class _Expired:
         self.task.cancel()
 
 
-async def _exchange(pool: object, method: str, target: bytes, headers: Headers, body: bytes) -> int:
-    resp = await pool.request(method.encode("ascii"), target, headers, body)  # type: ignore[attr-defined]
+async def _exchange(
+    pool: ConnectionPool, method: str, target: bytes, headers: Headers, body: bytes
+) -> int:
+    resp = await pool.request(method.encode("ascii"), target, headers, body)
     try:
         await resp.drain()
     except BaseException:

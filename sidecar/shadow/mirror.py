@@ -45,17 +45,10 @@ from sidecar.model.config import (
     ServerSpec,
 )
 from sidecar.model.endpoint import Endpoint
-from sidecar.pool import (
-    CanaryPool,
-    Chain,
-    MirrorInfo,
-    Observe,
-    Outcome,
-    ShadowRequest,
-    Stats,
-)
 from sidecar.routing.request import RequestView
-from sidecar.tees import RequestTees
+from sidecar.shadow.pool import CanaryPool
+from sidecar.shadow.tees import RequestTees
+from sidecar.shadow.types import Chain, MirrorInfo, Observe, Outcome, ShadowRequest, Stats
 
 __all__ = ["Mirror", "MirrorInfo", "Outcome", "ShadowRequest", "Stats", "Upstream"]
 

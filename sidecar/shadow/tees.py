@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sidecar.pool import Body, CanaryPool, ClientRequest, Job, Outcome
+from sidecar.shadow.pool import CanaryPool
+from sidecar.shadow.types import Body, ClientRequest, Job, Outcome
 
 
 class RequestTees:

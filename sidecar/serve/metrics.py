@@ -1,0 +1,135 @@
+"""The proxy's own series (prometheus-client): primary requests and duration, refused
+requests, rules info and reloads.
+
+They are registered on the first call of one of the functions below, which only `serve`
+makes, so a library process never exports them (a
+`sidecar_rules_last_reload_success_timestamp_seconds 0` there would say that rules failed
+to load, in a process that has none). The mirror series are `sidecar.shadow.metrics`.
+
+    primary_requests("2xx"), primary_duration(), refused_request(reason)
+                                       the proxy's children (resolve once, keep them)
+    set_rules_info(sha256, rules=, canaries=), record_reload(ok)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from sidecar.shadow.metrics import MIRROR_DURATION_BUCKETS_S
+
+# The primary's answers: the mirror buckets plus its 60 s default head clock.
+PRIMARY_DURATION_BUCKETS_S = (*MIRROR_DURATION_BUCKETS_S, 60.0)
+
+
+class ProxyMetrics:
+    """The proxy's own series (primary, refusals, rules, reloads), on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.registry = registry
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        r = registry
+        self.requests = Counter(
+            "sidecar_requests", "Primary requests by status class.", ["code"], registry=r
+        )
+        self.refused = Counter(
+            "sidecar_refused_requests",
+            "Client requests refused before forwarding (malformed or ambiguous HTTP), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "sidecar_request_duration_seconds",
+            "Primary request duration.",
+            buckets=PRIMARY_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.rules_info = Gauge(
+            "sidecar_rules_info",
+            "The loaded configuration (value 1).",
+            ["hash", "rules", "canaries"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.reloads = Counter(
+            "sidecar_rules_reloads", "Configuration reloads by result.", ["result"], registry=r
+        )
+        for result in ("ok", "error"):  # both series exist (at 0) before the first reload
+            self.reloads.labels(result)
+        self.last_reload_success = Gauge(
+            "sidecar_rules_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self._rules_labels: tuple[str, str, str] | None = None
+
+    # --- primary and rules ---------------------------------------------------------------
+
+    def primary_requests(self, code: str) -> Any:
+        return self.requests.labels(code)
+
+    def primary_duration(self) -> Any:
+        return self.request_duration
+
+    def refused_request(self, reason: str) -> Any:
+        """The counter child of one refusal reason (resolve once per reason, keep it)."""
+        return self.refused.labels(reason)
+
+    def set_rules_info(self, sha256: str, *, rules: int, canaries: int) -> None:
+        labels = (sha256, str(rules), str(canaries))
+        old = self._rules_labels
+        if old is not None and old != labels:
+            if self.multiprocess:
+                self.rules_info.labels(*old).set(0)
+            else:
+                self.rules_info.remove(*old)
+        self.rules_info.labels(*labels).set(1)
+        self._rules_labels = labels
+        self.last_reload_success.set(time.time())
+
+    def record_reload(self, ok: bool) -> None:
+        """Count one reload; a success also stamps the last-success gauge."""
+        self.reloads.labels("ok" if ok else "error").inc()
+        if ok:
+            self.last_reload_success.set(time.time())
+
+
+_proxy_by_registry: dict[int, ProxyMetrics] = {}
+
+
+def proxy_metrics(registry: CollectorRegistry | None = None) -> ProxyMetrics:
+    """The `ProxyMetrics` of `registry` (default: REGISTRY), built (registered) on first use."""
+    reg = REGISTRY if registry is None else registry
+    m = _proxy_by_registry.get(id(reg))
+    if m is None or m.registry is not reg:
+        m = _proxy_by_registry[id(reg)] = ProxyMetrics(reg)
+    return m
+
+
+# The proxy's entry points (proxy.py, runtime.py, reload.py): the first call registers the
+# proxy's series on the default registry; a library process never makes one.
+
+
+def primary_requests(code: str) -> Any:
+    return proxy_metrics().primary_requests(code)
+
+
+def primary_duration() -> Any:
+    return proxy_metrics().primary_duration()
+
+
+def refused_request(reason: str) -> Any:
+    return proxy_metrics().refused_request(reason)
+
+
+def set_rules_info(sha256: str, *, rules: int, canaries: int) -> None:
+    proxy_metrics().set_rules_info(sha256, rules=rules, canaries=canaries)
+
+
+def record_reload(ok: bool) -> None:
+    proxy_metrics().record_reload(ok)

@@ -1,0 +1,77 @@
+"""Spreading one canary's tees over its servers: smooth weighted round-robin, connection
+shares, and the connect back-off that skips a server whose connect just failed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from sidecar.http.client import ConnectionPool
+from sidecar.model.endpoint import Endpoint
+
+# A server whose connect failed is not tried again for a short window, during which its
+# tees end at once as `failed` ("connect"): a dead canary then costs an admission and a
+# counter per tee instead of a connect attempt each (nginx: max_fails / fail_timeout). The
+# window doubles while connects keep failing, up to the maximum; a success resets it.
+CONNECT_BACKOFF_S = 0.05
+CONNECT_BACKOFF_MAX_S = 1.0
+
+
+class SmoothWeightedRoundRobin:
+    """nginx's smooth weighted round-robin: deterministic, spreads picks evenly."""
+
+    __slots__ = ("_current", "_total", "_weights")
+
+    def __init__(self, weights: Sequence[int]) -> None:
+        self._weights = list(weights)
+        self._current = [0] * len(weights)
+        self._total = sum(weights)
+
+    def pick(self) -> int:
+        best = 0
+        current = self._current
+        for i, w in enumerate(self._weights):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= self._total
+        return best
+
+
+def connection_shares(weights: Sequence[int], workers: int) -> list[int] | None:
+    """Per-server connection caps summing to `workers` (largest remainder by weight, each
+    at least 1); None when there are more servers than workers."""
+    n = len(weights)
+    if n > workers:
+        return None
+    shares = [1] * n
+    spare = workers - n
+    total = sum(weights)
+    exact = [spare * w / total for w in weights]
+    floors = [math.floor(x) for x in exact]
+    rest = spare - sum(floors)
+    order = sorted(range(n), key=lambda i: (floors[i] - exact[i], i))
+    for i in range(n):
+        shares[i] += floors[i] + (1 if i in order[:rest] else 0)
+    return shares
+
+
+class Server:
+    """One server of a canary: its connection pool (made on first use) and back-off."""
+
+    __slots__ = ("backoff", "down_until", "endpoint", "host", "max_connections", "pool")
+
+    def __init__(self, endpoint: Endpoint, max_connections: int | None) -> None:
+        self.endpoint = endpoint
+        self.host = endpoint.authority.encode("ascii")
+        self.max_connections = max_connections  # None: a throw-away pool per request
+        self.pool: ConnectionPool | None = None
+        self.down_until = 0.0  # loop time until which this server is not tried (refused)
+        self.backoff = 0.0  # the current window; 0: the last connect succeeded
+
+    def refused(self, now: float) -> None:
+        """A connect failed: skip this server for a window that grows while they fail."""
+        if now < self.down_until:
+            return  # one of several concurrent attempts: the window is already set
+        self.backoff = min(self.backoff * 2, CONNECT_BACKOFF_MAX_S) or CONNECT_BACKOFF_S
+        self.down_until = now + self.backoff

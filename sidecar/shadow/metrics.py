@@ -1,0 +1,189 @@
+"""The mirror series (prometheus-client), all a library user gets from `observe`.
+
+sidecar_mirror_requests_total, _duration_seconds, _responses_total, _errors_total,
+_queue_depth and _busy_workers, registered once per registry with cached label
+children, so the hot path is a dict lookup and an `inc()`. The proxy's own series
+are `sidecar.serve.metrics`; library users import these through `sidecar.prom`.
+
+    observe(info, registry=None)       the ready `observe` hook for Mirror / CanaryPool
+    track_pool(pool) / untrack_pool(pool)
+                                       feed sidecar_mirror_queue_depth / _busy_workers
+
+Gauges for queue depth and busy workers read the pools at scrape time (`set_function`, no
+hot-path cost) in a single process. Under prometheus-client's multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR` set before this module builds its metrics) a function gauge
+cannot be collected across processes, so they are set explicitly on every outcome event of
+that canary instead (`livesum` across live processes).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from sidecar.shadow.pool import CanaryPool
+    from sidecar.shadow.types import MirrorInfo
+
+from sidecar.shadow.errors import ERROR_KINDS
+from sidecar.shadow.types import Outcome
+
+# Round trips of shadow requests: fast local canaries up to the 10s default deadline.
+MIRROR_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def code_class(status: int) -> str:
+    """`2xx`..`5xx` (anything outside 1..5 hundreds is reported as `5xx`)."""
+    hundreds = status // 100
+    return f"{hundreds}xx" if 1 <= hundreds <= 5 else "5xx"
+
+
+class Metrics:
+    """The mirror series (library and proxy), on one registry, with cached label children."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.registry = registry
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        r = registry
+        self.mirror_requests = Counter(
+            "sidecar_mirror_requests",
+            "Tees by canary, rule and outcome.",
+            ["canary", "rule", "outcome"],
+            registry=r,
+        )
+        self.mirror_duration = Histogram(
+            "sidecar_mirror_duration_seconds",
+            "Round trip of completed shadow requests.",
+            ["canary"],
+            buckets=MIRROR_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.mirror_responses = Counter(
+            "sidecar_mirror_responses",
+            "Canary responses by status class.",
+            ["canary", "code"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "sidecar_mirror_queue_depth",
+            "Jobs waiting in the canary's queue.",
+            ["canary"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.busy_workers = Gauge(
+            "sidecar_mirror_busy_workers",
+            "Canary workers not idle.",
+            ["canary"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.mirror_errors = Counter(
+            "sidecar_mirror_errors",
+            "Failed attempts to reach a canary, by error kind (connect, timeout, tls, reset,"
+            " protocol); tees failed during a connect back-off made no attempt and are not"
+            " counted.",
+            ["canary", "error"],
+            registry=r,
+        )
+        self._outcome_children: dict[tuple[str, str | None, Outcome], Any] = {}
+        self._completed_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._error_children: dict[tuple[str, str], Any] = {}
+        self._pools: dict[str, CanaryPool] = {}
+
+    # --- the observe hook ----------------------------------------------------------------
+
+    def observe(self, info: MirrorInfo) -> None:
+        key = (info.canary, info.rule, info.outcome)
+        child = self._outcome_children.get(key)
+        if child is None:
+            child = self.mirror_requests.labels(info.canary, info.rule or "", info.outcome.value)
+            self._outcome_children[key] = child
+        child.inc()
+        if info.outcome is Outcome.COMPLETED:
+            hundreds = (info.status or 0) // 100
+            ckey = (info.canary, hundreds)
+            pair = self._completed_children.get(ckey)
+            if pair is None:
+                pair = (
+                    self.mirror_duration.labels(info.canary),
+                    self.mirror_responses.labels(info.canary, code_class(info.status or 0)),
+                )
+                self._completed_children[ckey] = pair
+            if info.duration is not None:
+                pair[0].observe(info.duration)
+            pair[1].inc()
+        elif info.error_kind is not None:
+            ekey = (info.canary, info.error_kind)
+            echild = self._error_children.get(ekey)
+            if echild is None:
+                echild = self._error_children[ekey] = self.mirror_errors.labels(*ekey)
+            echild.inc()
+        if self.multiprocess:
+            pool = self._pools.get(info.canary)
+            if pool is not None:
+                self.queue_depth.labels(info.canary).set(pool.queue_depth)
+                self.busy_workers.labels(info.canary).set(pool.busy_workers)
+
+    # --- pools ---------------------------------------------------------------------------
+
+    def track_pool(self, pool: CanaryPool) -> None:
+        """Report this pool's queue depth and busy workers (the latest pool of a name wins)."""
+        self._pools[pool.name] = pool
+        for kind in ERROR_KINDS:  # every kind's series exists (at 0) so rate() sees the first
+            self.mirror_errors.labels(pool.name, kind)
+        if self.multiprocess:
+            self.queue_depth.labels(pool.name).set(pool.queue_depth)
+            self.busy_workers.labels(pool.name).set(pool.busy_workers)
+        else:
+            self.queue_depth.labels(pool.name).set_function(lambda: pool.queue_depth)
+            self.busy_workers.labels(pool.name).set_function(lambda: pool.busy_workers)
+
+    def untrack_pool(self, pool: CanaryPool) -> None:
+        """Stop reporting a retired pool (unless a newer pool of that name took over)."""
+        if self._pools.get(pool.name) is not pool:
+            return
+        del self._pools[pool.name]
+        for gauge in (self.queue_depth, self.busy_workers):
+            if self.multiprocess:
+                gauge.labels(pool.name).set(0)
+            else:
+                gauge.remove(pool.name)
+
+
+_by_registry: dict[int, Metrics] = {}
+
+
+def metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """The `Metrics` of `registry` (default: prometheus-client's REGISTRY), built once."""
+    reg = REGISTRY if registry is None else registry
+    m = _by_registry.get(id(reg))
+    if m is None or m.registry is not reg:
+        m = _by_registry[id(reg)] = Metrics(reg)
+    return m
+
+
+def observe(info: MirrorInfo, registry: CollectorRegistry | None = None) -> None:
+    """The ready `observe` hook: records `info` into the default registry (or `registry`)."""
+    (_default or _default_metrics() if registry is None else metrics(registry)).observe(info)
+
+
+_default: Metrics | None = None
+
+
+def _default_metrics() -> Metrics:
+    global _default
+    if _default is None:
+        _default = metrics()
+    return _default
+
+
+def track_pool(pool: CanaryPool) -> None:
+    _default_metrics().track_pool(pool)
+
+
+def untrack_pool(pool: CanaryPool) -> None:
+    _default_metrics().untrack_pool(pool)
