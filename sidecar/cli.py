@@ -21,7 +21,7 @@ from sidecar import __version__
 # (name, module, help). Command owners add their one line here.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("check", "sidecar.check", "validate rule files, like nginx -t"),
-    ("serve", "sidecar.server", "run the proxy with the rules in PATH"),
+    ("serve", "sidecar.serve.command", "run the proxy with the rules in PATH"),
     ("explain", "sidecar.explain", "show how the rules route one request"),
     ("fmt", "sidecar.fmt", "rewrite rule files in the canonical layout"),
     ("demo", "sidecar.demo", "run a loopback demo: primary, two canaries, the proxy, traffic"),

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from sidecar.asgi import ASGIApp
-    from sidecar.runtime import Runtime
+    from sidecar.serve.runtime import Runtime
 
 DEFAULT_DURATION_S = 20.0
 # Requests per second: enough to fill v3's queue and rate limit, light on a laptop.
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.duration < 0 or args.rate <= 0:
         print("sidecar demo: --duration must be >= 0 and --rate > 0", file=sys.stderr)
         return 2
-    from sidecar.server import run_loop
+    from sidecar.serve.process import run_loop
 
     return run_loop(_demo(args))
 
@@ -119,14 +119,14 @@ def render_rules(addresses: Mapping[str, str]) -> str:
 
 async def _demo(args: argparse.Namespace) -> int:
     from sidecar import diagnostics
-    from sidecar.admin import AdminApp
     from sidecar.demo_apps import PROFILES, DemoApp
     from sidecar.demo_view import View, summarize
     from sidecar.dsl import loads
-    from sidecar.listener import Listener
-    from sidecar.proxy import ProxyApp
-    from sidecar.runtime import Runtime
-    from sidecar.server import address_of, bind, hypercorn_config
+    from sidecar.serve.admin import AdminApp
+    from sidecar.serve.listener import Listener
+    from sidecar.serve.proxy import ProxyApp
+    from sidecar.serve.runtime import Runtime
+    from sidecar.serve.sockets import address_of, bind, hypercorn_config
 
     names = ("primary", "v2", "v3", "listen", "admin")
     socks = {name: bind("127.0.0.1:0", reuse_port=False) for name in names}

@@ -14,7 +14,7 @@ from sidecar.shadow import metrics as shadow_metrics
 
 if TYPE_CHECKING:
     from sidecar.demo import Traffic
-    from sidecar.runtime import Runtime
+    from sidecar.serve.runtime import Runtime
 
 LIVE_REFRESH_PER_S = 4
 PLAIN_INTERVAL_S = 2.0

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from sidecar.upload import DISCARD_MAX_BYTES
+from sidecar.serve.upload import DISCARD_MAX_BYTES
 from tests.servers import RecordingCanary
 from tests.support.scripted import EARLY_BODY, ScriptedPrimary
 from tests.support.serve import ServeProcess, free_port, metric, serve_proxy, sidecar_command

@@ -17,7 +17,7 @@ import pytest_asyncio
 from hypercorn.asyncio.tcp_server import TCPServer as StockTCPServer
 from hypercorn.config import Config as HyperConfig
 
-from sidecar import host_protocol
+from sidecar.serve import host_protocol
 from tests.servers import serve_asgi, wait_until
 from tests.support.limited import close_wait, open_fds, serve_limited
 from tests.support.primary import PrimaryApp

@@ -1,4 +1,4 @@
-"""The batched accept loop (sidecar.listener) on real loopback sockets."""
+"""The batched accept loop (sidecar.serve.listener) on real loopback sockets."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import httpx
 import pytest
 from hypercorn.config import Config as HyperConfig
 
-from sidecar import listener
-from sidecar.listener import Listener
+from sidecar.serve import listener
+from sidecar.serve.listener import Listener
 from tests.support.serve import free_port
 
 DEADLINE_S = 10.0
@@ -133,8 +133,8 @@ _UVLOOP_SERVER = textwrap.dedent(
     """
     import asyncio, socket, sys, time
     from hypercorn.config import Config
-    from sidecar.listener import Listener
-    from sidecar.server import run_loop
+    from sidecar.serve.listener import Listener
+    from sidecar.serve.process import run_loop
 
     async def app(scope, receive, send):
         time.sleep(0.002)  # the loop is busy: a real proxy's per-request work

@@ -380,7 +380,7 @@ def _config(text: str) -> Config:
 async def test_retired_pool_waits_for_every_older_snapshot() -> None:
     """A pool kept by one reload and retired by the next still serves requests that began
     two snapshots ago: it closes only once those have ended."""
-    from sidecar.runtime import Runtime
+    from sidecar.serve.runtime import Runtime
 
     head = "primary http://127.0.0.1:1\n"
     c1 = "canary c1 { server http://127.0.0.1:2 }\n"
@@ -407,9 +407,9 @@ async def test_concurrent_reloads_are_serialised(
 ) -> None:
     import threading
 
-    from sidecar import reload as reload_module
-    from sidecar.reload import Reloader
-    from sidecar.runtime import Runtime
+    from sidecar.serve import reload as reload_module
+    from sidecar.serve.reload import Reloader
+    from sidecar.serve.runtime import Runtime
 
     path = tmp_path / "r.mirror"
     path.write_text("primary http://127.0.0.1:1\n")
@@ -445,8 +445,8 @@ async def test_concurrent_reloads_are_serialised(
 async def test_watch_sees_an_edit_made_before_it_first_looked(tmp_path: Path) -> None:
     """An edit between the start-up load and the watcher's first poll is not lost."""
     from sidecar.dsl import load
-    from sidecar.reload import Reloader
-    from sidecar.runtime import Runtime
+    from sidecar.serve.reload import Reloader
+    from sidecar.serve.runtime import Runtime
 
     path = tmp_path / "r.mirror"
     path.write_text("primary http://127.0.0.1:1\n")

@@ -174,7 +174,7 @@ async def test_workers_2_serve_and_metrics_count_across_processes(
 async def test_runtime_swap_keeps_unchanged_pools_and_retires_the_rest() -> None:
     """The reload-ready design: one snapshot reference, pools keyed by canary name."""
     from sidecar.dsl import loads
-    from sidecar.runtime import Runtime
+    from sidecar.serve.runtime import Runtime
 
     def config(c2_workers: int, with_c3: bool) -> Any:
         text = (
@@ -212,7 +212,7 @@ async def test_runtime_swap_keeps_unchanged_pools_and_retires_the_rest() -> None
 def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
     import gc
 
-    from sidecar.server import GC_THRESHOLDS, tune_gc
+    from sidecar.serve.process import GC_THRESHOLDS, tune_gc
 
     before = gc.get_threshold()
     try:

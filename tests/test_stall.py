@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from sidecar.stall import ExchangeClock
+from sidecar.serve.stall import ExchangeClock
 
 IDLE_S = 0.05
 PACE_S = 0.01  # a moving stream: a fifth of the idle timeout

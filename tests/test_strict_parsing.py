@@ -15,9 +15,9 @@ import h11
 import pytest
 import pytest_asyncio
 
-from sidecar import host_protocol
 from sidecar.http import framing
-from sidecar.strict_h11 import MAX_CHUNK_SIZE, RequestRefused, StrictConnection
+from sidecar.serve import host_protocol
+from sidecar.serve.strict_h11 import MAX_CHUNK_SIZE, RequestRefused, StrictConnection
 from tests.servers import serve_asgi
 from tests.support.primary import PrimaryApp
 from tests.support.raw_http import H2Conn, exchange, status_line

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidecar import diagnostics
 from sidecar.diagnostics import Diagnostic, Span, sort
 from sidecar.dsl import ast
 from sidecar.dsl.parser import parse
@@ -37,6 +38,18 @@ class LoadResult:
     sources: dict[str, str]  # file name -> text, for diagnostics.render()
     files: list[str]  # files read, in configuration order
     usage_error: str | None = None  # e.g. a PATH that does not exist (check exits 2)
+
+    def report(self, *, always: bool = False) -> str:
+        """The diagnostics as `check` prints them (each with its source line and caret, in
+        configuration order), then the summary line; "" when there are none, unless `always`.
+
+        The one rendering of a load for check, explain, expect, serve, reload and demo."""
+        if not self.diagnostics and not always:
+            return ""
+        summary = diagnostics.summary(self.diagnostics, len(self.files))
+        if not self.diagnostics:
+            return summary
+        return f"{diagnostics.render_all(self.diagnostics, self.sources, self.files)}\n{summary}"
 
 
 def _at(file: str, line: int = 1, column: int = 1) -> Span:

@@ -16,6 +16,8 @@ from sidecar.diagnostics import Span
 from sidecar.model.endpoint import Endpoint
 from sidecar.model.expr import Expr, SampleKey
 
+# The configuration `check`, `serve`, `explain`, `fmt` and the rest read when given no PATH.
+DEFAULT_RULES = "rules/"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN = "127.0.0.1:9901"
 # The primary's two clocks: until the response head arrives, and the longest pause in

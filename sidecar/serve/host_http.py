@@ -27,7 +27,7 @@ from hyperframe.frame import GoAwayFrame
 
 from sidecar.http import framing
 from sidecar.serve import metrics as serve_metrics
-from sidecar.strict_h11 import RequestRefused, StrictConnection
+from sidecar.serve.strict_h11 import RequestRefused, StrictConnection
 
 log = logging.getLogger("sidecar.host")
 

@@ -60,7 +60,7 @@ from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedEr
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
-from sidecar.host_http import (
+from sidecar.serve.host_http import (
     CUT_SCOPE_KEY,
     MARK_ATTR,
     REFUSALS,

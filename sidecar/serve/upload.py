@@ -37,8 +37,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from sidecar.asgi import Receive
+from sidecar.serve.stall import ExchangeClock
 from sidecar.shadow.tees import RequestTees
-from sidecar.stall import ExchangeClock
 
 # An early answer keeps the client's connection when at most this much body is still to
 # come: the bytes are read and dropped. 8 MiB covers the usual uploads a primary refuses

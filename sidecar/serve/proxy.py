@@ -54,11 +54,11 @@ from sidecar.http import framing
 from sidecar.http.client import ClientError, ConnectError, Response
 from sidecar.http.headers import forward_request_headers, response_headers
 from sidecar.routing.request import RequestView
-from sidecar.runtime import Runtime, Snapshot
 from sidecar.serve import metrics as serve_metrics
+from sidecar.serve.runtime import Runtime, Snapshot
+from sidecar.serve.stall import ExchangeClock
+from sidecar.serve.upload import Upload, UploadAborted
 from sidecar.shadow.tees import RequestTees
-from sidecar.stall import ExchangeClock
-from sidecar.upload import Upload, UploadAborted
 
 log = logging.getLogger("sidecar.proxy")
 
@@ -307,7 +307,7 @@ class _Exchange:
 
     def unread_rest(self, *, close: bool) -> bool:
         """A response head is going out: when the request body is not whole yet, decide
-        between discarding its rest (keep-alive) and closing (see sidecar.upload); True when
+        between discarding its rest (keep-alive) and closing (see sidecar.serve.upload); True when
         the head must carry `Connection: close`. `close` forces the latter."""
         upload = self.upload
         if upload is None or upload.complete or upload.gone:

@@ -32,6 +32,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.utils import wrap_app
+
+from sidecar.serve.host_protocol import connection
+
 log = logging.getLogger("sidecar.listener")
 
 # Connections accepted per readiness of the listening socket. Large enough that a burst of
@@ -55,9 +60,6 @@ class Listener:
     """One listening socket served by hypercorn's connection machinery."""
 
     def __init__(self, app: Any, config: Any, sock: socket.socket) -> None:
-        from hypercorn.asyncio.worker_context import WorkerContext
-        from hypercorn.utils import wrap_app
-
         self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")
         self._config = config
         self._sock = sock
@@ -138,8 +140,6 @@ class Listener:
             self._refused_since_log = 0
 
     async def _serve_connection(self, conn: socket.socket) -> None:
-        from sidecar.host_protocol import connection
-
         loop = self._loop
         reader = asyncio.StreamReader(limit=STREAM_LIMIT_BYTES, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, multiprocess
+from prometheus_client import generate_latest as generate
 
 from sidecar.asgi import Receive, Scope, Send, serve_lifespan
-from sidecar.runtime import Runtime
-
-if TYPE_CHECKING:
-    from sidecar.reload import ReloadResult
+from sidecar.serve.reload import ReloadResult
+from sidecar.serve.runtime import Runtime
 
 RELOAD_PATH = "/-/reload"
 
@@ -84,12 +85,7 @@ def rules_json(runtime: Runtime) -> dict[str, Any]:
 
 
 def render_metrics() -> tuple[bytes, str]:
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry
-    from prometheus_client import generate_latest as generate
-
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate(registry), CONTENT_TYPE_LATEST

@@ -41,14 +41,12 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
+from sidecar.dsl.loader import expand, load
+from sidecar.model.config import Config
+from sidecar.routing.table import RoutingTable, compile_table
 from sidecar.serve import metrics as serve_metrics
-
-if TYPE_CHECKING:
-    from sidecar.model.config import Config
-    from sidecar.routing.table import RoutingTable
-    from sidecar.runtime import Runtime
+from sidecar.serve.runtime import Runtime
 
 log = logging.getLogger("sidecar.reload")
 
@@ -215,22 +213,7 @@ def _load(
 ) -> _Loaded:
     """Step 1, in a worker thread: load + validate + flags + the running addresses + compile;
     never raises."""
-    from sidecar import diagnostics
-    from sidecar.dsl import load
-    from sidecar.dsl.loader import internal_error
-    from sidecar.routing.table import compile_table
-
-    try:
-        result = load(list(paths))
-    except Exception as exc:  # load() does not raise; if it does, say so as check would
-        diag = internal_error(paths[0] if paths else "<config>", exc)
-        return _Loaded(
-            config=None,
-            table=None,
-            report=f"{diagnostics.render(diag, {})}\n{diagnostics.summary([diag], 0)}",
-            error=None,
-            files=0,
-        )
+    result = load(list(paths))
     if result.usage_error is not None:
         return _Loaded(
             config=None,
@@ -239,10 +222,7 @@ def _load(
             error=f"sidecar serve: {result.usage_error}",
             files=0,
         )
-    report = ""
-    if result.diagnostics:
-        rendered = diagnostics.render_all(result.diagnostics, result.sources)
-        report = f"{rendered}\n{diagnostics.summary(result.diagnostics, len(result.files))}"
+    report = result.report()
     files = len(result.files)
     if result.config is None:
         return _Loaded(config=None, table=None, report=report, error=None, files=files)
@@ -295,8 +275,6 @@ def describe_changes(old: Config, new: Config) -> str:
 
 def fingerprint(paths: Sequence[str]) -> Fingerprint:
     """The configuration's files with (mtime, size, inode) each; changes when any does."""
-    from sidecar.dsl.loader import expand
-
     files, _, usage = expand(paths)
     items: list[object] = [usage]
     for name in files:
@@ -311,8 +289,6 @@ def fingerprint(paths: Sequence[str]) -> Fingerprint:
 
 def sources_changed(config: Config, paths: Sequence[str]) -> bool:
     """Whether the configuration's files now differ from the ones `config` was loaded from."""
-    from sidecar.dsl.loader import expand
-
     files, _, usage = expand(paths)
     if usage is not None:
         return True
