@@ -20,10 +20,11 @@ from sidecar import __version__
 
 # (name, module, help). Command owners add their one line here.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("check", "sidecar.check", "validate rule files, like nginx -t"),
+    ("check", "sidecar.tools.check", "validate rule files, like nginx -t"),
     ("serve", "sidecar.serve.command", "run the proxy with the rules in PATH"),
-    ("explain", "sidecar.explain", "show how the rules route one request"),
-    ("fmt", "sidecar.fmt", "rewrite rule files in the canonical layout"),
+    ("explain", "sidecar.tools.explain", "show how the rules route one request"),
+    ("fmt", "sidecar.tools.fmt", "rewrite rule files in the canonical layout"),
+    ("diffs", "sidecar.tools.diffs", "report diff records from files, stdin or admin URLs"),
     ("demo", "sidecar.demo", "run a loopback demo: primary, two canaries, the proxy, traffic"),
 )
 

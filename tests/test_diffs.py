@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from sidecar import diffs
 from sidecar.model.compare import CompareSpec
 from sidecar.shadow.compare.capture import Capture
 from sidecar.shadow.compare.judge import judge
 from sidecar.shadow.compare.record import RequestInfo, diff_record
+from sidecar.tools import diffs
 from tests.servers import serve_asgi
 
 SPEC = CompareSpec(status=True, body="json")

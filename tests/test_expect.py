@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import main
-from sidecar.expect import CaseFileError, load_cases
+from sidecar.tools.expect import CaseFileError, load_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = str(ROOT / "rules")

@@ -9,8 +9,8 @@ import pytest
 
 from sidecar.cli import main
 from sidecar.dsl import loads
-from sidecar.explain import always_in, explain, request_view, to_json
 from sidecar.routing.table import compile_table
+from sidecar.tools.explain import always_in, explain, request_view, to_json
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).resolve().parent / "explain" / "cases"

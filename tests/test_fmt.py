@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from sidecar.cli import main
 from sidecar.dsl import loads
 from sidecar.dsl.parser import parse
-from sidecar.fmt import format_text, quote, without_spans
+from sidecar.tools.fmt import format_text, quote
+from tests.support.spans import without_spans
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = sorted((ROOT / "rules").glob("*.mirror")) + sorted(

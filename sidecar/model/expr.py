@@ -7,6 +7,7 @@ compiles them). Pure data, no imports above `sidecar.diagnostics`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,3 +85,17 @@ Expr = Test | Not | And | Or | Group
 
 
 SampleKey = Literal["header", "cookie", "query", "client"]
+
+
+def expr_text(expr: Expr, test_text: Callable[[Test], str] | None = None) -> str:
+    """The expression as source text: each test as `test_text` gives it (default: as
+    written), operators spelled out, parentheses where the user wrote them."""
+    if isinstance(expr, Test):
+        return expr.text if test_text is None else test_text(expr)
+    if isinstance(expr, Not):
+        return f"not {expr_text(expr.operand, test_text)}"
+    if isinstance(expr, And):
+        return " and ".join(expr_text(e, test_text) for e in expr.operands)
+    if isinstance(expr, Or):
+        return " or ".join(expr_text(e, test_text) for e in expr.operands)
+    return f"({expr_text(expr.inner, test_text)})"

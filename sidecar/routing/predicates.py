@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from operator import attrgetter, methodcaller
 
 from sidecar.model import expr as nodes
+from sidecar.model.expr import expr_text
 from sidecar.routing.request import RequestView
 
 Check = Callable[[RequestView], bool]
@@ -66,19 +67,6 @@ def _ungrouped(expr: nodes.Expr) -> nodes.Expr:
     while isinstance(expr, nodes.Group):
         expr = expr.inner
     return expr
-
-
-def expr_text(expr: nodes.Expr) -> str:
-    """The expression as source text: each test as written, operators and parentheses normalised."""
-    if isinstance(expr, nodes.Test):
-        return expr.text
-    if isinstance(expr, nodes.Not):
-        return f"not {expr_text(expr.operand)}"
-    if isinstance(expr, nodes.And):
-        return " and ".join(expr_text(e) for e in expr.operands)
-    if isinstance(expr, nodes.Or):
-        return " or ".join(expr_text(e) for e in expr.operands)
-    return f"({expr_text(expr.inner)})"
 
 
 def compile_expr(expr: nodes.Expr) -> Predicate:

@@ -7,9 +7,9 @@ import pytest
 
 from sidecar.dsl import ast, loads
 from sidecar.dsl.parser import parse
-from sidecar.fmt import format_text
 from sidecar.model import config as cfg
 from sidecar.routing.table import compile_table
+from sidecar.tools.fmt import format_text
 
 
 def primary(src: str) -> cfg.PrimarySpec:

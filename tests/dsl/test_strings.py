@@ -6,7 +6,7 @@ import pytest
 
 from sidecar.dsl import ast, loads
 from sidecar.dsl.parser import parse
-from sidecar.fmt import quote
+from sidecar.tools.fmt import quote
 
 
 def rewrite(text: str) -> ast.RewritePath:

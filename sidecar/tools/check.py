@@ -5,7 +5,7 @@ Prints every diagnostic (source line and caret) and a summary line, or with
 Exit 0: no error; 1: an error (or a warning under --strict); 2: usage error.
 
 `--expect CASES` then runs route test cases against the configuration
-(sidecar/expect.py): a line per case, the failures with their trace, and a
+(sidecar/tools/expect.py): a line per case, the failures with their trace, and a
 last line `N passed, M failed`; any failing case exits 1. A cases file that is
 not valid YAML or not a list of well-formed cases is reported like a rule
 diagnostic (file:line:col and a caret) and exits 1, as a broken rule file
@@ -20,10 +20,10 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from sidecar.model.config import DEFAULT_RULES
+
 if TYPE_CHECKING:
     from sidecar.dsl.loader import LoadResult
-
-DEFAULT_PATH = "rules/"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "paths",
         nargs="*",
         metavar="PATH",
-        help=f"rule files or directories (default {DEFAULT_PATH})",
+        help=f"rule files or directories (default {DEFAULT_RULES})",
     )
     parser.add_argument(
         "--format", choices=("text", "json"), default="text", help="output format (default text)"
@@ -43,16 +43,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sidecar import diagnostics
     from sidecar.diagnostics import Diagnostic, Span
-    from sidecar.dsl import load
-    from sidecar.dsl.loader import LoadResult, internal_error
+    from sidecar.dsl import load  # lark: `sidecar --help` does not pay for it
 
-    paths: list[str] = list(args.paths) or [DEFAULT_PATH]
-    try:
-        result = load(paths)
-    except Exception as exc:  # load() does not raise; if it ever does, say so as a diagnostic
-        result = LoadResult(
-            config=None, diagnostics=[internal_error(paths[0], exc)], sources={}, files=[]
-        )
+    paths: list[str] = list(args.paths) or [DEFAULT_RULES]
+    result = load(paths)
     if result.usage_error is not None:
         print(f"sidecar check: error: {result.usage_error}", file=sys.stderr)
         if args.format == "json":
@@ -68,17 +62,18 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(diagnostics.to_json(diags, result.files))
     else:
-        if diags:
-            print(diagnostics.render_all(diags, result.sources, result.files))
-        print(diagnostics.summary(diags, len(result.files)))
+        print(result.report(always=True))
     return 1 if diagnostics.has_errors(diags, strict=args.strict) else 0
 
 
 def _run_expect(args: argparse.Namespace, result: LoadResult) -> int:
     """`check --expect`: the configuration's diagnostics as usual, then the cases."""
-    from sidecar import diagnostics, expect
-    from sidecar.explain import always_in
+    # Only `check --expect` needs the routing table and the cases (YAML): not imported for
+    # a plain `check` or `--help`.
+    from sidecar import diagnostics
     from sidecar.routing.table import compile_table
+    from sidecar.tools import expect
+    from sidecar.tools.explain import always_in
 
     try:
         with open(args.expect, encoding="utf-8") as f:

@@ -26,18 +26,17 @@ comments alone, which is what makes formatting idempotent.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import itertools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar, cast
 
 from sidecar.diagnostics import Diagnostic, Span
 from sidecar.dsl import ast
-from sidecar.model.config import Config
+from sidecar.model.config import DEFAULT_RULES
+from sidecar.model.expr import expr_text
 
 INDENT = "    "
 _END = 1 << 30  # "end of the line" as a column
@@ -63,15 +62,7 @@ def quote(value: str) -> str:
 
 def expr(e: ast.Expr) -> str:
     """An expression in canonical form, parentheses exactly as written."""
-    if isinstance(e, ast.Test):
-        return _test(e)
-    if isinstance(e, ast.Not):
-        return f"not {expr(e.operand)}"
-    if isinstance(e, ast.And):
-        return " and ".join(expr(x) for x in e.operands)
-    if isinstance(e, ast.Or):
-        return " or ".join(expr(x) for x in e.operands)
-    return f"({expr(e.inner)})"
+    return expr_text(e, _test)
 
 
 @dataclass(slots=True)
@@ -322,7 +313,7 @@ def format_file(file: ast.File) -> str:
 
 def format_text(text: str, filename: str = "<string>") -> tuple[str | None, list[Diagnostic]]:
     """(canonical text, []) or (None, the syntax diagnostics). Never raises."""
-    from sidecar.dsl.parser import parse
+    from sidecar.dsl.parser import parse  # lark: not for `sidecar --help`
 
     tree, diags = parse(text, filename)
     if tree is None:
@@ -330,51 +321,15 @@ def format_text(text: str, filename: str = "<string>") -> tuple[str | None, list
     return format_file(tree), []
 
 
-T = TypeVar("T")
-
-
-def without_spans(value: T) -> T:
-    """`value` (a Config, an AST node...) with every span, source text and file digest
-    replaced by a constant: what two configurations that differ only in layout share.
-
-    `Test.text` is the clause as written (its spacing) and `sources`/`sha256` digest
-    the files' bytes, so layout changes them; everything else must be equal.
-    """
-    return cast(T, _strip(value))
-
-
-_NO_SPAN = Span(file="", line=1, column=1, end_line=1, end_column=1)
-
-
-def _strip(value: object) -> object:
-    if isinstance(value, Span):
-        return _NO_SPAN
-    if isinstance(value, tuple):
-        return tuple(_strip(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes: dict[str, object] = {}
-        for f in dataclasses.fields(value):
-            if not f.init:
-                continue
-            v = getattr(value, f.name)
-            if f.name == "text" and isinstance(value, ast.Test):
-                changes[f.name] = ""
-            elif f.name in ("sources", "sha256") and isinstance(value, Config):
-                changes[f.name] = () if f.name == "sources" else ""
-            else:
-                changes[f.name] = _strip(v)
-        return dataclasses.replace(value, **changes)
-    return value
-
-
 # --- the command ----------------------------------------------------------------------
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "paths", nargs="*", metavar="PATH", help="rule files or directories (default rules/)"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help=f"rule files or directories (default {DEFAULT_RULES})",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -387,10 +342,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Format each file on its own: one with syntax errors is left alone, the rest still done."""
+    # lark (through the loader): not for `sidecar --help`.
     from sidecar import diagnostics
     from sidecar.dsl.loader import expand, read_rule_file
 
-    files, problems, usage = expand(list(args.paths) or ["rules/"])
+    files, problems, usage = expand(list(args.paths) or [DEFAULT_RULES])
     if usage is not None:
         print(f"sidecar fmt: error: {usage}", file=sys.stderr)
         return 2

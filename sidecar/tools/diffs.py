@@ -223,7 +223,7 @@ def _lines(name: str, handle: IO[str]) -> Iterator[Record | BadLine]:
 
 def _fetch(url: str) -> list[Any]:
     """GET an admin /diffs; httpx's exceptions become `SourceError` here and only here."""
-    import httpx
+    import httpx  # only for admin URLs: `sidecar --help` does not pay for it
 
     try:
         with (
@@ -427,7 +427,7 @@ def _pct(share: float) -> str:
 
 def render(doc: dict[str, Any], console: Console) -> None:
     """Tables per canary and rule, from the `report_json` document."""
-    from rich.table import Table
+    from rich.table import Table  # rich: only when printing a table
 
     for group in doc["groups"]:
         console.print(
@@ -513,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
-        from rich.console import Console
+        from rich.console import Console  # rich: only when printing a table
 
         width = None if sys.stdout.isatty() else PIPE_WIDTH_COLS
         render(doc, Console(width=width, soft_wrap=False))

@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from sidecar.diagnostics import Diagnostic, Span
-from sidecar.explain import (
+from sidecar.routing.table import RoutingTable
+from sidecar.tools.explain import (
     DEFAULT_CLIENT,
     Explanation,
     RequestTextError,
@@ -32,9 +33,8 @@ from sidecar.explain import (
     parse_request,
     request_view,
 )
-from sidecar.explain import to_json as explain_json
-from sidecar.explain import to_text as explain_text
-from sidecar.routing.table import RoutingTable
+from sidecar.tools.explain import to_json as explain_json
+from sidecar.tools.explain import to_text as explain_text
 
 _KEYS = ("name", "request", "headers", "client", "expect")
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.http.syntax import is_token
+from sidecar.model.config import DEFAULT_RULES
 from sidecar.routing.request import RequestView
 from sidecar.routing.table import RoutingTable, Trace
 
@@ -194,7 +195,10 @@ def to_text(e: Explanation) -> list[str]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "paths", nargs="*", metavar="PATH", help="rule files or directories (default rules/)"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help=f"rule files or directories (default {DEFAULT_RULES})",
     )
     parser.add_argument(
         "--request", required=True, metavar='"METHOD /path?query"', help="the request line"
@@ -219,6 +223,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lark and the routing table: not imported for `sidecar --help`.
     from sidecar import diagnostics
     from sidecar.dsl import load
     from sidecar.routing.table import compile_table
@@ -231,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     except RequestTextError as exc:
         print(f"sidecar explain: error: {exc}", file=sys.stderr)
         return 2
-    result = load(list(args.paths) or ["rules/"])
+    result = load(list(args.paths) or [DEFAULT_RULES])
     if result.usage_error is not None:
         print(f"sidecar explain: error: {result.usage_error}", file=sys.stderr)
         return 2
@@ -239,14 +244,10 @@ def run(args: argparse.Namespace) -> int:
         if args.format == "json":
             print(diagnostics.to_json(result.diagnostics, result.files))
         else:
-            print(diagnostics.render_all(result.diagnostics, result.sources, result.files))
-            print(diagnostics.summary(result.diagnostics, len(result.files)))
+            print(result.report())
         return 1
     if result.diagnostics:  # warnings only: keep stdout for the trace
-        print(
-            diagnostics.render_all(result.diagnostics, result.sources, result.files),
-            file=sys.stderr,
-        )
+        print(result.report(), file=sys.stderr)
     e = explain(compile_table(result.config, random=always_in), view, args.body_size)
     if args.format == "json":
         print(json.dumps(to_json(e), indent=2))
