@@ -25,7 +25,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("explain", "sidecar.tools.explain", "show how the rules route one request"),
     ("fmt", "sidecar.tools.fmt", "rewrite rule files in the canonical layout"),
     ("diffs", "sidecar.tools.diffs", "report diff records from files, stdin or admin URLs"),
-    ("demo", "sidecar.demo", "run a loopback demo: primary, two canaries, the proxy, traffic"),
+    (
+        "demo",
+        "sidecar.demo.command",
+        "run a loopback demo: primary, two canaries, the proxy, traffic",
+    ),
 )
 
 EXIT_OK = 0

@@ -79,7 +79,7 @@ def test_services(compose: dict[str, Any]) -> None:
         assert svc["build"] == "."
         assert svc["image"] == "sidecar:dev"
     for name in ("primary", "canary"):
-        assert service(compose, name)["entrypoint"] == ["python", "-m", "sidecar.demo_apps"]
+        assert service(compose, name)["entrypoint"] == ["python", "-m", "sidecar.demo.apps"]
         assert str(listen_port(service(compose, name))) in service(compose, name)["expose"]
     assert set(service(compose, "sidecar")["depends_on"]) == {"primary", "canary"}
 
@@ -207,9 +207,9 @@ def test_wheel_holds_the_package_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in (
         "sidecar/grammar/mirror.lark",
-        "sidecar/demo_rules/demo.mirror",
-        "sidecar/demo_rules/__init__.py",
-        "sidecar/demo_apps.py",
+        "sidecar/demo/rules/demo.mirror",
+        "sidecar/demo/rules/__init__.py",
+        "sidecar/demo/apps.py",
         "sidecar/py.typed",
     ):
         assert needed in names
@@ -265,7 +265,7 @@ def test_installed_wheel_runs_the_demo_anywhere(installed: dict[str, str], tmp_p
 @contextlib.contextmanager
 def demo_app_process(profile: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.demo_apps", profile, "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "sidecar.demo.apps", profile, "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.demo import render_rules, rules_template
-from sidecar.demo_apps import PROFILES, DemoApp, Profile
-from sidecar.demo_view import histogram_quantile
+from sidecar.demo.apps import PROFILES, DemoApp, Profile
+from sidecar.demo.command import render_rules, rules_template
+from sidecar.demo.view import histogram_quantile
 from sidecar.dsl import loads
 
 # Start-up (a cold interpreter, imports) plus settling (v2's 2 s timeout + slack) plus room

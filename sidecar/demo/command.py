@@ -4,7 +4,7 @@ How this works
 --------------
 Everything runs in one process and one event loop. The demo binds five loopback sockets on
 free ports (the demo primary, canaries v2 and v3, the proxy and its admin listener), fills
-those addresses into the rules embedded in the package (`sidecar/demo_rules/demo.mirror`,
+those addresses into the rules embedded in the package (`sidecar/demo/rules/demo.mirror`,
 so it works from an installed wheel in any directory; `--print-rules` prints them as used),
 validates them exactly as `serve` does, and starts the same pieces `serve` runs: a
 `Runtime` (routing table, primary client, one `CanaryPool` per canary), `ProxyApp` and
@@ -20,7 +20,7 @@ job still unfinished ends as `failed`), so the final counts add up per canary:
 dispatched == completed + failed + panicked; drops are counted apart.
 
 On a terminal the view is a rich live table; otherwise (a pipe, CI) a plain line every
-PLAIN_INTERVAL_S (sidecar/demo_view.py). `--format json` prints the summary as one JSON document on stdout (the
+PLAIN_INTERVAL_S (sidecar/demo/view.py). `--format json` prints the summary as one JSON document on stdout (the
 progress goes to stderr). Ctrl-C stops the traffic early, settles, prints the summary and
 exits 130; a second Ctrl-C abandons the settling.
 """
@@ -34,8 +34,8 @@ import json
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
+from importlib.resources import files
 from string import Template
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -46,19 +46,13 @@ if TYPE_CHECKING:
 DEFAULT_DURATION_S = 20.0
 # Requests per second: enough to fill v3's queue and rate limit, light on a laptop.
 DEFAULT_RATE = 40.0
-# Concurrent generator requests; past it a tick is skipped (counted) instead of piling up.
-MAX_IN_FLIGHT = 32
-# The generator's own deadline per request: above the demo primary's 5 s timeout.
-CLIENT_TIMEOUT_S = 10.0
-# Latency samples kept for the primary's percentiles (~40 minutes at the default rate).
-MAX_LATENCY_SAMPLES = 100_000
 # Extra settle time beyond a canary's own timeout (its deadline covers queue + round trip).
 SETTLE_SLACK_S = 0.5
 # Grace for the demo apps' in-flight requests at the end (v3's stalls are not waited for).
 APP_GRACE_S = 0.5
 EXIT_INTERRUPTED = 130
 
-RULES_PACKAGE = "sidecar.demo_rules"
+RULES_PACKAGE = "sidecar.demo.rules"
 RULES_FILE = "demo.mirror"
 
 
@@ -95,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if args.duration < 0 or args.rate <= 0:
         print("sidecar demo: --duration must be >= 0 and --rate > 0", file=sys.stderr)
         return 2
-    from sidecar.serve.process import run_loop
+    from sidecar.serve.process import run_loop  # the serving stack: not for `--help`
 
     return run_loop(_demo(args))
 
@@ -104,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def rules_template() -> str:
-    from importlib.resources import files
-
     return files(RULES_PACKAGE).joinpath(RULES_FILE).read_text(encoding="utf-8")
 
 
@@ -118,9 +110,11 @@ def render_rules(addresses: Mapping[str, str]) -> str:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from sidecar import diagnostics
-    from sidecar.demo_apps import PROFILES, DemoApp
-    from sidecar.demo_view import View, summarize
+    # The demo's whole stack (hypercorn, prometheus-client, rich, httpx): imported when it
+    # runs, so that `sidecar --help` and `check` stay light.
+    from sidecar.demo.apps import PROFILES, DemoApp
+    from sidecar.demo.traffic import Traffic
+    from sidecar.demo.view import View, summarize
     from sidecar.dsl import loads
     from sidecar.serve.admin import AdminApp
     from sidecar.serve.listener import Listener
@@ -140,7 +134,7 @@ async def _demo(args: argparse.Namespace) -> int:
         return 0
     result = loads(text, f"<demo>/{RULES_FILE}")
     if result.config is None:  # a packaging bug: show it as check would
-        print(diagnostics.render_all(result.diagnostics, result.sources), file=sys.stderr)
+        print(result.report(), file=sys.stderr)
         return 1
 
     out: TextIO = sys.stderr if args.format == "json" else sys.stdout
@@ -210,79 +204,3 @@ async def _settle(runtime: Runtime) -> None:
 
 
 # --- traffic ----------------------------------------------------------------------------------
-
-
-class Traffic:
-    """An open-loop generator: one request every 1/rate s, at most MAX_IN_FLIGHT at once."""
-
-    def __init__(self, base_url: str, *, rate: float, seed: int | None) -> None:
-        import random
-
-        self.base_url = base_url
-        self.interval_s = 1.0 / rate
-        self._random = random.Random(seed)
-        self.sent = 0
-        self.skipped = 0  # ticks with MAX_IN_FLIGHT requests still out
-        self.errors = 0  # no response at all (connection trouble, client timeout)
-        self.codes: dict[str, int] = {}
-        self.latencies_s: deque[float] = deque(maxlen=MAX_LATENCY_SAMPLES)
-
-    async def run(self, stop: asyncio.Event, duration_s: float) -> None:
-        import httpx
-
-        limits = httpx.Limits(
-            max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT
-        )
-        loop = asyncio.get_running_loop()
-        end = loop.time() + duration_s
-        in_flight: set[asyncio.Task[None]] = set()
-        async with httpx.AsyncClient(
-            base_url=self.base_url, timeout=CLIENT_TIMEOUT_S, limits=limits
-        ) as client:
-            next_at = loop.time()
-            while not stop.is_set() and next_at < end:
-                if len(in_flight) < MAX_IN_FLIGHT:
-                    task = asyncio.create_task(self._one(client))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-                else:
-                    self.skipped += 1
-                next_at += self.interval_s
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, next_at - loop.time())):
-                        await stop.wait()
-            if stop.is_set():  # interrupted: what is still out is abandoned
-                for task in in_flight:
-                    task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
-
-    def next_request(self) -> tuple[str, str, dict[str, str], bytes | None]:
-        """(method, path, headers, body): the demo's traffic mix."""
-        r = self._random
-        user = {"X-User-Id": f"user-{r.randint(1, 40)}"}
-        draw = r.random()
-        if draw < 0.45:
-            return "GET", f"/api/items?page={r.randint(1, 10)}", user, None
-        if draw < 0.65:
-            return "GET", f"/api/items/{r.randint(1, 120)}", user, None
-        if draw < 0.87:
-            order = json.dumps({"item": r.randint(1, 100), "qty": r.randint(1, 5)}).encode()
-            return "POST", "/api/orders", {**user, "Content-Type": "application/json"}, order
-        if draw < 0.92:  # a bulk import, larger than the canaries' max_body: dropped_oversize
-            return "POST", "/api/orders/import", user, b"x" * (200 * 1024)
-        return "GET", "/admin/stats", {"Authorization": "Bearer demo"}, None
-
-    async def _one(self, client: Any) -> None:
-        import httpx
-
-        method, path, headers, body = self.next_request()
-        self.sent += 1
-        started = time.perf_counter()
-        try:
-            resp = await client.request(method, path, headers=headers, content=body)
-        except httpx.HTTPError:
-            self.errors += 1
-            return
-        self.latencies_s.append(time.perf_counter() - started)
-        code = f"{resp.status_code // 100}xx"
-        self.codes[code] = self.codes.get(code, 0) + 1

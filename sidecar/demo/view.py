@@ -10,10 +10,15 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from sidecar.demo.traffic import Traffic
 from sidecar.shadow import metrics as shadow_metrics
 
 if TYPE_CHECKING:
-    from sidecar.demo import Traffic
     from sidecar.serve.runtime import Runtime
 
 LIVE_REFRESH_PER_S = 4
@@ -109,7 +114,6 @@ class View:
     """A rich live table on a terminal, plain periodic lines elsewhere."""
 
     def __init__(self, out: TextIO, *, duration: float) -> None:
-        from rich.console import Console
 
         self.out = out
         self.console = Console(file=out, highlight=False)
@@ -130,8 +134,6 @@ class View:
     async def live(self, sample: Callable[[], dict[str, Any]]) -> Any:
         """Refresh the view from `sample()` while the body runs."""
         if self.tty:
-            from rich.live import Live
-
             with Live(
                 self._tables(sample()),
                 console=self.console,
@@ -170,9 +172,6 @@ class View:
         print(text, file=self.out, flush=True)
 
     def _tables(self, doc: dict[str, Any], *, final: bool = False) -> Any:
-        from rich import box
-        from rich.console import Group
-        from rich.table import Table
 
         title = (
             f"summary after {doc['elapsed_s']:.1f} s"

@@ -11,7 +11,7 @@
 A `Profile` adds latency and faults: the primary and v2 are quick and healthy; v3 is slower,
 answers some requests with 500 and stalls on others (past its mirror deadline, so the
 sidecar counts those as `failed`). `sidecar demo` serves these in-process on loopback;
-`python -m sidecar.demo_apps primary|v2|v3 --listen 0.0.0.0:8081` serves one on its own
+`python -m sidecar.demo.apps primary|v2|v3 --listen 0.0.0.0:8081` serves one on its own
 (the docker-compose environment uses that).
 """
 
@@ -26,6 +26,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HyperConfig
 
 from sidecar.asgi import Receive, Scope, Send, serve_lifespan
 
@@ -171,14 +174,11 @@ async def _send(send: Send, status: int, doc: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve one demo app until SIGTERM/SIGINT (the compose environment's primary/canary)."""
     parser = argparse.ArgumentParser(
-        prog="python -m sidecar.demo_apps", description="serve one of sidecar's demo apps"
+        prog="python -m sidecar.demo.apps", description="serve one of sidecar's demo apps"
     )
     parser.add_argument("profile", choices=sorted(PROFILES))
     parser.add_argument("--listen", default="127.0.0.1:8081", metavar="ADDR")
     args = parser.parse_args(argv)
-
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config as HyperConfig
 
     config = HyperConfig()
     config.bind = [args.listen]
