@@ -1,49 +1,13 @@
-"""ASGI message shapes, in one place (after hypercorn's typing.py)."""
+"""ASGI types, in one place: scope, message, receive/send and app, and the lifespan answer.
+
+The bottom of the tree with `diagnostics`: routing (the request view), the engine's
+middleware, the server and the demo apps use it; it imports nothing of sidecar.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Literal, TypedDict
-
-
-class HTTPScope(TypedDict):
-    type: Literal["http"]
-    asgi: dict[str, str]
-    http_version: str
-    method: str
-    scheme: str
-    path: str
-    raw_path: bytes
-    query_string: bytes
-    root_path: str
-    headers: Iterable[tuple[bytes, bytes]]
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-    extensions: dict[str, Any]
-
-
-class HTTPRequestEvent(TypedDict):
-    type: Literal["http.request"]
-    body: bytes
-    more_body: bool
-
-
-class HTTPDisconnectEvent(TypedDict):
-    type: Literal["http.disconnect"]
-
-
-class HTTPResponseStartEvent(TypedDict):
-    type: Literal["http.response.start"]
-    status: int
-    headers: Iterable[tuple[bytes, bytes]]
-    trailers: bool
-
-
-class HTTPResponseBodyEvent(TypedDict):
-    type: Literal["http.response.body"]
-    body: bytes
-    more_body: bool
-
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 # Scopes and messages are plain dicts at run time; these aliases keep signatures honest
 # without forcing every caller to narrow unions of TypedDicts.
