@@ -5,6 +5,7 @@ from __future__ import annotations
 from sidecar import config as cfg
 from sidecar.diagnostics import Span
 from sidecar.dsl import ast, values
+from sidecar.dsl.compares import check_compare
 from sidecar.dsl.report import Report
 
 MAX_WEIGHT = 1000  # smooth weighted round-robin; beyond this a ratio is better written smaller
@@ -19,6 +20,7 @@ _SINGLE = {
     ast.Mark: "mark",
     ast.RateLimit: "rate",
     ast.Host: "host",
+    ast.Compare: "compare",
 }
 
 
@@ -85,6 +87,8 @@ def check_canary(node: ast.Canary, r: Report) -> cfg.CanarySpec | None:
             for n in st.names:
                 r.check("invalid-header-name", n.span, values.header_name_problem(n.value))
             transforms.append(cfg.DropHeader(names=tuple(n.value for n in st.names)))
+        elif isinstance(st, ast.Compare):
+            fields["compare"] = check_compare(node.name, st, r)
         else:
             r.check("invalid-regex", st.pattern.span, values.regex_problem(st.pattern.value))
             problem = values.replacement_problem(st.pattern.value, st.replacement.value)
