@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from sidecar import routing
+from sidecar.compare import CompareSpec
 from sidecar.config import (
     Config,
     DropHeader,
@@ -252,8 +253,10 @@ def test_to_json() -> None:
                 {"drop_header": ["Authorization", "Cookie"]},
                 {"rewrite_path": {"pattern": "^/api/v1/", "replacement": "/api/v2/"}},
             ],
+            "compare": None,
         }
     ]
+    assert data["diff_log"] is None
     assert data["rules"] == [
         {
             "name": "api",
@@ -267,6 +270,38 @@ def test_to_json() -> None:
     assert data["excludes"] == [{"when": 'path ^= "/admin"', "source": "test.mirror:1"}]
     assert data["sources"] == [{"path": "rules/a.mirror", "sha256": "ab" * 32}]
     assert data["hash"] == "cd" * 32
+
+
+def test_to_json_compare_and_diff_log() -> None:
+    compared = replace(
+        canary("a"),
+        compare=CompareSpec(
+            status=True,
+            headers=("Content-Type",),
+            body="json",
+            ignore=("$.ts",),
+            max_body_bytes=4096,
+            sample_rate=0.25,
+            baseline="b",
+        ),
+    )
+    cfg = replace(
+        config([rule("all", ["a", "b"])], canaries=[compared, canary("b")]),
+        diff_log="/var/log/sidecar/diffs.jsonl",
+    )
+    data = compile_table(cfg).to_json()
+    assert json.loads(json.dumps(data)) == data
+    assert data["diff_log"] == "/var/log/sidecar/diffs.jsonl"
+    assert data["canaries"][0]["compare"] == {
+        "status": True,
+        "headers": ["Content-Type"],
+        "body": "json",
+        "ignore": ["$.ts"],
+        "max_body_bytes": 4096,
+        "sample": 0.25,
+        "baseline": "b",
+    }
+    assert data["canaries"][1]["compare"] is None
 
 
 # --- rule text, end to end ----------------------------------------------------------------
