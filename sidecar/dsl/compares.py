@@ -251,7 +251,9 @@ def check_diff_log(node: ast.DiffLog, r: Report) -> str | None:
         return None
     if not os.path.isdir(os.path.dirname(path)):
         shown = os.path.normpath(os.path.join(base, os.path.dirname(raw) or "."))
-        relative = "" if os.path.isabs(raw) else " (a relative path is relative to the rule file)"
+        relative = (
+            "" if os.path.isabs(raw) else " (a relative path starts at the rule file's directory)"
+        )
         r.error(
             "invalid-diff-log",
             where,
