@@ -6,7 +6,8 @@ nothing. Only when no error was found does it assemble the `Config`. Names are
 global across files. Checks that need the whole configuration (unknown or
 unused canaries, unreachable rules, no primary) are skipped when `complete` is
 False, i.e. when some file did not parse, so that its missing canaries do not
-produce a cascade of false errors. Canary blocks are checked in `canaries.py`.
+produce a cascade of false errors. Canary blocks are checked in `canaries.py`;
+their `compare` blocks, the baselines and `diff_log` in `compares.py`.
 """
 
 from __future__ import annotations
