@@ -24,7 +24,7 @@ async def primary_url() -> AsyncIterator[str]:
 async def test_endpoints(tmp_path: Path, primary_url: str) -> None:
     async with RecordingCanary() as canary:
         rules = (
-            f"primary {primary_url}\ncanary v2 {{ server {canary.url} }}\n"
+            f"primary {primary_url}\ncanary v2 {{ server {canary.url} compare {{ status }} }}\n"
             'mirror api { when path ^= "/api/" to v2 }\n'
         )
         async with serve_proxy(tmp_path, rules) as proxy, httpx.AsyncClient() as client:
@@ -37,6 +37,9 @@ async def test_endpoints(tmp_path: Path, primary_url: str) -> None:
             rules_file = next(tmp_path.glob("*.mirror"))
             digest = hashlib.sha256(rules_file.read_bytes()).hexdigest()
             assert [c["name"] for c in doc["canaries"]] == ["v2"]
+            assert doc["canaries"][0]["compare"]["status"] is True
+            assert doc["canaries"][0]["compare"]["sample"] == 1.0
+            assert doc["diff_log"] is None
             assert doc["files"][0]["sha256"] == digest
             assert len(doc["sha256"]) == 64
             await client.get(f"{proxy.url}/api/x")

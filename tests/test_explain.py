@@ -10,7 +10,7 @@ import pytest
 from sidecar.cli import main
 from sidecar.dsl import loads
 from sidecar.routing.table import compile_table
-from sidecar.tools.explain import always_in, explain, request_view, to_json
+from sidecar.tools.explain import always_in, explain, request_view, to_json, to_text
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).resolve().parent / "explain" / "cases"
@@ -92,7 +92,35 @@ def test_json_shape_is_spec_8() -> None:
                 "sampling": {"rate": 0.1, "key": "29", "position": 0.033911, "in": True},
             }
         ],
-        "canaries": [{"name": "v2", "rule": "api_reads", "admission": "dispatched"}],
+        "canaries": [
+            {"name": "v2", "rule": "api_reads", "admission": "dispatched", "compare": None}
+        ],
+    }
+
+
+def test_says_whether_each_tee_is_compared() -> None:
+    result = loads(
+        "canary v1 { server http://c:1 compare { status } }\n"
+        "canary v2 { server http://c:2 compare { body json sample 10% baseline v1 } }\n"
+        "canary v3 { server http://c:3 }\n"
+        "canary v4 { server http://c:4 max_body 1KiB compare { status } }\n"
+        "mirror all { to v1, v2, v3, v4 }\n"
+    )
+    assert result.config is not None
+    table = compile_table(result.config, random=always_in)
+    e = explain(table, request_view("POST /x"), body_size=2048)
+    assert to_text(e)[-4:] == [
+        "canary v1 (rule all): dispatched; compared (100%)",
+        "canary v2 (rule all): dispatched; compared 10% of completed tees, noise baseline v1",
+        "canary v3 (rule all): dispatched; not compared",
+        "canary v4 (rule all): dropped_oversize; not compared (not dispatched)",
+    ]
+    compare = {c["name"]: c["compare"] for c in to_json(e)["canaries"]}
+    assert compare == {
+        "v1": {"sample": 1.0, "baseline": None},
+        "v2": {"sample": 0.1, "baseline": "v1"},
+        "v3": None,
+        "v4": {"sample": 1.0, "baseline": None},
     }
 
 

@@ -188,6 +188,54 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def test_compare_block_is_nested_one_level_deeper_with_its_comments() -> None:
+    messy = (
+        'diff_log   "d.jsonl"  # records\n'
+        "canary v2 { server http://127.0.0.1:1\n"
+        "  compare {   # judge\n"
+        '  status header "A" ,"B"\n'
+        "       # the body\n"
+        '  body json ignore "$.a"  sample 10%\n'
+        "\n\n"
+        "  baseline v1 max_body 2MiB\n"
+        "  # last\n"
+        "  }  # end\n"
+        "}\n"
+        "canary v1 { server http://127.0.0.1:2 compare { } }\n"
+        "diff_log stderr\n"
+    )
+    expected = (
+        'diff_log "d.jsonl"  # records\n'
+        "\n"
+        "canary v2 {\n"
+        "    server http://127.0.0.1:1\n"
+        "    compare {  # judge\n"
+        "        status\n"
+        '        header "A", "B"\n'
+        "        # the body\n"
+        "        body json\n"
+        '        ignore "$.a"\n'
+        "        sample 10%\n"
+        "\n"
+        "        baseline v1\n"
+        "        max_body 2MiB\n"
+        "        # last\n"
+        "    }  # end\n"
+        "}\n"
+        "\n"
+        "canary v1 {\n"
+        "    server http://127.0.0.1:2\n"
+        "    compare {\n"
+        "    }\n"
+        "}\n"
+        "\n"
+        "diff_log stderr\n"
+    )
+    assert fmt(messy) == expected
+    assert fmt(expected) == expected
+    assert comments(messy) == comments(expected)
+
+
 def test_rewrites_in_place(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "a.mirror").write_text(MESSY)
     (tmp_path / "b.mirror").write_text(TIDY)
@@ -321,6 +369,20 @@ def configurations(draw: st.DrawFn) -> str:
                         ["body", "off"],
                         ["mark", '"X-M"', '"a\\"b"'],
                         ["drop", "header", '"Authorization",', '"Cookie"'],
+                        ["compare", "{", "status", "}"],
+                        ["compare", "{", "body", "json", "ignore", '"$.a",', '"$.b[*].id"', "}"],
+                        [
+                            "compare",
+                            "{",
+                            "header",
+                            '"A",',
+                            '"B"',
+                            "max_body",
+                            "2MiB",
+                            "sample",
+                            "10%",
+                            "}",
+                        ],
                     ]
                 ),
                 unique_by=lambda s: s[0],
@@ -340,6 +402,8 @@ def configurations(draw: st.DrawFn) -> str:
         stmts.append(["mirror", f"m{i}", "{", *[t for s in body for t in s], "}"])
     for _ in range(draw(st.integers(0, 2))):
         stmts.append(["exclude", "when", *draw(EXPRS)])
+    if draw(st.booleans()):
+        stmts.append(["diff_log", draw(st.sampled_from(["stderr", '"diffs.jsonl"']))])
     order = draw(st.permutations(range(len(stmts))))
     return "".join(draw(separator()).join(stmts[i]) + draw(separator()) for i in order)
 

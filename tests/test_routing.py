@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from sidecar.model.compare import CompareSpec
 from sidecar.model.config import (
     Config,
     DropHeader,
@@ -21,7 +22,7 @@ from sidecar.model.endpoint import Endpoint
 from sidecar.routing import table as routing
 from sidecar.routing.request import RequestView
 from sidecar.routing.rule_index import regex_prefix
-from sidecar.routing.table import RoutingTable, Tee, compile_table
+from sidecar.routing.table import INDEX_MIN_RULES, RoutingTable, Tee, compile_table
 from tests.routing_helpers import CANARIES, canary, config, load_text, or_, req, rule, t
 
 API = t("path", "^=", "/api/")
@@ -252,8 +253,10 @@ def test_to_json() -> None:
                 {"drop_header": ["Authorization", "Cookie"]},
                 {"rewrite_path": {"pattern": "^/api/v1/", "replacement": "/api/v2/"}},
             ],
+            "compare": None,
         }
     ]
+    assert data["diff_log"] is None
     assert data["rules"] == [
         {
             "name": "api",
@@ -267,6 +270,38 @@ def test_to_json() -> None:
     assert data["excludes"] == [{"when": 'path ^= "/admin"', "source": "test.mirror:1"}]
     assert data["sources"] == [{"path": "rules/a.mirror", "sha256": "ab" * 32}]
     assert data["hash"] == "cd" * 32
+
+
+def test_to_json_compare_and_diff_log() -> None:
+    compared = replace(
+        canary("a"),
+        compare=CompareSpec(
+            status=True,
+            headers=("Content-Type",),
+            body="json",
+            ignore=("$.ts",),
+            max_body_bytes=4096,
+            sample_rate=0.25,
+            baseline="b",
+        ),
+    )
+    cfg = replace(
+        config([rule("all", ["a", "b"])], canaries=[compared, canary("b")]),
+        diff_log="/var/log/sidecar/diffs.jsonl",
+    )
+    data = compile_table(cfg).to_json()
+    assert json.loads(json.dumps(data)) == data
+    assert data["diff_log"] == "/var/log/sidecar/diffs.jsonl"
+    assert data["canaries"][0]["compare"] == {
+        "status": True,
+        "headers": ["Content-Type"],
+        "body": "json",
+        "ignore": ["$.ts"],
+        "max_body_bytes": 4096,
+        "sample": 0.25,
+        "baseline": "b",
+    }
+    assert data["canaries"][1]["compare"] is None
 
 
 # --- rule text, end to end ----------------------------------------------------------------
@@ -357,7 +392,7 @@ def _big_requests() -> list[RequestView]:
 
 def test_index_agrees_with_a_full_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_text(_big_rules())
-    assert len(cfg.rules) >= routing.INDEX_MIN_RULES
+    assert len(cfg.rules) >= INDEX_MIN_RULES
     indexed = compile_table(cfg)
     assert indexed._index is not None
     monkeypatch.setattr(routing, "INDEX_MIN_RULES", 10**9)

@@ -189,6 +189,72 @@ class RewritePath:
     span: Span
 
 
+# --- the `compare` block inside a canary ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareStatus:
+    """`status`: the status codes must be equal."""
+
+    span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareHeader:
+    """`header "A", "B"`: these headers' values must be equal."""
+
+    names: tuple[Str, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareBody:
+    mode: Literal["bytes", "json"]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareIgnore:
+    """`ignore "$.a", "$.b[*].id"`: RFC 9535 JSONPath queries, as written (not yet checked)."""
+
+    paths: tuple[Str, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareSample:
+    rate: Ratio
+    span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareBaseline:
+    """`baseline NAME`: the canary running the primary's version (noise removal)."""
+
+    name: Name
+    span: Span
+
+
+# `max_body` is the canary statement's node (the same syntax), here meaning the json body limit.
+CompareStatement = (
+    CompareStatus
+    | CompareHeader
+    | CompareBody
+    | CompareIgnore
+    | MaxBody
+    | CompareSample
+    | CompareBaseline
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compare:
+    """`compare { ... }` inside a canary."""
+
+    statements: tuple[CompareStatement, ...]
+    span: Span
+
+
 CanaryStatement = (
     Server
     | Workers
@@ -202,6 +268,7 @@ CanaryStatement = (
     | SetHeader
     | DropHeader
     | RewritePath
+    | Compare
 )
 
 
@@ -260,7 +327,15 @@ class Comment:
     span: Span
 
 
-TopLevel = Listen | Admin | Primary | Canary | MirrorRule | Exclude
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiffLog:
+    """`diff_log "path.jsonl"` (the path as written) or `diff_log stderr` (path None)."""
+
+    path: Str | None
+    span: Span
+
+
+TopLevel = Listen | Admin | Primary | Canary | MirrorRule | Exclude | DiffLog
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

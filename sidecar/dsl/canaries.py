@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sidecar.diagnostics import Span
 from sidecar.dsl import ast, values
+from sidecar.dsl.compares import check_compare
 from sidecar.dsl.report import Report
 from sidecar.model import config as cfg
 from sidecar.model.endpoint import Endpoint
@@ -20,6 +21,7 @@ _SINGLE = {
     ast.Mark: "mark",
     ast.RateLimit: "rate",
     ast.Host: "host",
+    ast.Compare: "compare",
 }
 
 
@@ -86,6 +88,8 @@ def check_canary(node: ast.Canary, r: Report) -> cfg.CanarySpec | None:
             for n in st.names:
                 r.check("invalid-header-name", n.span, values.header_name_problem(n.value))
             transforms.append(cfg.DropHeader(names=tuple(n.value for n in st.names)))
+        elif isinstance(st, ast.Compare):
+            fields["compare"] = check_compare(node.name, st, r)
         else:
             r.check("invalid-regex", st.pattern.span, values.regex_problem(st.pattern.value))
             problem = values.replacement_problem(st.pattern.value, st.replacement.value)

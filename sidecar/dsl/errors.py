@@ -55,6 +55,7 @@ CATALOGUE: dict[str, list[str]] = {
         "mirror a { when path == /api }",
         "exclude when path ^= api",
         "canary a { drop header Authorization }",
+        "canary a { compare { header Content-Type } }",
     ],
     "HTTP methods are bare words, such as GET (not quoted)": [
         'mirror a { when method == "GET" }',
@@ -74,6 +75,24 @@ CATALOGUE: dict[str, list[str]] = {
         "server http://127.0.0.1:1",
         "workers 8",
         "rate 10/s",
+        "compare { status }",
+    ],
+    "this statement belongs inside a canary's `compare { ... }` block": [
+        "canary a { status }",
+        'canary a { ignore "$.id" }',
+        "canary a { baseline v1 }",
+        "canary a { workers 1 status }",
+        "canary a { server http://127.0.0.1:1 status }",
+    ],
+    'JSONPath queries are strings, such as "$.items[*].id"': [
+        "canary a { compare { body json ignore $.id } }",
+    ],
+    "a baseline is a canary name, not a string, such as `baseline v1`": [
+        'canary a { compare { baseline "v1" } }',
+    ],
+    '`diff_log` takes a double-quoted file name, such as "diffs.jsonl", or `stderr`': [
+        "diff_log diffs.jsonl",
+        "diff_log /var/log/sidecar/diffs.jsonl",
     ],
     "this statement belongs inside a mirror block": ["to v2", "sample 10%"],
     "`exclude` is followed by `when`": ['exclude path == "/a"'],
@@ -83,8 +102,13 @@ CATALOGUE: dict[str, list[str]] = {
         "mirror a {",
         "mirror a { to b",
         "primary http://127.0.0.1:1 {",
+        "canary a { compare {",
+        "canary a { compare { status",
     ],
-    "a sample rate is a percentage (10%) or a fraction (0.1)": ["mirror a { sample all }"],
+    "a sample rate is a percentage (10%) or a fraction (0.1)": [
+        "mirror a { sample all }",
+        "canary a { compare { sample all } }",
+    ],
     "canary names after `to` are separated by commas": ["mirror a { to b c }"],
     'strings end on the same line (close it with `"`)': [
         'mirror a { when path == "/a }',
@@ -104,7 +128,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "$END": "end of file",
 }
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
-_MAX_EXPECTED_SHOWN = 14  # a canary block accepts 13 things; more than that is noise
+_MAX_EXPECTED_SHOWN = 15  # after a `server`, a canary block accepts 15 things; more is noise
 
 
 def _describe(name: str, parser: Lark) -> str:

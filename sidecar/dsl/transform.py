@@ -156,6 +156,12 @@ class AstBuilder:
         # "idle_timeout" DURATION
         return ast.PrimaryIdleTimeout(duration=self._duration(c[1]), span=self._span(c[0], c[1]))
 
+    def diff_log(self, c: list[Token]) -> ast.DiffLog:  # "diff_log" STRING
+        return ast.DiffLog(path=self._str(c[1]), span=self._span(c[0], c[1]))
+
+    def diff_log_stderr(self, c: list[Token]) -> ast.DiffLog:  # "diff_log" "stderr"
+        return ast.DiffLog(path=None, span=self._span(c[0], c[1]))
+
     # --- canaries --------------------------------------------------------------
 
     def canary(self, c: list[Child]) -> ast.Canary:  # "canary" NAME "{" _canary_stmt* "}"
@@ -227,6 +233,38 @@ class AstBuilder:
         return ast.RewritePath(
             pattern=self._str(c[2]), replacement=self._str(c[3]), span=self._span(c[0], c[3])
         )
+
+    # --- compare blocks ------------------------------------------------------------
+
+    def compare(self, c: list[Child]) -> ast.Compare:  # "compare" "{" _compare_stmt* "}"
+        return ast.Compare(statements=tuple(c[2:-1]), span=self._span(c[0], c[-1]))
+
+    def compare_status(self, c: list[Token]) -> ast.CompareStatus:  # "status"
+        return ast.CompareStatus(span=self._tspan(c[0]))
+
+    def compare_header(self, c: list[Token]) -> ast.CompareHeader:  # "header" STRING ("," STRING)*
+        return ast.CompareHeader(
+            names=tuple(self._str(t) for t in c[1::2]), span=self._span(c[0], c[-1])
+        )
+
+    def compare_body_bytes(self, c: list[Token]) -> ast.CompareBody:  # "body" "bytes"
+        return ast.CompareBody(mode="bytes", span=self._span(c[0], c[1]))
+
+    def compare_body_json(self, c: list[Token]) -> ast.CompareBody:  # "body" "json"
+        return ast.CompareBody(mode="json", span=self._span(c[0], c[1]))
+
+    def compare_ignore(self, c: list[Token]) -> ast.CompareIgnore:  # "ignore" STRING ("," STRING)*
+        return ast.CompareIgnore(
+            paths=tuple(self._str(t) for t in c[1::2]), span=self._span(c[0], c[-1])
+        )
+
+    def compare_sample(self, c: list[Token]) -> ast.CompareSample:  # "sample" (PERCENT | NUMBER)
+        tok = c[1]
+        rate = ast.Ratio(raw=str(tok), value=units.parse_ratio(tok), span=self._tspan(tok))
+        return ast.CompareSample(rate=rate, span=self._span(c[0], tok))
+
+    def compare_baseline(self, c: list[Token]) -> ast.CompareBaseline:  # "baseline" NAME
+        return ast.CompareBaseline(name=self._name(c[1]), span=self._span(c[0], c[1]))
 
     # --- rules -------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ report as a Diagnostic, and raises nothing. Only when no error was found does it
 global across files. Checks that need the whole configuration (unknown or
 unused canaries, unreachable rules, no primary) are skipped when `complete` is
 False, i.e. when some file did not parse, so that its missing canaries do not
-produce a cascade of false errors. Canary blocks are checked in `canaries.py`.
+produce a cascade of false errors. Canary blocks are checked in `canaries.py`;
+their `compare` blocks, the baselines and `diff_log` in `compares.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from sidecar.diagnostics import Diagnostic, Span
 from sidecar.dsl import ast, values
 from sidecar.dsl.canaries import check_canary
+from sidecar.dsl.compares import check_baselines, check_diff_log
 from sidecar.dsl.report import Report
 from sidecar.model import config as cfg
 from sidecar.model.endpoint import Endpoint, address_problem
@@ -34,7 +36,7 @@ CODES: dict[str, str] = {
     "duplicate-canary": "two canary blocks have the same name",
     "duplicate-mirror": "two mirror rules have the same name",
     "duplicate-target": "a canary is named twice in one `to`",
-    "unknown-canary": "`to` names a canary that no canary block defines",
+    "unknown-canary": "`to` or `baseline` names a canary that no canary block defines",
     "missing-server": "a canary block has no `server`",
     "missing-to": "a mirror rule has no `to`",
     "invalid-address": "a listen/admin address is not host:port or [v6]:port with a valid IP address or host name and a port in 1..65535",
@@ -48,14 +50,22 @@ CODES: dict[str, str] = {
     "invalid-replacement": "a `rewrite path` replacement refers to a group its pattern does not have",
     "invalid-cidr": "a `client in (...)` entry is not an IP address or CIDR block",
     "invalid-duration": "a duration has an unknown unit or is not greater than zero",
-    "invalid-size": "a size has an unknown unit or is not a whole number",
+    "invalid-size": "a size has an unknown unit or is not a whole number (or is zero, for `max_body` in `compare`)",
     "invalid-number": "a weight, queue size or rate count is not a whole number in range",
     "invalid-rate": "a `rate` is not a positive count per second (/s) or minute (/m)",
     "workers-out-of-range": "`workers` is not a whole number in 1..1024",
-    "sample-out-of-range": "`sample` is outside (0%, 100%]",
+    "sample-out-of-range": "`sample` (in a mirror rule or a `compare` block) is outside (0%, 100%]",
+    "empty-compare": "a `compare` block has none of `status`, `header`, `body`: it would compare nothing",
+    "invalid-jsonpath": "an `ignore` path is not a valid RFC 9535 JSONPath query",
+    "ignore-without-json": "`ignore` in a `compare` block without `body json`",
+    "duplicate-entry": "a header name or an ignore path is listed twice in a `compare` block",
+    "self-baseline": "a canary names itself as its `baseline`",
+    "baseline-chain": "a `baseline` names a canary that has a baseline of its own (baselines do not chain)",
+    "invalid-diff-log": "a `diff_log` path is empty, is a directory, or is in a directory that does not exist",
     "unused-canary": "warning: a canary that no mirror rule sends to",
     "unreachable-rule": "warning: earlier rules without `when` at 100% already take all of this rule's canaries",
     "no-primary": "warning: no `primary` in the configuration (`serve` then needs --primary)",
+    "baseline-not-sent": "warning: a rule sends to a canary with a `baseline` but not to the baseline, so noise cannot be removed for its requests",
 }
 
 
@@ -85,6 +95,8 @@ class _Validator:
         self.rules: dict[str, ast.MirrorRule] = {}
         self.rule_specs: list[cfg.RuleSpec] = []
         self.excludes: list[cfg.ExcludeSpec] = []
+        self.diff_log: ast.DiffLog | None = None
+        self.diff_log_path: str | None = None
 
     def run(
         self, files: Sequence[ast.File], sources: Sequence[cfg.SourceFile], sha256: str
@@ -106,6 +118,7 @@ class _Validator:
             excludes=tuple(self.excludes),
             sources=tuple(sources),
             sha256=sha256,
+            diff_log=self.diff_log_path,
         )
         return config, self.r.sorted()
 
@@ -139,6 +152,10 @@ class _Validator:
                 self.canaries[stmt.name.value] = (stmt, spec)
         elif isinstance(stmt, ast.MirrorRule):
             self._rule(stmt)
+        elif isinstance(stmt, ast.DiffLog):
+            if r.once("diff_log", stmt.span, (self.diff_log.span if self.diff_log else None)):
+                self.diff_log = stmt
+                self.diff_log_path = check_diff_log(stmt, r)
         else:
             self._expr(stmt.expr)
             self.excludes.append(cfg.ExcludeSpec(when=_normalise(stmt.expr), span=stmt.span))
@@ -296,6 +313,8 @@ class _Validator:
             if _takes_everything(node):
                 for k in known:
                     taken.setdefault(k, node)
+        nodes = {name: canary for name, (canary, _) in self.canaries.items()}
+        check_baselines(nodes, list(self.rules.values()), r, did_you_mean)
         for name, (canary, _) in self.canaries.items():
             if name not in used:
                 r.warning(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sidecar.diagnostics import Span
+from sidecar.model.compare import CompareSpec
 from sidecar.model.endpoint import Endpoint
 from sidecar.model.expr import Expr, SampleKey
 
@@ -87,6 +88,9 @@ class CanarySpec:
     rate: RateSpec | None = None
     host: str | None = None  # None: preserve the client's Host
     transforms: tuple[Transform, ...] = ()
+    # Part of the spec's equality: a reload that changes the `compare` block gives the
+    # canary a new pool, like any other change to its block.
+    compare: CompareSpec | None = None  # None: responses are not compared
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -150,3 +154,4 @@ class Config:
     excludes: tuple[ExcludeSpec, ...] = ()
     sources: tuple[SourceFile, ...] = ()
     sha256: str = ""  # over all sources, in order: sidecar_rules_info{hash}
+    diff_log: str | None = None  # "stderr", or an absolute path; None: records stay in /diffs

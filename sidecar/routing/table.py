@@ -47,6 +47,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from sidecar.diagnostics import Span
+from sidecar.model.compare import CompareSpec
 from sidecar.model.config import (
     CanarySpec,
     Config,
@@ -354,6 +355,7 @@ class RoutingTable:
                 "timeout_s": cfg.primary.timeout_s,
                 "idle_timeout_s": cfg.primary.idle_timeout_s,
             },
+            "diff_log": cfg.diff_log,
             "canaries": [_canary_json(c) for c in cfg.canaries],
             "rules": [
                 {
@@ -398,6 +400,19 @@ def _canary_json(c: CanarySpec) -> dict[str, Any]:
         else {"burst": c.rate.burst, "per_second": c.rate.per_second},
         "host": c.host,
         "transforms": transforms,
+        "compare": None if c.compare is None else _compare_json(c.compare),
+    }
+
+
+def _compare_json(c: CompareSpec) -> dict[str, Any]:
+    return {
+        "status": c.status,
+        "headers": list(c.headers),
+        "body": c.body,
+        "ignore": list(c.ignore),
+        "max_body_bytes": c.max_body_bytes,
+        "sample": c.sample_rate,
+        "baseline": c.baseline,
     }
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.http.syntax import is_token
+from sidecar.model.compare import CompareSpec
 from sidecar.model.config import DEFAULT_RULES
 from sidecar.routing.request import RequestView
 from sidecar.routing.table import RoutingTable, Trace
@@ -97,6 +98,7 @@ class Admission:
     canary: str
     rule: str
     admission: str  # "dispatched" or "dropped_oversize"
+    compare: CompareSpec | None = None  # the canary's `compare` block, if it has one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,7 +116,9 @@ def explain(table: RoutingTable, view: RequestView, body_size: int = 0) -> Expla
         spec = table.canaries[tee.canary]
         oversize = spec.body and body_size > spec.max_body_bytes
         admission = "dropped_oversize" if oversize else "dispatched"
-        out.append(Admission(canary=tee.canary, rule=tee.rule, admission=admission))
+        out.append(
+            Admission(canary=tee.canary, rule=tee.rule, admission=admission, compare=spec.compare)
+        )
     return Explanation(table=table, trace=trace, canaries=tuple(out))
 
 
@@ -141,13 +145,36 @@ def to_json(e: Explanation) -> dict[str, Any]:
         "excluded_by": None if t.excluded_by is None else t.excluded_by.span.where,
         "rules": rules,
         "canaries": [
-            {"name": a.canary, "rule": a.rule, "admission": a.admission} for a in e.canaries
+            {
+                "name": a.canary,
+                "rule": a.rule,
+                "admission": a.admission,
+                "compare": None
+                if a.compare is None
+                else {"sample": a.compare.sample_rate, "baseline": a.compare.baseline},
+            }
+            for a in e.canaries
         ],
     }
 
 
 def _percent(rate: float) -> str:
     return f"{rate * 100:.6g}%"
+
+
+def _compared(a: Admission) -> str:
+    """Whether the tee's response would be compared with the primary's, and how often."""
+    c = a.compare
+    if c is None:
+        return "not compared"
+    if a.admission != "dispatched":
+        return "not compared (not dispatched)"
+    how = (
+        "compared (100%)"
+        if c.sample_rate >= 1.0
+        else f"compared {_percent(c.sample_rate)} of completed tees"
+    )
+    return how if c.baseline is None else f"{how}, noise baseline {c.baseline}"
 
 
 def to_text(e: Explanation) -> list[str]:
@@ -186,7 +213,7 @@ def to_text(e: Explanation) -> list[str]:
     if not e.canaries:
         lines.append("canaries: none")
     for a in e.canaries:
-        lines.append(f"canary {a.canary} (rule {a.rule}): {a.admission}")
+        lines.append(f"canary {a.canary} (rule {a.rule}): {a.admission}; {_compared(a)}")
     return lines
 
 

@@ -168,7 +168,44 @@ def _canary_stmt(s: ast.CanaryStatement) -> str:
         return f"set header {quote(s.name.value)} {quote(s.value.value)}"
     if isinstance(s, ast.DropHeader):
         return "drop header " + ", ".join(quote(n.value) for n in s.names)
+    if isinstance(s, ast.Compare):
+        return "compare {"  # printed by _compare_entries, over several lines
     return f"rewrite path {quote(s.pattern.value)} {quote(s.replacement.value)}"
+
+
+def _compare_stmt(s: ast.CompareStatement) -> str:
+    if isinstance(s, ast.CompareStatus):
+        return "status"
+    if isinstance(s, ast.CompareHeader):
+        return "header " + ", ".join(quote(n.value) for n in s.names)
+    if isinstance(s, ast.CompareBody):
+        return f"body {s.mode}"
+    if isinstance(s, ast.CompareIgnore):
+        return "ignore " + ", ".join(quote(p.value) for p in s.paths)
+    if isinstance(s, ast.MaxBody):
+        return f"max_body {s.size.raw}"
+    if isinstance(s, ast.CompareSample):
+        return f"sample {s.rate.raw}"
+    return f"baseline {s.name.value}"
+
+
+def _compare_entries(node: ast.Compare, top: int) -> Iterator[_Entry]:
+    """A canary's `compare` block: its own `{` line, statements one level deeper, `}`."""
+    span = node.span
+    first, end = (span.line, span.column), (span.end_line, span.end_column)
+    yield _Entry(
+        depth=1, text="compare {", first=first, last=(span.line, _END), top=top, opening=True
+    )
+    for s in node.statements:
+        yield _Entry(
+            depth=2,
+            text=_compare_stmt(s),
+            first=(s.span.line, s.span.column),
+            last=(s.span.end_line, s.span.end_column),
+            top=top,
+        )
+    close = (span.end_line, max(1, span.end_column - 1))
+    yield _Entry(depth=1, text="}", first=close, last=end, top=top, closing=True)
 
 
 def _mirror_stmt(s: ast.MirrorStatement) -> str:
@@ -192,11 +229,14 @@ def _entries(stmt: ast.TopLevel, top: int, comment_lines: set[int]) -> Iterator[
         yield _Entry(
             depth=0, text=f"{head} {{", first=start, last=(span.line, _END), top=top, opening=True
         )
-        statements = stmt.statements if isinstance(stmt, ast.MirrorRule) else ()
+        statements = stmt.statements if isinstance(stmt, ast.MirrorRule | ast.Canary) else ()
         for i, (text, s) in enumerate(inner):
             node = statements[i] if i < len(statements) else None
             if isinstance(node, ast.When):
                 yield from _split_entries("when", node.expr, s, 1, top, comment_lines)
+                continue
+            if isinstance(node, ast.Compare):
+                yield from _compare_entries(node, top)
                 continue
             yield _Entry(
                 depth=1,
@@ -228,6 +268,9 @@ def _entries(stmt: ast.TopLevel, top: int, comment_lines: set[int]) -> Iterator[
         yield from block(
             f"mirror {stmt.name.value}", [(_mirror_stmt(s), s.span) for s in stmt.statements]
         )
+    elif isinstance(stmt, ast.DiffLog):
+        text = "diff_log stderr" if stmt.path is None else f"diff_log {quote(stmt.path.value)}"
+        yield _Entry(depth=0, text=text, first=start, last=end, top=top)
     else:
         yield from _split_entries("exclude when", stmt.expr, span, 0, top, comment_lines)
 

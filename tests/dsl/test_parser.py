@@ -249,3 +249,61 @@ def test_deep_nesting_is_a_diagnostic_not_a_crash() -> None:
     src = "exclude when " + "(" * 5000 + 'path == "/"' + ")" * 5000
     file, diags = parse(src, "deep.mirror")
     assert file is None and diags[0].code == "syntax-error"
+
+
+def test_compare_block() -> None:
+    node = canary_stmt(
+        'compare { status header "Content-Type", "Location" body json '
+        'ignore "$.ts", "$.items[*].id" max_body 2MiB sample 10% baseline v1 }'
+    )
+    assert isinstance(node, ast.Compare)
+    status, header, body, ignore, max_body, sample, baseline = node.statements
+    assert isinstance(status, ast.CompareStatus)
+    assert isinstance(header, ast.CompareHeader)
+    assert [n.value for n in header.names] == ["Content-Type", "Location"]
+    assert isinstance(body, ast.CompareBody) and body.mode == "json"
+    assert isinstance(ignore, ast.CompareIgnore)
+    assert [p.value for p in ignore.paths] == ["$.ts", "$.items[*].id"]
+    assert ignore.paths[0].span.column == ignore.span.column + len("ignore ")
+    assert isinstance(max_body, ast.MaxBody) and max_body.size.bytes == 2 << 20
+    assert isinstance(sample, ast.CompareSample) and sample.rate.value == 0.1
+    assert isinstance(baseline, ast.CompareBaseline) and baseline.name.value == "v1"
+    bytes_ = canary_stmt("compare { body bytes }")
+    assert isinstance(bytes_, ast.Compare)
+    assert bytes_.statements == (ast.CompareBody(mode="bytes", span=bytes_.statements[0].span),)
+    empty = canary_stmt("compare { }")
+    assert isinstance(empty, ast.Compare) and empty.statements == ()
+
+
+def test_diff_log() -> None:
+    to_file = one('diff_log "logs/diffs.jsonl"')
+    assert isinstance(to_file, ast.DiffLog) and to_file.path is not None
+    assert to_file.path.value == "logs/diffs.jsonl"
+    to_stderr = one("diff_log stderr")
+    assert isinstance(to_stderr, ast.DiffLog) and to_stderr.path is None
+    quoted = one('diff_log "stderr"')  # a file named stderr
+    assert isinstance(quoted, ast.DiffLog) and quoted.path is not None
+
+
+@pytest.mark.parametrize("word", ["status", "baseline", "ignore", "json", "bytes", "stderr"])
+def test_new_keywords_are_still_names_elsewhere(word: str) -> None:
+    src = f"canary {word} {{ server http://a:1 compare {{ status baseline {word} }} }}\n"
+    src += f"mirror {word} {{ to {word} }}"
+    file, diags = parse(src, "k.mirror")
+    assert diags == [] and file is not None
+
+
+@pytest.mark.parametrize(
+    ("src", "fragment"),
+    [
+        ("canary a { compare { body on } }", 'expected "bytes" or "json", found "on"'),
+        ("canary a { compare { sample 10% by client } }", 'found "by"'),
+        ("canary a { compare { compare { status } } }", 'found "compare"'),
+        ('canary a { compare { status } diff_log "x" }', 'found "diff_log"'),
+        ("mirror a { compare { status } }", 'found "compare"'),
+    ],
+)
+def test_compare_syntax_errors(src: str, fragment: str) -> None:
+    _, diags = parse(src, "s.mirror")
+    assert len(diags) == 1 and diags[0].code == "syntax-error"
+    assert fragment in diags[0].message

@@ -10,6 +10,7 @@ import pytest
 from sidecar.dsl import ast, load, loads
 from sidecar.dsl.validate import CODES
 from sidecar.model import config as cfg
+from sidecar.model.compare import CompareSpec
 
 OK = """
 primary http://127.0.0.1:8081
@@ -192,6 +193,14 @@ def test_config_from_the_example_rules() -> None:
         cfg.RateSpec(burst=600, per_second=10),
     )
     assert (v3.queue, v3.timeout_s, v3.body, v3.host) == (0, 2.5, False, "v3.internal")
+    assert v2.compare == CompareSpec(
+        status=True,
+        headers=("Content-Type",),
+        body="json",
+        ignore=("$.generated_at",),
+        sample_rate=0.5,
+    )
+    assert v3.compare is None and c.diff_log is None
     assert [rule.name for rule in c.rules] == ["api_reads", "api_writes", "search"]
     assert c.rules[0].sample == cfg.SampleSpec(rate=0.1, by="header", key="x-user-id")
     assert c.rules[1].to == ("v2", "v3")
@@ -264,3 +273,200 @@ def test_unknown_canary_did_you_mean_tries_a_case_only_difference_first(
     src = f"{OK}{defined}{uses}mirror typo {{ when method == GET to {target} }}\n"
     diags = [d for d in loads(src, "d.mirror").diagnostics if d.code == "unknown-canary"]
     assert [d.message for d in diags] == [f'unknown canary "{target}"{suggestion}']
+
+
+# --- compare blocks and diff_log ---------------------------------------------------------
+
+COMPARED = """
+primary http://127.0.0.1:8081
+canary v1 {{ server http://127.0.0.1:8090 }}
+canary v2 {{ server http://127.0.0.1:8091 compare {{ {block} }} }}
+mirror all {{ to v2, v1 }}
+"""
+
+
+def compare_codes(block: str) -> list[str]:
+    return codes(COMPARED.format(block=block))
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ("status", []),
+        ('header "Content-Type"', []),
+        ("body bytes", []),
+        ('body json ignore "$.a", "$..etag", "$.items[?@.volatile == true]" max_body 1B', []),
+        ("status sample 100%", []),
+        ("status sample 0.001", []),
+        ("status baseline v1", []),
+        ("", ["empty-compare"]),
+        ("sample 10% max_body 1MiB baseline v1", ["empty-compare"]),
+        ('status ignore "$.a"', ["ignore-without-json"]),
+        ('body bytes ignore "$.a"', ["ignore-without-json"]),
+        ('body json ignore "$.items["', ["invalid-jsonpath"]),
+        ('body json ignore "items"', ["invalid-jsonpath"]),
+        ('body json ignore "$.a", "$.a"', ["duplicate-entry"]),
+        ('header "A", "a"', ["duplicate-entry"]),
+        ('header "A B"', ["invalid-header-name"]),
+        ("status sample 0%", ["sample-out-of-range"]),
+        ("status sample 101%", ["sample-out-of-range"]),
+        ("status sample 50", ["sample-out-of-range"]),
+        ("body json max_body 0B", ["invalid-size"]),
+        ("body json max_body 1.5MiB", ["invalid-size"]),
+        ("status status", ["duplicate-statement"]),
+        ('header "A" header "B"', ["duplicate-statement"]),
+        ("body json body bytes", ["duplicate-statement"]),
+        ('body json ignore "$.a" ignore "$.b"', ["duplicate-statement"]),
+        ("body json max_body 1MiB max_body 2MiB", ["duplicate-statement"]),
+        ("status sample 1% sample 2%", ["duplicate-statement"]),
+        ("status baseline v1 baseline v1", ["duplicate-statement"]),
+        ("status baseline v2", ["self-baseline"]),
+        ("status baseline v9", ["unknown-canary"]),
+    ],
+)
+def test_compare_codes(block: str, expected: list[str]) -> None:
+    assert compare_codes(block) == expected
+
+
+def test_a_repeated_compare_block_is_a_duplicate_statement() -> None:
+    src = COMPARED.format(block="status } compare { status")
+    assert codes(src) == ["duplicate-statement"]
+
+
+def test_compare_spec_in_config() -> None:
+    block = (
+        'status header "Content-Type", "Location" body json ignore "$.ts", "$.items[*].id" '
+        "max_body 2MiB sample 12.5% baseline v1"
+    )
+    r = loads(COMPARED.format(block=block), "c.mirror")
+    assert r.diagnostics == [] and r.config is not None
+    v1, v2 = r.config.canaries
+    assert v1.compare is None
+    assert v2.compare == CompareSpec(
+        status=True,
+        headers=("Content-Type", "Location"),
+        body="json",
+        ignore=("$.ts", "$.items[*].id"),
+        max_body_bytes=2 << 20,
+        sample_rate=0.125,
+        baseline="v1",
+    )
+    r = loads(COMPARED.format(block="status"), "c.mirror")
+    assert r.config is not None
+    assert r.config.canaries[1].compare == CompareSpec(status=True)
+
+
+def test_compare_diagnostics_point_at_the_offending_string() -> None:
+    src = COMPARED.format(block='body json ignore "$.ok", "$.items["')
+    (d,) = loads(src, "c.mirror").diagnostics
+    line = src.splitlines()[d.span.line - 1]
+    assert line[d.span.column - 1 : d.span.end_column - 1] == '"$.items["'
+    assert d.message == "invalid JSONPath \"$.items[\": a '[' is not closed (at the end)"
+    src = COMPARED.format(block='status ignore "$.a"')
+    (d,) = loads(src, "c.mirror").diagnostics
+    line = src.splitlines()[d.span.line - 1]
+    assert line[d.span.column - 1 : d.span.end_column - 1] == "ignore"
+    src = COMPARED.format(block="status baseline v2")
+    (d,) = loads(src, "c.mirror").diagnostics
+    line = src.splitlines()[d.span.line - 1]
+    assert line[d.span.column - 1 : d.span.end_column - 1] == "v2"
+    src = COMPARED.format(block="")
+    (d,) = loads(src, "c.mirror").diagnostics
+    line = src.splitlines()[d.span.line - 1]
+    assert line[d.span.column - 1 : d.span.end_column - 1] == "compare"
+
+
+def test_unknown_baseline_has_a_did_you_mean() -> None:
+    src = COMPARED.format(block="status baseline V1")
+    (d,) = loads(src, "c.mirror").diagnostics
+    assert (d.code, d.message) == ("unknown-canary", 'unknown canary "V1" (did you mean "v1"?)')
+
+
+def test_baselines_do_not_chain() -> None:
+    src = (
+        "primary http://127.0.0.1:8081\n"
+        "canary v0 { server http://127.0.0.1:8089 }\n"
+        "canary v1 { server http://127.0.0.1:8090 compare { status baseline v0 } }\n"
+        "canary v2 { server http://127.0.0.1:8091 compare { status baseline v1 } }\n"
+        "mirror all { to v2, v1, v0 }\n"
+    )
+    (d,) = loads(src, "c.mirror").diagnostics
+    assert d.code == "baseline-chain" and (d.span.line, d.span.column) == (4, 68)
+    assert 'canary "v1" cannot be a baseline' in d.message and '"v0" at c.mirror:3' in d.message
+
+
+def test_a_rule_that_sends_to_a_compared_canary_but_not_its_baseline_is_warned() -> None:
+    reads = "mirror reads { when method == GET to v2 }"
+    src = COMPARED.format(block="status baseline v1").replace("mirror all", reads + "\nmirror all")
+    r = loads(src, "c.mirror")
+    assert [(d.code, d.severity) for d in r.diagnostics] == [("baseline-not-sent", "warning")]
+    assert r.config is not None
+    (d,) = r.diagnostics
+    assert (d.span.line, d.span.column) == (5, reads.index("v2") + 1)  # at `to v2`
+    assert 'mirror rule "reads" sends to "v2" but not to its baseline "v1"' in d.message
+    # without a baseline, or with it in the same `to`, there is nothing to say
+    assert (
+        codes(COMPARED.format(block="status").replace("mirror all", reads + "\nmirror all")) == []
+    )
+
+
+def test_a_syntax_error_elsewhere_does_not_make_baselines_unknown(tmp_path: Path) -> None:
+    (tmp_path / "a.mirror").write_text(
+        "primary http://127.0.0.1:1\n"
+        "canary v2 { server http://127.0.0.1:2 compare { status baseline v1 } }\n"
+        "mirror r { to v2 }\n"
+    )
+    (tmp_path / "b.mirror").write_text("canary v1 { server http://127.0.0.1:3 oops }\n")
+    assert [x.code for x in load([tmp_path]).diagnostics] == ["syntax-error"]
+
+
+def test_diff_log_is_resolved_against_the_rule_file(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    base = (
+        "primary http://127.0.0.1:1\ncanary v2 { server http://127.0.0.1:2 }\nmirror r { to v2 }\n"
+    )
+    (rules / "a.mirror").write_text(base + 'diff_log "../logs/diffs.jsonl"\n')
+    r = load([rules])
+    assert r.diagnostics == [] and r.config is not None
+    assert r.config.diff_log == str(tmp_path / "logs" / "diffs.jsonl")
+    absolute = tmp_path / "abs.jsonl"
+    (rules / "a.mirror").write_text(base + f'diff_log "{absolute}"\n')
+    assert load([rules]).config.diff_log == str(absolute)  # type: ignore[union-attr]
+    (rules / "a.mirror").write_text(base + "diff_log stderr\n")
+    assert load([rules]).config.diff_log == "stderr"  # type: ignore[union-attr]
+    (rules / "a.mirror").write_text(base)
+    assert load([rules]).config.diff_log is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"nowhere/diffs.jsonl"', 'directory "RULES/nowhere" does not exist'),
+        ('"/nonexistent-sidecar-dir/diffs.jsonl"', 'directory "/nonexistent-sidecar-dir" does'),
+        ('"."', '"." is a directory'),
+        ('"sub/"', '"sub/" is a directory'),
+        ('""', "needs a file name"),
+    ],
+)
+def test_bad_diff_log_paths_are_errors_at_the_string(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.mirror").write_text(
+        "primary http://127.0.0.1:1\ncanary v2 { server http://127.0.0.1:2 }\n"
+        f"mirror r {{ to v2 }}\ndiff_log {value}\n"
+    )
+    r = load([rules])
+    (d,) = r.diagnostics
+    assert d.code == "invalid-diff-log" and r.config is None
+    assert (d.span.line, d.span.column, d.span.end_column) == (4, 10, 10 + len(value))
+    assert message.replace("RULES", str(rules)) in d.message
+
+
+def test_a_repeated_diff_log_is_a_duplicate_statement(tmp_path: Path) -> None:
+    (tmp_path / "a.mirror").write_text(OK + "diff_log stderr\n")
+    (tmp_path / "b.mirror").write_text('diff_log "d.jsonl"\n')
+    assert [d.code for d in load([tmp_path]).diagnostics] == ["duplicate-statement"]
