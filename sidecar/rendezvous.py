@@ -183,13 +183,15 @@ class Rendezvous:
         if verdict.result == "diff":
             record = diff_record(
                 verdict,
-                rule=c.rule,
+                rule=c.rule or "",
                 request=self._request,
                 primary=primary,
                 canary_name=name,
                 canary=c.captured,
                 now=self._now(),
             )
+            if c.rule is None:
+                record["rule"] = None  # the library's tees have no rule
         c.captured = None
         return CompareResult(name, c.rule, verdict, record)
 
