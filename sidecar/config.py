@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from sidecar.compare import CompareSpec
 from sidecar.diagnostics import Span
 from sidecar.dsl import ast
 
@@ -170,6 +171,7 @@ class CanarySpec:
     rate: RateSpec | None = None
     host: str | None = None  # None: preserve the client's Host
     transforms: tuple[Transform, ...] = ()
+    compare: CompareSpec | None = None  # None: its responses are not compared
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -233,6 +235,7 @@ class Config:
     excludes: tuple[ExcludeSpec, ...] = ()
     sources: tuple[SourceFile, ...] = ()
     sha256: str = ""  # over all sources, in order: sidecar_rules_info{hash}
+    diff_log: str | None = None  # "stderr" or an absolute path; None: records kept in memory only
     canary_index: dict[str, CanarySpec] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

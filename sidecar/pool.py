@@ -61,7 +61,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from sidecar.client import ClientError, ConnectError, ConnectionPool
 from sidecar.config import CanarySpec, Endpoint, RateSpec
@@ -78,6 +78,9 @@ from sidecar.mirror_errors import (
     observe_error_line,
     observe_summary_line,
 )
+
+if TYPE_CHECKING:
+    from sidecar.rendezvous import Rendezvous
 
 log = logging.getLogger("sidecar.mirror")
 
@@ -181,13 +184,22 @@ class ClientRequest:
 class Job:
     """One admitted tee: the request, its body copy (None: no body), rule and deadline."""
 
-    __slots__ = ("body", "deadline", "request", "rule")
+    __slots__ = ("body", "deadline", "rendezvous", "request", "rule")
 
-    def __init__(self, request: ClientRequest, body: Body | None, rule: str | None) -> None:
+    def __init__(
+        self,
+        request: ClientRequest,
+        body: Body | None,
+        rule: str | None,
+        rendezvous: Rendezvous | None = None,
+    ) -> None:
         self.request = request
         self.body = body
         self.rule = rule
         self.deadline = 0.0  # loop time; set by dispatch()
+        # Set when this tee's response is compared (or is a baseline): whoever settles the
+        # job calls `rendezvous.canary_done(canary, captured_or_None)` exactly once.
+        self.rendezvous = rendezvous
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,12 @@ ended, so a drain of `timeout` plus a little slack never cuts a job short). A sn
 is no longer current never gains a request: the proxy reads `current` and counts itself in
 `active` without awaiting in between.
 
+Comparison: the runtime owns the process's one `DiffStore` (`diffs`, for `/diffs`), made at
+`start()` with the configuration's `diff_log`; a reload retargets the log and keeps the
+records; `close()` closes it. A snapshot whose configuration compares any canary carries
+`compare_report` (the `CompareSink` over that store) for its requests' rendezvous; else it
+is None, and requests pay nothing for comparison.
+
 Nothing here is on the hot path except `current` and the `active` counter.
 """
 
@@ -33,8 +39,11 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from sidecar.client import ConnectionPool
+from sidecar.compare_sink import CompareSink
 from sidecar.config import CanarySpec, Config, Endpoint
+from sidecar.diff_store import DiffStore
 from sidecar.pool import CanaryPool
+from sidecar.rendezvous import Report
 from sidecar.routing import RoutingTable, compile_table
 
 log = logging.getLogger("sidecar.runtime")
@@ -63,6 +72,7 @@ class Snapshot:
     __slots__ = (
         "active",
         "canary_pools",
+        "compare_report",
         "config",
         "primary",
         "primary_idle_timeout_s",
@@ -85,6 +95,7 @@ class Snapshot:
         self.primary_timeout_s = primary_timeout_s  # until the response head
         self.primary_idle_timeout_s = primary_idle_timeout_s  # longest pause in either body
         self.active = 0  # requests that started on this snapshot and have not ended
+        self.compare_report: Report | None = None  # set when some canary is compared
 
 
 class Runtime:
@@ -101,6 +112,8 @@ class Runtime:
         self._retired_pools: set[CanaryPool] = set()  # retired, not yet closed
         self._older: list[Snapshot] = []  # replaced snapshots that may still have requests
         self._closed = False
+        self.diffs = DiffStore()  # the diff records of this process (GET /diffs)
+        self._compare_sink = CompareSink(self.diffs)
 
     @property
     def config(self) -> Config:
@@ -108,6 +121,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Compile the initial table and start its pools (inside the running loop)."""
+        self.diffs.log_to(self._initial.diff_log)
         self.current = self._build(self._initial, previous=None)
         _publish_rules_info(self.current.config)
 
@@ -117,6 +131,7 @@ class Runtime:
         build and the store."""
         old = self.current
         new = self._build(config, previous=old, table=table)
+        self.diffs.log_to(config.diff_log)  # the kept records stay
         self.current = new  # the atomic swap: requests from now on use `new`
         _publish_rules_info(config)
         self._older = [s for s in self._older if s.active > 0]
@@ -149,6 +164,7 @@ class Runtime:
         await asyncio.gather(*(pool.aclose(drain=None) for pool in pools), return_exceptions=True)
         with contextlib.suppress(Exception):
             await snap.primary.aclose()
+        self.diffs.close()
 
     # --- internals ----------------------------------------------------------------------
 
@@ -181,7 +197,10 @@ class Runtime:
                 idle_timeout_s=PRIMARY_IDLE_TIMEOUT_S,
             )
             self._primary_endpoint = primary_spec.endpoint
-        return Snapshot(table, pools, primary, primary_spec.timeout_s, primary_spec.idle_timeout_s)
+        snap = Snapshot(table, pools, primary, primary_spec.timeout_s, primary_spec.idle_timeout_s)
+        if any(c.compare is not None for c in config.canaries):
+            snap.compare_report = self._compare_sink
+        return snap
 
     async def _retire(
         self, older: list[Snapshot], pools: list[CanaryPool], primary: ConnectionPool | None
