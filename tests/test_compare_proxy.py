@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -104,7 +105,7 @@ class Harness:
 
     async def rendezvous(self, canary: str) -> Rendezvous:
         """The rendezvous of the newest job admitted to `canary` (waits for its admission)."""
-        found = await wait_for(lambda: [j for n, j in self.jobs if n == canary])
+        found: list[Job] = await wait_for(lambda: [j for n, j in self.jobs if n == canary])
         rv = found[-1].rendezvous
         assert rv is not None
         return rv
@@ -384,44 +385,46 @@ async def test_diffs_endpoint_filters_and_limit_and_diff_log(
     spec = CompareSpec(status=True)
     mirrors = [("ra", 'when path ^= "/a"', "d1"), ("rb", 'when path ^= "/b"', "d2")]
     log_path = tmp_path / "diffs.jsonl"
-    async with compare_proxy(
-        primary_url, held_canary.url, mirrors, {"d1": spec, "d2": spec}, diff_log=str(log_path)
-    ) as h:
-        async with httpx.AsyncClient() as client:
-            for path, canary in (("/a/1", "d1"), ("/b/1", "d2"), ("/a/2", "d1")):
-                h.jobs.clear()
-                await client.get(f"{h.url}{path}")
-                (await h.rendezvous(canary)).canary_done(canary, captured(spec, 500, [], b""))
-                await wait_for(lambda c=canary, p=path: _recorded(h, c, p))
+    async with (
+        compare_proxy(
+            primary_url, held_canary.url, mirrors, {"d1": spec, "d2": spec}, diff_log=str(log_path)
+        ) as h,
+        httpx.AsyncClient() as client,
+    ):
+        for path, canary in (("/a/1", "d1"), ("/b/1", "d2"), ("/a/2", "d1")):
+            h.jobs.clear()
+            await client.get(f"{h.url}{path}")
+            (await h.rendezvous(canary)).canary_done(canary, captured(spec, 500, [], b""))
+            await wait_for(functools.partial(_recorded, h, canary, path))
 
-            async def diffs(query: str = "") -> httpx.Response:
-                return await client.get(f"{h.admin_url}/diffs{query}")
+        async def diffs(query: str = "") -> httpx.Response:
+            return await client.get(f"{h.admin_url}/diffs{query}")
 
-            every = (await diffs()).json()
-            assert [r["request"]["path"] for r in every] == ["/a/2", "/b/1", "/a/1"]
-            assert [r["request"]["path"] for r in (await diffs("?canary=d1")).json()] == [
-                "/a/2",
-                "/a/1",
-            ]
-            assert [r["rule"] for r in (await diffs("?rule=rb")).json()] == ["rb"]
-            assert (await diffs("?canary=d2&rule=ra")).json() == []
-            assert (await diffs("?limit=1")).json() == every[:1]
-            assert (await diffs("?limit=0")).json() == []
-            assert (await diffs("?limit=10")).json() == every
-            for bad in ("x", "-1", "1.5", ""):
-                r = await diffs(f"?limit={bad}")
-                assert r.status_code == 400, bad
-                assert "limit must be a non-negative integer" in r.text
-            assert (await diffs()).headers["content-type"] == "application/json"
+        every = (await diffs()).json()
+        assert [r["request"]["path"] for r in every] == ["/a/2", "/b/1", "/a/1"]
+        assert [r["request"]["path"] for r in (await diffs("?canary=d1")).json()] == [
+            "/a/2",
+            "/a/1",
+        ]
+        assert [r["rule"] for r in (await diffs("?rule=rb")).json()] == ["rb"]
+        assert (await diffs("?canary=d2&rule=ra")).json() == []
+        assert (await diffs("?limit=1")).json() == every[:1]
+        assert (await diffs("?limit=0")).json() == []
+        assert (await diffs("?limit=10")).json() == every
+        for bad in ("x", "-1", "1.5", ""):
+            r = await diffs(f"?limit={bad}")
+            assert r.status_code == 400, bad
+            assert "limit must be a non-negative integer" in r.text
+        assert (await diffs()).headers["content-type"] == "application/json"
 
-            # A reload retargets the log; the kept records stay.
-            second = tmp_path / "second.jsonl"
-            h.runtime.swap(dataclasses.replace(h.runtime.config, diff_log=str(second)))
-            h.jobs.clear()  # the pools are kept (equal specs), with their recording dispatch
-            await client.get(f"{h.url}/b/2")
-            (await h.rendezvous("d2")).canary_done("d2", captured(spec, 500, [], b""))
-            await wait_for(lambda: _recorded(h, "d2", "/b/2"))
-            assert len((await diffs()).json()) == 4
+        # A reload retargets the log; the kept records stay.
+        second = tmp_path / "second.jsonl"
+        h.runtime.swap(dataclasses.replace(h.runtime.config, diff_log=str(second)))
+        h.jobs.clear()  # the pools are kept (equal specs), with their recording dispatch
+        await client.get(f"{h.url}/b/2")
+        (await h.rendezvous("d2")).canary_done("d2", captured(spec, 500, [], b""))
+        await wait_for(lambda: _recorded(h, "d2", "/b/2"))
+        assert len((await diffs()).json()) == 4
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert lines == list(reversed(every))
     assert [json.loads(line)["request"]["path"] for line in second.read_text().splitlines()] == [
