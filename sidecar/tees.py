@@ -93,7 +93,10 @@ class RequestTees:
                     continue
                 if request is None:
                     request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
-                pool.dispatch(Job(request, None, rule, joins(rv, pool.name)))
+                job = Job(request, None, rule)
+                if rv is not None:
+                    job.rendezvous = joins(rv, pool.name)
+                pool.dispatch(job)
             elif content_length is not None and content_length > spec.max_body_bytes:
                 _drop(pool, Outcome.DROPPED_OVERSIZE, rule, rv)
             else:
@@ -134,7 +137,10 @@ class RequestTees:
         for _, pool, rule in pending:
             refused = pool.refusal()
             if refused is None:
-                pool.dispatch(Job(request, body, rule, joins(rv, pool.name)))
+                job = Job(request, body, rule)
+                if rv is not None:
+                    job.rendezvous = joins(rv, pool.name)
+                pool.dispatch(job)
             else:
                 _drop(pool, refused, rule, rv)
 
