@@ -12,14 +12,27 @@ rendezvous, from `failed()` or `end()`:
   otherwise (the client went away, the primary stalled past `idle_timeout` or broke off,
   or no head ever reached the client) incomplete captures, which the rendezvous judges
   `skipped` as `primary_incomplete`.
+
+An arrival judges (and reports) on the request's own task, once the response went out or
+just before a 502/504 of our own. A bug there must never cost the client its response: an
+exception is logged with its traceback (at most once per `ERROR_LOG_INTERVAL_S`) and the
+request carries on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable
 
 from sidecar.compare import Capture, Captured, CompareSpec
 from sidecar.rendezvous import Rendezvous
+
+log = logging.getLogger("sidecar.compare")
+
+# A failing comparison is logged at most this often (it would fail for every request).
+ERROR_LOG_INTERVAL_S = 10.0
+_last_error_log = -ERROR_LOG_INTERVAL_S
 
 # The status an incomplete capture carries when no response head reached the client (it is
 # never judged: an incomplete primary makes every comparison `skipped`).
@@ -61,16 +74,30 @@ class PrimaryCapture:
         """The proxy answered 502/504 itself."""
         if not self._reported:
             self._reported = True
-            self._rv.primary_failed()
+            _guarded(self._rv.primary_failed)
 
     def end(self) -> None:
         """The request is over: report the captures (whole or cut) unless already failed."""
         if self._reported:
             return
         self._reported = True
+        _guarded(self._arrive)
+
+    def _arrive(self) -> None:
         captured: dict[CompareSpec, Captured] = {}
         for spec, capture in self._captures:
             if not self._started:
                 capture.start(NO_RESPONSE_STATUS, ())
             captured[spec] = capture.finish() if self._complete else capture.incomplete()
         self._rv.primary_done(captured)
+
+
+def _guarded(arrival: Callable[[], None]) -> None:
+    global _last_error_log
+    try:
+        arrival()
+    except Exception:
+        now = time.monotonic()
+        if now - _last_error_log >= ERROR_LOG_INTERVAL_S:
+            _last_error_log = now
+            log.exception("comparing the primary's response failed (the client was served)")
