@@ -1,4 +1,5 @@
-"""The admin listener of `sidecar serve`: /healthz, /readyz, /rules, /metrics, `admin off`."""
+"""The admin listener of `sidecar serve`: /healthz, /readyz, /rules, /metrics, /diffs,
+`admin off`."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ async def test_endpoints(tmp_path: Path, primary_url: str) -> None:
             assert (await client.get(f"{base}/readyz")).status_code == 200
             assert (await client.get(f"{base}/nope")).status_code == 404
             assert (await client.post(f"{base}/metrics")).status_code == 405
+            # Nothing compared yet: no records (tests/test_compare_proxy.py fills them).
+            r = await client.get(f"{base}/diffs")
+            assert (r.status_code, r.json()) == (200, [])
+            assert r.headers["content-type"] == "application/json"
+            r = await client.get(f"{base}/diffs?limit=-1")
+            assert r.status_code == 400
+            assert r.text == "limit must be a non-negative integer, not '-1'\n"
             doc = (await client.get(f"{base}/rules")).json()
             rules_file = next(tmp_path.glob("*.mirror"))
             digest = hashlib.sha256(rules_file.read_bytes()).hexdigest()

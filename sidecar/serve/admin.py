@@ -1,4 +1,4 @@
-"""The admin listener: `GET /metrics`, `/healthz`, `/readyz`, `/rules`; `POST /-/reload`.
+"""The admin listener: `GET /metrics`, `/healthz`, `/readyz`, `/rules`, `/diffs`; `POST /-/reload`.
 
 A plain ASGI app served by its own hypercorn listener (loopback by default; `admin off`
 removes it). `/metrics` renders prometheus-client's default registry, or, when
@@ -7,6 +7,8 @@ MultiProcessCollector over every worker's samples, so any worker answers for the
 `/readyz` is 200 only while the runtime says the rules are loaded and the proxy listens
 (503 before that and while shutting down); `/healthz` is 200 while the process runs.
 `/rules` is the current snapshot's `table.to_json()` plus the source files and hash.
+`/diffs` is the runtime's kept diff records, newest first, as a JSON list (sidecar/diffs_query.py
+reads `?canary=`, `?rule=`, `?limit=`; a bad limit is a 400).
 `POST /-/reload` (the Prometheus convention) reloads the rules (sidecar/reload.py) and
 answers when that is done: 200 with a line saying what changed (and any warnings), or 400
 with every diagnostic as `check` prints it, the old rules still serving.
@@ -23,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import generate_latest as generate
 
 from sidecar.asgi import Receive, Scope, Send, serve_lifespan
+from sidecar.serve.diffs_query import DiffsQueryError, parse_diffs_query
 from sidecar.serve.reload import ReloadResult
 from sidecar.serve.runtime import Runtime
 
@@ -71,6 +74,14 @@ class AdminApp:
         elif path == "/rules":
             doc = rules_json(self.runtime)
             await _respond(send, 200, json.dumps(doc, indent=2).encode() + b"\n", _JSON)
+        elif path == "/diffs":
+            try:
+                query = parse_diffs_query(scope["query_string"])
+            except DiffsQueryError as exc:
+                await _respond(send, 400, f"{exc}\n".encode(), _TEXT)
+                return
+            records = self.runtime.diffs.query(**query)
+            await _respond(send, 200, json.dumps(records, ensure_ascii=False).encode(), _JSON)
         else:
             await _respond(send, 404, b"not found\n", _TEXT)
 

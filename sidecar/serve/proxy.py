@@ -37,6 +37,11 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
    `Connection: close` (see sidecar/upload.py for the bounds and why the rest must be
    read either way under hypercorn).
 
+Comparison: when the tees have a `rendezvous` (some tee is compared), a `PrimaryCapture`
+(sidecar/primary_capture.py) records the response as the client receives it: the head,
+each chunk after it was sent, the end; a 502/504 of our own is `failed()`. Requests without
+a compared tee allocate none of it.
+
 Nothing here awaits a canary: the tees only ever call synchronous pool admission.
 Hot-path rules: no per-request logging, metric children resolved once (`_Metrics`),
 no copies of body chunks.
@@ -55,6 +60,7 @@ from sidecar.http.client import ClientError, ConnectError, Response
 from sidecar.http.headers import forward_request_headers, response_headers
 from sidecar.routing.request import RequestView
 from sidecar.serve import metrics as serve_metrics
+from sidecar.serve.primary_capture import PrimaryCapture
 from sidecar.serve.runtime import Runtime, Snapshot
 from sidecar.serve.stall import ExchangeClock
 from sidecar.serve.upload import Upload, UploadAborted
@@ -149,7 +155,11 @@ class ProxyApp:
                 client,
                 scheme,
                 None if framed == framing.CHUNKED else framed,
+                report=snap.compare_report,
             )
+        capture: PrimaryCapture | None = None
+        if tees is not None and tees.rendezvous is not None:
+            capture = PrimaryCapture(tees.rendezvous)
 
         out_headers = forward_request_headers(headers, client=client, scheme=scheme)
         if scope["http_version"] == "1.0" and not view.header_b(b"host"):
@@ -163,6 +173,8 @@ class ProxyApp:
             if message["type"] == "http.disconnect":
                 if tees is not None:
                     tees.abort()
+                if capture is not None:
+                    capture.end()  # `body off` tees may have gone already: they need an answer
                 return
             first: bytes = message.get("body", b"")
             more: bool = message.get("more_body", False)
@@ -174,6 +186,8 @@ class ProxyApp:
                 if message["type"] == "http.disconnect":
                     if tees is not None:
                         tees.abort()
+                    if capture is not None:
+                        capture.end()
                     return
                 rest: bytes = message.get("body", b"")
                 if rest:  # more than declared (h11 never lets that through): stream it
@@ -200,11 +214,14 @@ class ProxyApp:
             body = upload.chunks(clock)
         target = raw_path + b"?" + query if query else raw_path
         exchange = _Exchange(clock, upload, scope["http_version"] != "2", method, receive, send)
+        exchange.capture = capture
         try:
             status = await self._exchange(snap, exchange, target, out_headers, body)
         finally:
             if upload is not None:
                 upload.end()  # an unread rest is drained to the close; waiting tees aborted
+            if capture is not None:
+                capture.end()  # after upload.end(): every unread tee has arrived by then
         if status:
             self.metrics.record(status, started)
 
@@ -229,6 +246,8 @@ class ProxyApp:
                 resp = await snap.primary.request(ex.method.encode("ascii"), target, headers, body)
                 clock.expect_progress()  # the head is in: from now on only pauses count
                 status = resp.status
+                if ex.capture is not None:
+                    ex.capture.start(status, resp.headers)
                 try:
                     out = response_headers(resp.headers)
                     if ex.unread_rest(close=False):
@@ -260,6 +279,8 @@ class ProxyApp:
                 )
             else:
                 self._log_error("primary timed out after %gs: 504", snap.primary_timeout_s)
+            if ex.capture is not None:
+                ex.capture.failed()
             await ex.plain(504, b"Gateway Timeout: the primary did not answer in time\n")
             return 504
         except ClientError as exc:
@@ -268,6 +289,8 @@ class ProxyApp:
                 return status  # the client got this head (then a cut-off body): count it
             what = "unreachable" if isinstance(exc, ConnectError) else "failed"
             self._log_error("primary %s: %s: 502", what, exc)
+            if ex.capture is not None:
+                ex.capture.failed()
             await ex.plain(502, f"Bad Gateway: the primary {what}\n".encode())
             return 502
 
@@ -287,7 +310,7 @@ class _Exchange:
     """What one primary exchange carries from the request to the response (one object
     instead of eight parameters down the call chain)."""
 
-    __slots__ = ("clock", "http1", "method", "receive", "send", "upload")
+    __slots__ = ("capture", "clock", "http1", "method", "receive", "send", "upload")
 
     def __init__(
         self,
@@ -304,6 +327,7 @@ class _Exchange:
         self.method = method
         self.receive = receive
         self.send = send
+        self.capture: PrimaryCapture | None = None  # set when some tee is compared
 
     def unread_rest(self, *, close: bool) -> bool:
         """A response head is going out: when the request body is not whole yet, decide
@@ -347,6 +371,7 @@ async def _relay(resp: Response, ex: _Exchange) -> None:
     send = ex.send
     touch = ex.clock.touch
     upload = ex.upload
+    capture = ex.capture
     held = b""
     watch: asyncio.Future[Message] | None = None
     sent_chunks = 0
@@ -359,6 +384,8 @@ async def _relay(resp: Response, ex: _Exchange) -> None:
                     continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             touch()
+            if capture is not None:
+                capture.feed(chunk)  # after the send: hashing never delays the client
             sent_chunks += 1
             if upload is not None and upload.gone:
                 return  # the client is gone (seen by the upload's discard)
@@ -372,6 +399,9 @@ async def _relay(resp: Response, ex: _Exchange) -> None:
                     return  # the client is gone: stop reading the primary (resp.aclose aborts)
                 watch = None  # a body message of an upload being closed: nobody wants it
         await ex.finish(held)
+        if capture is not None:
+            capture.feed(held)
+            capture.finish()
     finally:
         if watch is not None and not watch.done():
             watch.cancel()

@@ -22,6 +22,12 @@ ended, so a drain of `timeout` plus a little slack never cuts a job short). A sn
 is no longer current never gains a request: the proxy reads `current` and counts itself in
 `active` without awaiting in between.
 
+Comparison: the runtime owns the process's one `DiffStore` (`diffs`, for `/diffs`), made at
+`start()` with the configuration's `diff_log`; a reload retargets the log and keeps the
+records; `close()` closes it. A snapshot whose configuration compares any canary carries
+`compare_report` (the `CompareSink` over that store) for its requests' rendezvous; else it
+is None, and requests pay nothing for comparison.
+
 Nothing here is on the hot path except `current` and the `active` counter.
 """
 
@@ -37,7 +43,10 @@ from sidecar.model.config import CanarySpec, Config
 from sidecar.model.endpoint import Endpoint
 from sidecar.routing.table import RoutingTable, compile_table
 from sidecar.serve import metrics as serve_metrics
+from sidecar.serve.compare_sink import CompareSink
+from sidecar.serve.diff_store import DiffStore
 from sidecar.shadow import metrics as shadow_metrics
+from sidecar.shadow.compare.rendezvous import Report
 from sidecar.shadow.pool import CanaryPool
 
 log = logging.getLogger("sidecar.runtime")
@@ -66,6 +75,7 @@ class Snapshot:
     __slots__ = (
         "active",
         "canary_pools",
+        "compare_report",
         "config",
         "primary",
         "primary_idle_timeout_s",
@@ -88,6 +98,7 @@ class Snapshot:
         self.primary_timeout_s = primary_timeout_s  # until the response head
         self.primary_idle_timeout_s = primary_idle_timeout_s  # longest pause in either body
         self.active = 0  # requests that started on this snapshot and have not ended
+        self.compare_report: Report | None = None  # set when some canary is compared
 
 
 class Runtime:
@@ -104,6 +115,8 @@ class Runtime:
         self._retired_pools: set[CanaryPool] = set()  # retired, not yet closed
         self._older: list[Snapshot] = []  # replaced snapshots that may still have requests
         self._closed = False
+        self.diffs = DiffStore()  # the diff records of this process (GET /diffs)
+        self._compare_sink = CompareSink(self.diffs)
 
     @property
     def config(self) -> Config:
@@ -111,6 +124,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Compile the initial table and start its pools (inside the running loop)."""
+        self.diffs.log_to(self._initial.diff_log)
         self.current = self._build(self._initial, previous=None)
         _publish_rules_info(self.current.config)
 
@@ -120,6 +134,7 @@ class Runtime:
         build and the store."""
         old = self.current
         new = self._build(config, previous=old, table=table)
+        self.diffs.log_to(config.diff_log)  # the kept records stay
         self.current = new  # the atomic swap: requests from now on use `new`
         _publish_rules_info(config)
         self._older = [s for s in self._older if s.active > 0]
@@ -152,6 +167,7 @@ class Runtime:
         await asyncio.gather(*(pool.aclose(drain=None) for pool in pools), return_exceptions=True)
         with contextlib.suppress(Exception):
             await snap.primary.aclose()
+        self.diffs.close()
 
     # --- internals ----------------------------------------------------------------------
 
@@ -183,7 +199,10 @@ class Runtime:
                 idle_timeout_s=PRIMARY_IDLE_TIMEOUT_S,
             )
             self._primary_endpoint = primary_spec.endpoint
-        return Snapshot(table, pools, primary, primary_spec.timeout_s, primary_spec.idle_timeout_s)
+        snap = Snapshot(table, pools, primary, primary_spec.timeout_s, primary_spec.idle_timeout_s)
+        if any(c.compare is not None for c in config.canaries):
+            snap.compare_report = self._compare_sink
+        return snap
 
     async def _retire(
         self, older: list[Snapshot], pools: list[CanaryPool], primary: ConnectionPool | None

@@ -1,7 +1,8 @@
 """The mirror series (prometheus-client), all a library user gets from `observe`.
 
 sidecar_mirror_requests_total, _duration_seconds, _responses_total, _errors_total,
-_queue_depth and _busy_workers, registered once per registry with cached label
+_queue_depth and _busy_workers, and the comparison series fed by `compare(result)`
+(sidecar_compare_total, _differences_total, _skipped_total, _noise_total), registered once per registry with cached label
 children, so the hot path is a dict lookup and an `inc()`. The proxy's own series
 are `sidecar.serve.metrics`; library users import these through `sidecar.prom`.
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
+    from sidecar.shadow.compare.rendezvous import CompareResult
     from sidecar.shadow.pool import CanaryPool
     from sidecar.shadow.types import MirrorInfo
 
@@ -89,6 +91,32 @@ class Metrics:
             ["canary", "error"],
             registry=r,
         )
+        self.compare_results = Counter(
+            "sidecar_compare",
+            "Compared tees by canary, rule and result (match, diff, skipped).",
+            ["canary", "rule", "result"],
+            registry=r,
+        )
+        self.compare_differences = Counter(
+            "sidecar_compare_differences",
+            "Compared responses with at least one difference of a kind (status, header, body).",
+            ["canary", "rule", "kind"],
+            registry=r,
+        )
+        self.compare_skipped = Counter(
+            "sidecar_compare_skipped",
+            "Compared tees not judged, by reason (primary_failed, primary_incomplete, too_large).",
+            ["canary", "rule", "reason"],
+            registry=r,
+        )
+        self.compare_noise = Counter(
+            "sidecar_compare_noise",
+            "Compared responses with noise of a kind (differences the baseline shares).",
+            ["canary", "rule", "kind"],
+            registry=r,
+        )
+        # (counter, canary, rule, label) -> child; one dict for the four compare series.
+        self._compare_children: dict[tuple[Counter, str, str | None, str], Any] = {}
         self._outcome_children: dict[tuple[str, str | None, Outcome], Any] = {}
         self._completed_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._error_children: dict[tuple[str, str], Any] = {}
@@ -152,6 +180,27 @@ class Metrics:
                 gauge.labels(pool.name).set(0)
             else:
                 gauge.remove(pool.name)
+
+    # --- comparisons ---------------------------------------------------------------------
+
+    def compare(self, result: CompareResult) -> None:
+        """Count one compared tee's result (kinds once per response, as the verdict has them)."""
+        verdict = result.verdict
+        canary, rule = result.canary, result.rule
+        self._compare_child(self.compare_results, canary, rule, verdict.result).inc()
+        if verdict.reason is not None:
+            self._compare_child(self.compare_skipped, canary, rule, verdict.reason).inc()
+        for kind in verdict.difference_kinds:
+            self._compare_child(self.compare_differences, canary, rule, kind).inc()
+        for kind in verdict.noise_kinds:
+            self._compare_child(self.compare_noise, canary, rule, kind).inc()
+
+    def _compare_child(self, counter: Counter, canary: str, rule: str | None, label: str) -> Any:
+        key = (counter, canary, rule, label)
+        child = self._compare_children.get(key)
+        if child is None:
+            child = self._compare_children[key] = counter.labels(canary, rule or "", label)
+        return child
 
 
 _by_registry: dict[int, Metrics] = {}

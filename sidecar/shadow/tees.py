@@ -23,12 +23,22 @@ built later by the pool's worker (the body joined once, shared by all its canari
 
 Callers pass `content_length=0` when the request has neither `Content-Length` nor
 `Transfer-Encoding` (HTTP/1.1: no body), so that bodiless requests need no `finish()`.
+
+Comparison: given a `report` (the configuration compares at all), `begin()` first builds the
+request's `Rendezvous` (sidecar/compare_tees.py) and then returns a `RequestTees` even when
+no tee waits for the body, so the caller can reach `rendezvous` to capture the primary.
+Each registered tee's `Job` carries the rendezvous; a registered tee dropped here (refused,
+oversize, aborted, unread) never reaches a worker, so it arrives as `canary_done(name, None)`
+right where it is dropped.
 """
 
 from __future__ import annotations
 
+import random as _random
 from collections.abc import Sequence
 
+from sidecar.shadow.compare.plan import Random, joins, plan
+from sidecar.shadow.compare.rendezvous import Rendezvous, Report
 from sidecar.shadow.pool import CanaryPool
 from sidecar.shadow.types import Body, ClientRequest, Job, Outcome
 
@@ -36,19 +46,21 @@ from sidecar.shadow.types import Body, ClientRequest, Job, Outcome
 class RequestTees:
     """The pending tees of one request (see the module docstring)."""
 
-    __slots__ = ("_body", "_cap", "_declared", "_pending", "_request")
+    __slots__ = ("_body", "_cap", "_declared", "_pending", "_request", "rendezvous")
 
     def __init__(
         self,
         pending: list[tuple[int, CanaryPool, str | None]],
         request: ClientRequest,
         declared: int | None = None,
+        rendezvous: Rendezvous | None = None,
     ) -> None:
         self._pending = pending  # (max_body, pool, rule), ascending max_body
-        self._cap = pending[-1][0]
+        self._cap = pending[-1][0] if pending else 0
         self._body = Body()
         self._request = request
         self._declared = declared  # the request's Content-Length (None: chunked)
+        self.rendezvous = rendezvous  # None: no tee of this request is compared
 
     @classmethod
     def begin(
@@ -61,8 +73,16 @@ class RequestTees:
         client: str | None,
         scheme: str,
         content_length: int | None,
+        *,
+        report: Report | None = None,
+        random: Random = _random.random,
     ) -> RequestTees | None:
-        """Decide what can be decided now; None when no tee waits for the body."""
+        """Decide what can be decided now; None when no tee waits for the body and none is
+        compared. `report`: where the compared tees' results go (None: nothing compared);
+        `random`: the draw for `compare`'s sample rate."""
+        rv = None
+        if report is not None:
+            rv = plan(targets, method, raw_path, query_string, report, random)
         request: ClientRequest | None = None  # built once a pool admits (drops build none)
         pending: list[tuple[int, CanaryPool, str | None]] = []
         for pool, rule in targets:
@@ -70,21 +90,24 @@ class RequestTees:
             if not spec.body or content_length == 0:
                 refused = pool.refusal()
                 if refused is not None:
-                    pool.record(refused, rule)
+                    _drop(pool, refused, rule, rv)
                     continue
                 if request is None:
                     request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
-                pool.dispatch(Job(request, None, rule))
+                job = Job(request, None, rule)
+                if rv is not None:
+                    job.rendezvous = joins(rv, pool.name)
+                pool.dispatch(job)
             elif content_length is not None and content_length > spec.max_body_bytes:
-                pool.record(Outcome.DROPPED_OVERSIZE, rule)
+                _drop(pool, Outcome.DROPPED_OVERSIZE, rule, rv)
             else:
                 pending.append((spec.max_body_bytes, pool, rule))
-        if not pending:
+        if not pending and rv is None:
             return None
         pending.sort(key=lambda p: p[0])
         if request is None:
             request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
-        return cls(pending, request, content_length)
+        return cls(pending, request, content_length, rv)
 
     @property
     def pending(self) -> bool:
@@ -100,7 +123,7 @@ class RequestTees:
         pending = self._pending
         while pending and pending[0][0] < body.length:
             _, pool, rule = pending.pop(0)
-            pool.record(Outcome.DROPPED_OVERSIZE, rule)
+            _drop(pool, Outcome.DROPPED_OVERSIZE, rule, self.rendezvous)
         if pending:
             body.chunks.append(chunk)
         else:
@@ -111,12 +134,16 @@ class RequestTees:
         pending, self._pending = self._pending, []
         request = self._request
         body = self._body if self._body.length else None
+        rv = self.rendezvous
         for _, pool, rule in pending:
             refused = pool.refusal()
             if refused is None:
-                pool.dispatch(Job(request, body, rule))
+                job = Job(request, body, rule)
+                if rv is not None:
+                    job.rendezvous = joins(rv, pool.name)
+                pool.dispatch(job)
             else:
-                pool.record(refused, rule)
+                _drop(pool, refused, rule, rv)
 
     def unread(self) -> None:
         """The body will not be read to its end (see the module docstring): admit the tees
@@ -127,11 +154,18 @@ class RequestTees:
         pending, self._pending = self._pending, []
         self._body.chunks.clear()
         for _, pool, rule in pending:
-            pool.record(Outcome.DROPPED_UNREAD, rule)
+            _drop(pool, Outcome.DROPPED_UNREAD, rule, self.rendezvous)
 
     def abort(self) -> None:
         """The client's upload broke off: every pending tee ends as `dropped_aborted`."""
         pending, self._pending = self._pending, []
         self._body.chunks.clear()
         for _, pool, rule in pending:
-            pool.record(Outcome.DROPPED_ABORTED, rule)
+            _drop(pool, Outcome.DROPPED_ABORTED, rule, self.rendezvous)
+
+
+def _drop(pool: CanaryPool, outcome: Outcome, rule: str | None, rv: Rendezvous | None) -> None:
+    """A tee that never reaches a worker: counted, and (when compared) arrived with nothing."""
+    pool.record(outcome, rule)
+    if rv is not None and rv.capture_spec(pool.name) is not None:
+        rv.canary_done(pool.name, None)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from sidecar.http.headers import Headers
 from sidecar.shadow.errors import ErrorKind
+
+if TYPE_CHECKING:
+    from sidecar.shadow.compare.rendezvous import Rendezvous
 
 
 class Outcome(enum.Enum):
@@ -106,13 +109,22 @@ class ClientRequest:
 class Job:
     """One admitted tee: the request, its body copy (None: no body), rule and deadline."""
 
-    __slots__ = ("body", "deadline", "request", "rule")
+    __slots__ = ("body", "deadline", "rendezvous", "request", "rule")
 
-    def __init__(self, request: ClientRequest, body: Body | None, rule: str | None) -> None:
+    def __init__(
+        self,
+        request: ClientRequest,
+        body: Body | None,
+        rule: str | None,
+        rendezvous: Rendezvous | None = None,
+    ) -> None:
         self.request = request
         self.body = body
         self.rule = rule
         self.deadline = 0.0  # loop time; set by dispatch()
+        # Set when this tee's response is compared (or is a baseline): whoever settles the
+        # job calls `rendezvous.canary_done(canary, captured_or_None)` exactly once.
+        self.rendezvous = rendezvous
 
 
 @dataclass(frozen=True, slots=True)
