@@ -62,6 +62,7 @@ from sidecar.http.client import ClientError, ConnectError, ConnectionPool
 from sidecar.http.headers import Headers
 from sidecar.model.config import CanarySpec
 from sidecar.shadow.balance import Server, SmoothWeightedRoundRobin, connection_shares
+from sidecar.shadow.compare.capture import Capture, Captured
 from sidecar.shadow.errors import (
     CONNECT,
     ERROR_KINDS,
@@ -183,7 +184,7 @@ class CanaryPool:
                     await self._idle_event.wait()
         while self._jobs:
             job = self._jobs.popleft()
-            self._settle(Outcome.FAILED, job.rule, error=ERR_ABANDONED)
+            self._settle(Outcome.FAILED, job, error=ERR_ABANDONED)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -238,6 +239,8 @@ class CanaryPool:
             self.backoff_skips += 1
             self.record(Outcome.DISPATCHED, job.rule)
             self.record(Outcome.FAILED, job.rule, error=ERR_CONNECT)
+            if job.rendezvous is not None:
+                self._arrive(job, None)
             return Outcome.DISPATCHED
         job.deadline = now + self.spec.timeout_s
         idle = self._idle
@@ -259,7 +262,7 @@ class CanaryPool:
         while jobs and jobs[0].deadline <= now:
             self._settle(
                 Outcome.FAILED,
-                jobs.popleft().rule,
+                jobs.popleft(),
                 error=ERR_EXPIRED,
                 kind=TIMEOUT,
                 cause=ERR_EXPIRED,
@@ -334,15 +337,19 @@ class CanaryPool:
     def _settle(
         self,
         outcome: Outcome,
-        rule: str | None,
+        job: Job,
         *,
         status: int | None = None,
         duration: float | None = None,
         error: str | None = None,
         kind: ErrorKind | None = None,
         cause: BaseException | str = "",
+        captured: Captured | None = None,
     ) -> None:
         self._running -= 1
+        if job.rendezvous is not None:
+            self._arrive(job, captured)
+        rule = job.rule
         if kind is not None:
             # The metric (through observe) and the log; a lookup and an increment each while
             # the log is throttled.
@@ -372,17 +379,16 @@ class CanaryPool:
                     job = await waiter
                 except asyncio.CancelledError:
                     if waiter.done() and not waiter.cancelled():
-                        self._settle(Outcome.FAILED, waiter.result().rule, error=ERR_ABANDONED)
+                        self._settle(Outcome.FAILED, waiter.result(), error=ERR_ABANDONED)
                     raise
             await self._run(job, loop)
 
     async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         if loop.time() >= job.deadline:
-            self._settle(
-                Outcome.FAILED, job.rule, error=ERR_EXPIRED, kind=TIMEOUT, cause=ERR_EXPIRED
-            )
+            self._settle(Outcome.FAILED, job, error=ERR_EXPIRED, kind=TIMEOUT, cause=ERR_EXPIRED)
             return
         start = loop.time()
+        capture = self._capture(job)
         # The deadline as asyncio.timeout_at does it (a timer that cancels this task, told
         # apart from a shutdown by the task's cancel count), at half its cost per job.
         task = asyncio.current_task()
@@ -391,19 +397,19 @@ class CanaryPool:
         expired = _Expired(task)
         timer = loop.call_at(job.deadline, expired.fire)
         try:
-            status = await self._send(job)
+            status = await self._send(job, capture)
         except asyncio.CancelledError:
             timer.cancel()
             if expired.fired and task.uncancel() <= cancelling:
                 self._settle(
                     Outcome.FAILED,
-                    job.rule,
+                    job,
                     error=ERR_TIMEOUT,
                     kind=TIMEOUT,
                     cause=f"no response within the canary's timeout ({self.spec.timeout_s:g} s)",
                 )
                 return
-            self._settle(Outcome.FAILED, job.rule, error=ERR_ABANDONED)
+            self._settle(Outcome.FAILED, job, error=ERR_ABANDONED)
             raise
         except Exception as exc:
             timer.cancel()
@@ -412,21 +418,49 @@ class CanaryPool:
             reason = _failure_reason(exc)
             if isinstance(exc, _BackingOff):
                 self.backoff_skips += 1  # no attempt: not an error of any kind
-                self._settle(Outcome.FAILED, job.rule, error=reason)
+                self._settle(Outcome.FAILED, job, error=reason)
             elif reason is not None:
-                self._settle(Outcome.FAILED, job.rule, error=reason, kind=classify(exc), cause=exc)
+                self._settle(Outcome.FAILED, job, error=reason, kind=classify(exc), cause=exc)
             else:
                 log.error(
                     "mirror chain for canary %s raised; counted as panicked",
                     self.name,
                     exc_info=exc,
                 )
-                self._settle(Outcome.PANICKED, job.rule, error=f"{type(exc).__name__}: {exc}")
+                self._settle(Outcome.PANICKED, job, error=f"{type(exc).__name__}: {exc}")
         else:
             timer.cancel()
             if expired.fired:
                 task.uncancel()
-            self._settle(Outcome.COMPLETED, job.rule, status=status, duration=loop.time() - start)
+            self._settle(
+                Outcome.COMPLETED,
+                job,
+                status=status,
+                duration=loop.time() - start,
+                captured=capture.finish() if capture is not None else None,
+            )
+
+    # --- comparison ----------------------------------------------------------------------
+
+    def _capture(self, job: Job) -> Capture | None:
+        """The recorder of this tee's response when the request compares it (or uses it as
+        a baseline); None otherwise (the response is read and discarded)."""
+        rv = job.rendezvous
+        if rv is None or self._chain is not None:
+            return None  # a custom chain returns only a status: nothing to compare
+        spec = rv.capture_spec(self.name)
+        return Capture(spec) if spec is not None else None
+
+    def _arrive(self, job: Job, captured: Captured | None) -> None:
+        """Tell the request's rendezvous this tee ended (it may judge now, inline); a bug
+        there is logged (throttled) and never costs the worker."""
+        rv = job.rendezvous
+        assert rv is not None
+        job.rendezvous = None  # exactly once per tee
+        try:
+            rv.canary_done(self.name, captured)
+        except Exception as exc:
+            self._observe_log.report("compare", exc)
 
     def _shadow(self, job: Job, default_host: bytes | None) -> tuple[bytes, Headers, bytes]:
         body = job.body.bytes() if job.body is not None else b""
@@ -442,7 +476,7 @@ class CanaryPool:
         )
         return target, headers, body
 
-    async def _send(self, job: Job) -> int | None:
+    async def _send(self, job: Job, capture: Capture | None = None) -> int | None:
         if self._chain is not None:
             target, headers, body = self._shadow(job, None)
             request = ShadowRequest(
@@ -461,7 +495,9 @@ class CanaryPool:
                 pool = ConnectionPool(server.endpoint, max_connections=1)
                 self._ephemeral_open += 1
                 try:
-                    status = await _exchange(pool, job.request.method, target, headers, body)
+                    status = await _exchange(
+                        pool, job.request.method, target, headers, body, capture
+                    )
                 finally:
                     self._ephemeral_open -= 1
                     await pool.aclose()
@@ -470,7 +506,9 @@ class CanaryPool:
                     server.pool = ConnectionPool(
                         server.endpoint, max_connections=server.max_connections
                     )
-                status = await _exchange(server.pool, job.request.method, target, headers, body)
+                status = await _exchange(
+                    server.pool, job.request.method, target, headers, body, capture
+                )
         except ConnectError:
             assert self._loop is not None
             server.refused(self._loop.time())
@@ -518,11 +556,23 @@ class _Expired:
 
 
 async def _exchange(
-    pool: ConnectionPool, method: str, target: bytes, headers: Headers, body: bytes
+    pool: ConnectionPool,
+    method: str,
+    target: bytes,
+    headers: Headers,
+    body: bytes,
+    capture: Capture | None = None,
 ) -> int:
+    """One round trip; the response is read to the end, into `capture` when given (which
+    keeps at most its spec's `max_body`), else discarded."""
     resp = await pool.request(method.encode("ascii"), target, headers, body)
     try:
-        await resp.drain()
+        if capture is None:
+            await resp.drain()
+        else:
+            capture.start(resp.status, resp.headers)
+            async for chunk in resp.aiter_bytes():
+                capture.feed(chunk)
     except BaseException:
         await resp.aclose()
         raise
