@@ -1,6 +1,6 @@
 """sidecar: a request-shadowing reverse proxy, and the same engine as an ASGI middleware.
 
-from sidecar import Mirror, Outcome, MirrorInfo, Upstream
+from sidecar import Mirror, Outcome, MirrorInfo, Upstream, Compare
 """
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Mirror", "MirrorInfo", "Outcome", "Upstream", "__version__"]
+__all__ = ["Compare", "Mirror", "MirrorInfo", "Outcome", "Upstream", "__version__"]
 
 if TYPE_CHECKING:
-    from sidecar.shadow.mirror import Mirror, MirrorInfo, Outcome, Upstream
+    from sidecar.shadow.mirror import Compare, Mirror, MirrorInfo, Outcome, Upstream
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `sidecar check` does not import asyncio machinery it never uses.
-    if name in ("Mirror", "MirrorInfo", "Outcome", "Upstream"):
+    if name in ("Compare", "Mirror", "MirrorInfo", "Outcome", "Upstream"):
         from sidecar.shadow import mirror
 
         return getattr(mirror, name)

@@ -14,7 +14,7 @@ from sidecar.model.compare import PRIMARY_FAILED, CompareSpec
 from sidecar.serve.compare_sink import CompareSink
 from sidecar.serve.diff_store import DiffStore
 from sidecar.serve.diffs_query import DiffsQueryError, parse_diffs_query
-from sidecar.serve.primary_capture import PrimaryCapture
+from sidecar.shadow.compare.primary import PrimaryCapture
 from sidecar.shadow.compare.capture import Capture, Captured
 from sidecar.shadow.compare.judge import Difference, Verdict
 from sidecar.shadow.compare.record import RequestInfo
@@ -149,7 +149,7 @@ def broken_report() -> Iterator[Rendezvous]:
 def test_a_failing_comparison_never_reaches_the_request(
     broken_report: Rendezvous, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sidecar.serve.primary_capture._last_error_log", float("-inf"))
+    monkeypatch.setattr("sidecar.shadow.compare.primary._last_error_log", float("-inf"))
     pc = PrimaryCapture(broken_report)
     with caplog.at_level(logging.ERROR, logger="sidecar.compare"):
         pc.failed()  # must not raise: the 502 still goes out

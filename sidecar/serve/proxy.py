@@ -38,7 +38,7 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
    read either way under hypercorn).
 
 Comparison: when the tees have a `rendezvous` (some tee is compared), a `PrimaryCapture`
-(sidecar/primary_capture.py) records the response as the client receives it: the head,
+(sidecar/shadow/compare/primary.py) records the response as the client receives it: the head,
 each chunk after it was sent, the end; a 502/504 of our own is `failed()`. Requests without
 a compared tee allocate none of it.
 
@@ -60,10 +60,10 @@ from sidecar.http.client import ClientError, ConnectError, Response
 from sidecar.http.headers import forward_request_headers, response_headers
 from sidecar.routing.request import RequestView
 from sidecar.serve import metrics as serve_metrics
-from sidecar.serve.primary_capture import PrimaryCapture
 from sidecar.serve.runtime import Runtime, Snapshot
 from sidecar.serve.stall import ExchangeClock
 from sidecar.serve.upload import Upload, UploadAborted
+from sidecar.shadow.compare.primary import PrimaryCapture
 from sidecar.shadow.tees import RequestTees
 
 log = logging.getLogger("sidecar.proxy")

@@ -46,11 +46,13 @@ from sidecar.model.config import (
 )
 from sidecar.model.endpoint import Endpoint
 from sidecar.routing.request import RequestView
+from sidecar.shadow.compare.library import Compare, LibraryResults, OnDiff
+from sidecar.shadow.compare.primary import PrimaryCapture
 from sidecar.shadow.pool import CanaryPool
 from sidecar.shadow.tees import RequestTees
 from sidecar.shadow.types import Chain, MirrorInfo, Observe, Outcome, ShadowRequest, Stats
 
-__all__ = ["Mirror", "MirrorInfo", "Outcome", "ShadowRequest", "Stats", "Upstream"]
+__all__ = ["Compare", "Mirror", "MirrorInfo", "Outcome", "ShadowRequest", "Stats", "Upstream"]
 
 log = logging.getLogger("sidecar.mirror")
 
@@ -99,6 +101,8 @@ class Mirror:
         mark_header: str = DEFAULT_MARK[0],
         mark_value: str = DEFAULT_MARK[1],
         disable_mark: bool = False,
+        compare: Compare | None = None,
+        on_diff: OnDiff | None = None,
         _random: Callable[[], float] | None = None,
     ) -> None:
         if match is not None and not callable(match):
@@ -115,6 +119,11 @@ class Mirror:
             raise ValueError(f"workers must be an int in 1..{MAX_WORKERS}")
         if not (isinstance(queue_size, int) and queue_size >= 0):
             raise ValueError("queue_size must be an int >= 0")
+        if compare is not None and not isinstance(compare, Compare):
+            raise ValueError("compare must be a Compare(...) or None")
+        if on_diff is not None and not callable(on_diff):
+            raise ValueError("on_diff must be callable or None")
+        compare_spec = compare.spec() if compare is not None else None
         if not disable_mark:
             if not is_token(mark_header):
                 raise ValueError("mark_header must be a valid header name")
@@ -131,7 +140,10 @@ class Mirror:
             "max_body_bytes": max_body_bytes,
             "body": not disable_body,
             "mark": None if disable_mark else (mark_header, mark_value),
+            "compare": compare_spec,
         }
+        # Comparison results: counted for stats(), diff records to `on_diff`.
+        self._results = LibraryResults(on_diff) if compare_spec is not None else None
         self._mark = (
             None
             if disable_mark
@@ -195,12 +207,15 @@ class Mirror:
             pool.start()
 
     def stats(self) -> Stats:
-        """Outcome counts summed over every canary."""
+        """Outcome counts summed over every canary, and the comparison results."""
         totals = [0] * len(Stats._fields)
         for pool in self._pools:
             for i, n in enumerate(pool.stats()):
                 totals[i] += n
-        return Stats(*totals)
+        stats = Stats(*totals)
+        if self._results is not None:
+            stats = stats._replace(**self._results.counts)
+        return stats
 
     @property
     def pools(self) -> tuple[CanaryPool, ...]:
@@ -252,6 +267,8 @@ class Mirror:
             peer[0] if peer else None,
             scope.get("scheme", "http"),
             content_length,
+            report=self._results,
+            random=self._random,
         )
 
 
@@ -276,6 +293,8 @@ class _Middleware:
             await self.app(scope, receive, send)
             return
         answered = False  # the app's response is complete (see the module docstring)
+        rv = tees.rendezvous
+        primary = PrimaryCapture(rv) if rv is not None else None
 
         async def tee_receive() -> Message:
             message = await receive()
@@ -294,12 +313,19 @@ class _Middleware:
 
         async def tee_send(message: Message) -> None:
             nonlocal answered
-            if (
-                message["type"] == "http.response.body"
-                and not message.get("more_body", False)
-                and tees.pending
-            ):
-                answered = True
+            kind = message["type"]
+            if kind == "http.response.body":
+                final = not message.get("more_body", False)
+                if final and tees.pending:
+                    answered = True
+                await send(message)
+                if primary is not None:  # after the send: capturing never delays it
+                    primary.feed(message.get("body", b""))
+                    if final:
+                        primary.finish()
+                return
+            if kind == "http.response.start" and primary is not None:
+                primary.start(message["status"], message.get("headers", ()))
             await send(message)
 
         try:
@@ -307,6 +333,9 @@ class _Middleware:
         except BaseException:
             tees.abort()
             raise
+        finally:
+            if primary is not None:
+                primary.end()
         # The app did not read the whole body: read the rest (bounded by the cap) for the
         # mirror (hypercorn hands it over; uvicorn answers http.disconnect, see above).
         while tees.pending:

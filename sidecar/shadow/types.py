@@ -64,6 +64,10 @@ class Stats(NamedTuple):
     dropped_rate: int = 0
     dropped_aborted: int = 0
     dropped_unread: int = 0
+    # Comparison results (Mirror.stats() with `compare`; 0 otherwise and per pool).
+    match: int = 0
+    diff: int = 0
+    skipped: int = 0
 
 
 Observe = Callable[[MirrorInfo], None]
