@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from sidecar.http.headers import Headers
 from sidecar.shadow.errors import ErrorKind
@@ -129,3 +129,27 @@ class ShadowRequest:
 
 # A custom destination (library `Mirror.use(callable)`): returns the response status.
 Chain = Callable[[ShadowRequest], Awaitable[int | None]]
+
+
+class Transport(Protocol):
+    """Where a worker sends a shadow request: one server of the canary (`balance.Server`)
+    or a library chain (`pool.ChainTransport`). The pool picks one and calls `send`."""
+
+    @property
+    def host(self) -> bytes | None:
+        """The Host a shadow request gets when the client's is not kept (None: the client's)."""
+        ...
+
+    @property
+    def down_until(self) -> float:
+        """Loop time until which this transport is in its connect back-off (0: never was)."""
+        ...
+
+    @property
+    def open_connections(self) -> int: ...
+
+    async def send(self, request: ShadowRequest) -> int | None:
+        """The response status (None when there is none); raises what the send raised."""
+        ...
+
+    async def aclose(self) -> None: ...
