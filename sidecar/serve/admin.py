@@ -7,7 +7,7 @@ MultiProcessCollector over every worker's samples, so any worker answers for the
 `/readyz` is 200 only while the runtime says the rules are loaded and the proxy listens
 (503 before that and while shutting down); `/healthz` is 200 while the process runs.
 `/rules` is the current snapshot's `table.to_json()` plus the source files and hash.
-`POST /-/reload` (the Prometheus convention) reloads the rules (sidecar/reload.py) and
+`POST /-/reload` (the Prometheus convention) reloads the rules (sidecar/serve/reload.py) and
 answers when that is done: 200 with a line saying what changed (and any warnings), or 400
 with every diagnostic as `check` prints it, the old rules still serving.
 """
