@@ -1,5 +1,5 @@
 """The wheel works on its own: built, installed into a fresh venv, `sidecar check` runs
-from another directory and finds the grammar inside the package (SPEC section 5).
+from another directory and finds the grammar inside the package.
 
 Offline: the wheel is built without build isolation, and the fresh venv reaches the
 dependencies through a .pth file pointing at this venv's site-packages.
@@ -76,3 +76,17 @@ def test_wheel_installs_and_checks_rules(tmp_path: Path) -> None:
     result = run(env_dir / "bin" / "sidecar", "check", ROOT / "rules", cwd=elsewhere)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "0 errors, 0 warnings in 4 files"
+
+
+def test_pyproject_lists_every_package() -> None:
+    """`[tool.setuptools] packages` is explicit (sidecar.grammar comes from grammar/): a new
+    layer package must be added there, or the wheel would ship without it."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sidecar").rglob("__init__.py")
+    }
+    assert found | {"sidecar.grammar"} == listed

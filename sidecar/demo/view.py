@@ -1,6 +1,6 @@
 """What `sidecar demo` shows: the numbers (from the pools, the metrics and the traffic
 generator) as plain data, and the two ways to show them (a rich live table on a terminal,
-plain lines elsewhere). See sidecar/demo.py for how the demo runs.
+plain lines elsewhere). See sidecar/demo/command.py for how the demo runs.
 """
 
 from __future__ import annotations

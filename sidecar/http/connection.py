@@ -1,5 +1,8 @@
 """One HTTP/1.1 client connection: an asyncio Protocol driving `sidecar.http.http1`'s parser.
 
+One job past 400 lines: the connection's states, flow control and early answers are
+one state machine, clearer in one place.
+
 How this works
 --------------
 The protocol callbacks do no parsing: `data_received` appends the chunk to a list and wakes the

@@ -2,7 +2,7 @@
 
 hypercorn 0.18 on h11 0.16 already answers some malformed requests (a bad request line,
 two different `Content-Length`s, a `Transfer-Encoding` other than `chunked`, a missing
-`Host`), but it lets these through to the application (measured; see tests/test_framing.py):
+`Host`), but it lets these through to the application (measured; see tests/http/test_framing.py):
 
 - `Content-Length` together with `Transfer-Encoding` (h11 silently prefers chunked: the
   classic request-smuggling ambiguity when another hop prefers the length);
@@ -21,7 +21,7 @@ two different `Content-Length`s, a `Transfer-Encoding` other than `chunked`, a m
 
 Every refusal has a `label`: the `reason` of `sidecar_refused_requests_total`, one of
 `REFUSAL_LABELS` (a small fixed set, so the series stay few). The HTTP/1.1 connection
-layer (sidecar/strict_h11.py) adds the refusals only it can see (obs-fold, a bad chunk, a
+layer (sidecar/serve/strict_h11.py) adds the refusals only it can see (obs-fold, a bad chunk, a
 malformed request line or header line) with the labels of the same set.
 
 Absolute-form targets (`GET http://host/p HTTP/1.1`) are accepted as an origin server must
@@ -104,7 +104,7 @@ BAD_HEADER_VALUE = Refusal(400, "Bad Request: control character in a header valu
 URI_TOO_LONG = Refusal(414, "URI Too Long", "uri_too_long")
 BAD_VERSION = Refusal(400, "Bad Request: unsupported HTTP version", "bad_version")
 BAD_HOST = Refusal(400, "Bad Request: missing, repeated or invalid Host", "bad_host")
-# Seen only by the HTTP/1.1 connection layer (sidecar/strict_h11.py).
+# Seen only by the HTTP/1.1 connection layer (sidecar/serve/strict_h11.py).
 BAD_REQUEST_LINE = Refusal(400, "Bad Request: malformed request line", "bad_request_line")
 BAD_HEADER_LINE = Refusal(400, "Bad Request: malformed header line", "bad_header")
 OBS_FOLD = Refusal(

@@ -1,5 +1,7 @@
 """HTTP/1.1 client-side wire format: the request head we write, the responses we parse.
 
+One job past 400 lines: the sans-IO codec (its states and bounds belong together).
+
 Why not h11
 -----------
 h11 cost about 190 µs of CPU per request in our client (events, state machines, a regex

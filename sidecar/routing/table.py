@@ -1,5 +1,9 @@
 """The routing table: which canaries get a copy of a request.
 
+One job past 400 lines: compile, decide and trace share the one `_Decider` on purpose
+(the traced decision is the very same code); sampling and predicates are their own
+modules.
+
 How this works. `compile_table(config)` turns a validated `Config` into an
 immutable `RoutingTable` once, at load time: every `when` and `exclude when`
 becomes a tree of closures (`sidecar.routing.predicates`), every `sample` becomes a

@@ -7,9 +7,9 @@ MultiProcessCollector over every worker's samples, so any worker answers for the
 `/readyz` is 200 only while the runtime says the rules are loaded and the proxy listens
 (503 before that and while shutting down); `/healthz` is 200 while the process runs.
 `/rules` is the current snapshot's `table.to_json()` plus the source files and hash.
-`/diffs` is the runtime's kept diff records, newest first, as a JSON list (sidecar/diffs_query.py
+`/diffs` is the runtime's kept diff records, newest first, as a JSON list (sidecar/serve/diffs_query.py
 reads `?canary=`, `?rule=`, `?limit=`; a bad limit is a 400).
-`POST /-/reload` (the Prometheus convention) reloads the rules (sidecar/reload.py) and
+`POST /-/reload` (the Prometheus convention) reloads the rules (sidecar/serve/reload.py) and
 answers when that is done: 200 with a line saying what changed (and any warnings), or 400
 with every diagnostic as `check` prints it, the old rules still serving.
 """

@@ -1,5 +1,5 @@
 """The HTTP/1.1 and HTTP/2 protocols of sidecar's listeners: hypercorn's, with the fixes
-that sidecar/host_protocol.py describes (strict parsing and counted refusals, reason
+that sidecar/serve/host_protocol.py describes (strict parsing and counted refusals, reason
 phrases, draining, prompt close on EOF, the cut-off answer), and what they share with it:
 the listener's `HostState` and the refusal counters.
 """

@@ -12,7 +12,7 @@ and hypercorn's own class otherwise: the admin listener, the servers tests start
 primaries, and any library user's hypercorn keep stock behaviour.
 
 The TCP part (read loop, closing, lingering) is here; the HTTP/1.1 and HTTP/2 protocol
-subclasses are in sidecar/host_http.py. What they change, each with the upstream issue
+subclasses are in sidecar/serve/host_http.py. What they change, each with the upstream issue
 where one exists:
 
 - A client's FIN closes the connection at once. hypercorn passes EOF on as `Closed()`,
@@ -24,7 +24,7 @@ where one exists:
   the kernel, which answers it with RST, and the client may never read our response.
   Like nginx's lingering_close: after write_eof, read and drop for at most `LINGER_TOTAL_S`,
   `LINGER_IDLE_S` without data, `LINGER_MAX_BYTES`, then close (no upstream issue found).
-- Strict parsing (`sidecar/strict_h11.py`) with every refusal answered with a short text
+- Strict parsing (`sidecar/serve/strict_h11.py`) with every refusal answered with a short text
   body and `Connection: close`, counted in `sidecar_refused_requests_total{reason}` and
   `sidecar_requests_total{code}`, and logged at debug (hypercorn answers h11 errors with
   an empty 400/501 that nothing counts; no upstream issue found). HTTP/2 requests go

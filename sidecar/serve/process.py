@@ -4,14 +4,14 @@ One process (the default): load and validate the rules (diagnostics exactly as `
 prints them; any error exits 1, a usage error 2, before anything listens), bind the proxy and admin sockets,
 start the runtime (routing table, primary client, canary pools), then serve the proxy and
 the admin app on one event loop (uvloop when installed), each from its own batched accept
-loop (sidecar/listener.py) into hypercorn's connection handling. SIGTERM/SIGINT: the proxy stops accepting, idle keep-alive connections close,
+loop (sidecar/serve/listener.py) into hypercorn's connection handling. SIGTERM/SIGINT: the proxy stops accepting, idle keep-alive connections close,
 in-flight requests get up to `--grace` seconds (hypercorn's `graceful_timeout`); every
 HTTP/1.1 response finished meanwhile carries `Connection: close` and HTTP/2 connections get
-GOAWAY at once (sidecar/host_protocol.py); requests still running when the grace runs out
+GOAWAY at once (sidecar/serve/host_protocol.py); requests still running when the grace runs out
 are counted in one log line; then the canary pools are closed without draining (queued
 mirrors are shadow traffic and may be abandoned) and the process exits 0.
 
-Reloading (sidecar/reload.py): SIGHUP, `POST /-/reload` on the admin listener and,
+Reloading (sidecar/serve/reload.py): SIGHUP, `POST /-/reload` on the admin listener and,
 with `--watch`, a changed rule file each make a process reload its rules; the paths and
 the start-up flags are handed to its `Reloader`. SIGHUP stays blocked until the event loop
 handles it (its default action would kill the process), so an early one waits, never fatal. With `--workers N` every worker reloads by itself

@@ -15,13 +15,13 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
 4. The body: when the first `http.request` message is the whole body (the common case for
    small bodies; hypercorn's empty closing message is taken at once when the first one
    already holds the whole `Content-Length`), it is sent as bytes (one write, retryable on
-   a stale connection); otherwise an `Upload` (sidecar/upload.py) streams it chunk by
+   a stale connection); otherwise an `Upload` (sidecar/serve/upload.py) streams it chunk by
    chunk, `Content-Length` passed through when known, else chunked, feeding each chunk
    object to the tees as it goes. The body is never buffered: hypercorn's bounded app
    queue and the client's write flow control give backpressure both ways. Body whole ->
    `tees.finish()` (admission, never awaits); client gone mid-upload -> `tees.abort()`.
 5. The primary exchange runs on the snapshot's pooled keep-alive `ConnectionPool` inside
-   one `ExchangeClock` block, two clocks on one timer (sidecar/stall.py): the primary
+   one `ExchangeClock` block, two clocks on one timer (sidecar/serve/stall.py): the primary
    `timeout` until the response head (from the moment the request is sent whole), and
    `idle_timeout` for every pause while a body moves (an upload, the response). No
    response head: 502 (unreachable or broken), 504 (timeout, or the primary stopped
@@ -34,7 +34,7 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
 6. A primary that answers before the upload is whole (a 413): the rest of the body is
    read and discarded before the response's final message so the connection stays
    usable, or, when the rest is too large or of unknown size, the response carries
-   `Connection: close` (see sidecar/upload.py for the bounds and why the rest must be
+   `Connection: close` (see sidecar/serve/upload.py for the bounds and why the rest must be
    read either way under hypercorn).
 
 Comparison: when the tees have a `rendezvous` (some tee is compared), a `PrimaryCapture`
@@ -208,7 +208,7 @@ class ProxyApp:
                     out_headers.append((_CONTENT_LENGTH, str(len(first)).encode("ascii")))
                 else:
                     out_headers.append((b"transfer-encoding", b"chunked"))
-        # The exchange's two clocks (sidecar/stall.py), started by `_exchange`.
+        # The exchange's two clocks (sidecar/serve/stall.py), started by `_exchange`.
         clock = ExchangeClock(snap.primary_timeout_s, snap.primary_idle_timeout_s)
         if upload is not None:
             body = upload.chunks(clock)

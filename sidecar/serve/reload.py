@@ -17,7 +17,7 @@ listener, and, with `--watch`, `Reloader.watch()` seeing a rule file change. One
    400), and `sidecar_rules_reloads_total{result="error"}` rises.
 3. Success: `listen` and `admin` need a restart, so a change of either is a warning and the
    running addresses are kept. The new snapshot is published by `Runtime.swap`, one
-   synchronous store (sidecar/runtime.py: unchanged canaries keep their pools, retired
+   synchronous store (sidecar/serve/runtime.py: unchanged canaries keep their pools, retired
    pools drain after the older requests end). `sidecar_rules_info`, `/rules` and the last
    success timestamp follow at once, `sidecar_rules_reloads_total{result="ok"}` rises,
    and one line says what changed (canaries added, changed, removed, kept).
@@ -29,7 +29,7 @@ and each file's mtime, size and inode, so in-place writes and atomic renames bot
 A changed fingerprint is reloaded once it has held still for WATCH_SETTLE_S, so a
 half-written file (an empty file is a valid configuration!) is not swapped in.
 
-`--workers N`: every process runs its own `Reloader`; see sidecar/server.py for how one
+`--workers N`: every process runs its own `Reloader`; see sidecar/serve/supervisor.py for how one
 trigger reaches all of them.
 """
 

@@ -9,7 +9,7 @@ the live snapshot. The proxy reads it once when a request starts and uses that s
 until the request ends, so a request never mixes two tables. Replacing the snapshot is one
 attribute store on the event loop's thread, hence atomic for every request.
 
-`swap(config)` (the reload path, sidecar/reload.py) builds the next snapshot: a canary whose
+`swap(config)` (the reload path, sidecar/serve/reload.py) builds the next snapshot: a canary whose
 `CanarySpec` is equal keeps its pool (queue, workers, connections); a changed or new canary
 gets a new pool; the primary client is kept when the primary endpoint is unchanged. The new
 snapshot is published with one store, then the retired pools (changed or removed canaries)

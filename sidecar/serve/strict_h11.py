@@ -27,7 +27,7 @@ A refusal is raised as `RequestRefused`, a `h11.RemoteProtocolError` carrying th
 `framing.Refusal` (status, body text, metrics label). Pure: no I/O.
 
 This leans on h11 internals (`_get_io_object`, `_readers`, `_cstate`); the versions are
-pinned by the tests in tests/test_strict_parsing.py, which fail loudly if they move.
+pinned by the tests in tests/serve/test_strict_parsing.py, which fail loudly if they move.
 """
 
 from __future__ import annotations

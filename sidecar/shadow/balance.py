@@ -3,11 +3,15 @@ shares, and the connect back-off that skips a server whose connect just failed."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Sequence
 
-from sidecar.http.client import ConnectionPool
+from sidecar.http.client import ConnectError, ConnectionPool
 from sidecar.model.endpoint import Endpoint
+from sidecar.shadow.compare.capture import Capture
+from sidecar.shadow.types import ShadowRequest
 
 # A server whose connect failed is not tried again for a short window, during which its
 # tees end at once as `failed` ("connect"): a dead canary then costs an admission and a
@@ -59,7 +63,15 @@ def connection_shares(weights: Sequence[int], workers: int) -> list[int] | None:
 class Server:
     """One server of a canary: its connection pool (made on first use) and back-off."""
 
-    __slots__ = ("backoff", "down_until", "endpoint", "host", "max_connections", "pool")
+    __slots__ = (
+        "backoff",
+        "down_until",
+        "endpoint",
+        "ephemeral_open",
+        "host",
+        "max_connections",
+        "pool",
+    )
 
     def __init__(self, endpoint: Endpoint, max_connections: int | None) -> None:
         self.endpoint = endpoint
@@ -68,6 +80,41 @@ class Server:
         self.pool: ConnectionPool | None = None
         self.down_until = 0.0  # loop time until which this server is not tried (refused)
         self.backoff = 0.0  # the current window; 0: the last connect succeeded
+        self.ephemeral_open = 0  # throw-away pools' connections (more servers than workers)
+
+    @property
+    def open_connections(self) -> int:
+        pooled = self.pool.open_connections if self.pool is not None else 0
+        return pooled + self.ephemeral_open
+
+    async def send(self, request: ShadowRequest, capture: Capture | None = None) -> int | None:
+        """Send with this server's pool (or a throw-away one) and read the response to the
+        end (into `capture` when given); a refused connect starts or extends the back-off,
+        any answer resets it."""
+        try:
+            if self.max_connections is None:
+                pool = ConnectionPool(self.endpoint, max_connections=1)
+                self.ephemeral_open += 1
+                try:
+                    status = await _exchange(pool, request, capture)
+                finally:
+                    self.ephemeral_open -= 1
+                    await pool.aclose()
+            else:
+                if self.pool is None:
+                    self.pool = ConnectionPool(self.endpoint, max_connections=self.max_connections)
+                status = await _exchange(self.pool, request, capture)
+        except ConnectError:
+            self.refused(asyncio.get_running_loop().time())
+            raise
+        self.backoff = 0.0
+        return status
+
+    async def aclose(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.aclose()
 
     def refused(self, now: float) -> None:
         """A connect failed: skip this server for a window that grows while they fail."""
@@ -75,3 +122,22 @@ class Server:
             return  # one of several concurrent attempts: the window is already set
         self.backoff = min(self.backoff * 2, CONNECT_BACKOFF_MAX_S) or CONNECT_BACKOFF_S
         self.down_until = now + self.backoff
+
+
+async def _exchange(
+    pool: ConnectionPool, request: ShadowRequest, capture: Capture | None = None
+) -> int:
+    """One round trip; the response is read to the end, into `capture` when given (which
+    keeps at most its spec's `max_body`), else discarded."""
+    resp = await pool.request(request.method, request.target, request.headers, request.body)
+    try:
+        if capture is None:
+            await resp.drain()
+        else:
+            capture.start(resp.status, resp.headers)
+            async for chunk in resp.aiter_bytes():
+                capture.feed(chunk)
+    except BaseException:
+        await resp.aclose()
+        raise
+    return int(resp.status)

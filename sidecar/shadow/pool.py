@@ -1,5 +1,9 @@
 """One canary's worker pool: bounded queue, workers, deadlines, outcomes.
 
+One job past 400 lines: admission, the workers and the settling of outcomes share the
+pool's counters and are read together (the values, balancing and rate are their own
+modules: types.py, balance.py, rate.py).
+
 How this works
 --------------
 Admission runs on the request path and never awaits: `refusal()` says whether a tee would
@@ -20,9 +24,10 @@ hand-off): the oldest, or, once the oldest has spent half of its timeout waiting
 newest (adaptive LIFO, as in Facebook's and Dropbox's proxies: a backed-up slow canary then
 gets fresh mirrors with time to complete, instead of only jobs about to expire in flight);
 skip it as `failed` ("deadline expired in queue") when its deadline passed,
-otherwise run the chain under `asyncio.timeout_at(deadline)`. The default chain picks a
-server by smooth weighted round-robin (nginx's algorithm: deterministic), sends the shadow
-request with that server's `ConnectionPool`, and reads the response to the end. A server
+otherwise send it under the deadline through one `Transport` (`types.py`): a library
+chain (`ChainTransport`), or one of the canary's servers (`balance.Server`), picked by
+smooth weighted round-robin (nginx's algorithm: deterministic), which sends the shadow
+request with its own `ConnectionPool` and reads the response to the end. A server
 whose connect failed is skipped for a short window that doubles while connects keep
 failing (`CONNECT_BACKOFF_S` up to `CONNECT_BACKOFF_MAX_S`, reset by a success); when
 every server is in its window the tee ends at once as `failed` ("connect"), so a dead
@@ -58,7 +63,7 @@ import contextlib
 import logging
 from collections import deque
 
-from sidecar.http.client import ClientError, ConnectError, ConnectionPool
+from sidecar.http.client import ClientError, ConnectError
 from sidecar.http.headers import Headers
 from sidecar.model.config import CanarySpec
 from sidecar.shadow.balance import Server, SmoothWeightedRoundRobin, connection_shares
@@ -89,6 +94,7 @@ from sidecar.shadow.types import (
     Outcome,
     ShadowRequest,
     Stats,
+    Transport,
 )
 
 log = logging.getLogger("sidecar.mirror")
@@ -111,7 +117,6 @@ class CanaryPool:
         self.spec = spec
         self.name = spec.name
         self._observe = observe
-        self._chain = chain
         self._template = ShadowTemplate.compile(spec)
         self._jobs: deque[Job] = deque()
         self._idle: deque[asyncio.Future[Job]] = deque()
@@ -120,7 +125,6 @@ class CanaryPool:
         self._bucket: TokenBucket | None = None
         self._closing = False
         self._running = 0  # jobs taken by a worker and not yet settled
-        self._ephemeral_open = 0  # throw-away pools' connections (more servers than workers)
         self._counts: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self._plain_infos: dict[
             tuple[str | None, Outcome, str | None, ErrorKind | None], MirrorInfo
@@ -141,14 +145,20 @@ class CanaryPool:
         )
         self._capacity = spec.workers + spec.queue
         self._lifo_after = spec.timeout_s / 2  # remaining time of the oldest job (below)
-        # Loop time until which every server is in its connect back-off (default chain).
+        # Loop time until which every server is in its connect back-off (never for a chain).
         self._down_until = 0.0
-        weights = [s.weight for s in spec.servers]
-        shares = connection_shares(weights, spec.workers)
-        self._servers = [
-            Server(s.endpoint, None if shares is None else shares[i])
-            for i, s in enumerate(spec.servers)
-        ]
+        # One transport interface: the chain, or the canary's servers (balanced).
+        self._servers: list[Transport]
+        if chain is not None:
+            weights = [1]
+            self._servers = [ChainTransport(chain)]
+        else:
+            weights = [s.weight for s in spec.servers]
+            shares = connection_shares(weights, spec.workers)
+            self._servers = [
+                Server(s.endpoint, None if shares is None else shares[i])
+                for i, s in enumerate(spec.servers)
+            ]
         self._wrr = SmoothWeightedRoundRobin(weights)
         self._idle_event: asyncio.Event | None = None
 
@@ -192,11 +202,7 @@ class CanaryPool:
         self._error_log.flush()
         self._observe_log.flush()
         for server in self._servers:
-            if server.pool is not None:
-                pool = server.pool
-                server.pool = None
-                with contextlib.suppress(Exception):
-                    await pool.aclose()
+            await server.aclose()
 
     # --- request path (synchronous) ----------------------------------------------------
 
@@ -234,7 +240,7 @@ class CanaryPool:
         if self._bucket is not None:
             self._bucket.take()
         if now < self._down_until:
-            # No server to try (default chain only): settled here, no worker woken for it.
+            # No server to try (never for a chain): settled here, no worker woken for it.
             # No attempt was made, so no error kind: only counted as a skip.
             self.backoff_skips += 1
             self.record(Outcome.DISPATCHED, job.rule)
@@ -327,10 +333,7 @@ class CanaryPool:
     @property
     def open_connections(self) -> int:
         """TCP connections currently open toward this canary (all servers)."""
-        return (
-            sum(s.pool.open_connections for s in self._servers if s.pool is not None)
-            + self._ephemeral_open
-        )
+        return sum(s.open_connections for s in self._servers)
 
     # --- workers -----------------------------------------------------------------------
 
@@ -437,7 +440,8 @@ class CanaryPool:
                 job,
                 status=status,
                 duration=loop.time() - start,
-                captured=capture.finish() if capture is not None else None,
+                # a custom chain returns only a status: its capture never started, nothing to compare
+                captured=capture.finish() if capture is not None and capture.started else None,
             )
 
     # --- comparison ----------------------------------------------------------------------
@@ -446,8 +450,8 @@ class CanaryPool:
         """The recorder of this tee's response when the request compares it (or uses it as
         a baseline); None otherwise (the response is read and discarded)."""
         rv = job.rendezvous
-        if rv is None or self._chain is not None:
-            return None  # a custom chain returns only a status: nothing to compare
+        if rv is None:
+            return None
         spec = rv.capture_spec(self.name)
         return Capture(spec) if spec is not None else None
 
@@ -477,47 +481,23 @@ class CanaryPool:
         return target, headers, body
 
     async def _send(self, job: Job, capture: Capture | None = None) -> int | None:
-        if self._chain is not None:
-            target, headers, body = self._shadow(job, None)
-            request = ShadowRequest(
-                method=job.request.method.encode("ascii"),
-                target=target,
-                headers=headers,
-                body=body,
-                canary=self.name,
-                rule=job.rule,
-            )
-            return await self._chain(request)
         server = self._pick()
         target, headers, body = self._shadow(job, server.host)
+        request = ShadowRequest(
+            method=job.request.method.encode("ascii"),
+            target=target,
+            headers=headers,
+            body=body,
+            canary=self.name,
+            rule=job.rule,
+        )
         try:
-            if server.max_connections is None:
-                pool = ConnectionPool(server.endpoint, max_connections=1)
-                self._ephemeral_open += 1
-                try:
-                    status = await _exchange(
-                        pool, job.request.method, target, headers, body, capture
-                    )
-                finally:
-                    self._ephemeral_open -= 1
-                    await pool.aclose()
-            else:
-                if server.pool is None:
-                    server.pool = ConnectionPool(
-                        server.endpoint, max_connections=server.max_connections
-                    )
-                status = await _exchange(
-                    server.pool, job.request.method, target, headers, body, capture
-                )
+            return await server.send(request, capture)
         except ConnectError:
-            assert self._loop is not None
-            server.refused(self._loop.time())
             self._down_until = min(s.down_until for s in self._servers)
             raise
-        server.backoff = 0.0
-        return status
 
-    def _pick(self) -> Server:
+    def _pick(self) -> Transport:
         """The next server by weighted round-robin, skipping any in its connect back-off;
         raises ConnectError (a `failed` "connect") when every server is in one."""
         servers = self._servers
@@ -541,6 +521,28 @@ class CanaryPool:
         return error_summary_line(canary, kind, count, interval_s, text, skips)
 
 
+class ChainTransport:
+    """A library chain (`Mirror.use(callable)`) as the pool's one transport: no connections
+    of its own, never in a back-off, the client's Host kept."""
+
+    __slots__ = ("_chain", "down_until", "host")
+
+    def __init__(self, chain: Chain) -> None:
+        self._chain = chain
+        self.host: bytes | None = None
+        self.down_until = 0.0
+
+    @property
+    def open_connections(self) -> int:
+        return 0
+
+    async def send(self, request: ShadowRequest, capture: Capture | None = None) -> int | None:
+        return await self._chain(request)
+
+    async def aclose(self) -> None:
+        return None
+
+
 class _Expired:
     """A job's deadline timer callback: cancels the worker task, remembers that it did."""
 
@@ -553,30 +555,6 @@ class _Expired:
     def fire(self) -> None:
         self.fired = True
         self.task.cancel()
-
-
-async def _exchange(
-    pool: ConnectionPool,
-    method: str,
-    target: bytes,
-    headers: Headers,
-    body: bytes,
-    capture: Capture | None = None,
-) -> int:
-    """One round trip; the response is read to the end, into `capture` when given (which
-    keeps at most its spec's `max_body`), else discarded."""
-    resp = await pool.request(method.encode("ascii"), target, headers, body)
-    try:
-        if capture is None:
-            await resp.drain()
-        else:
-            capture.start(resp.status, resp.headers)
-            async for chunk in resp.aiter_bytes():
-                capture.feed(chunk)
-    except BaseException:
-        await resp.aclose()
-        raise
-    return int(resp.status)
 
 
 def _failure_reason(exc: Exception) -> str | None:

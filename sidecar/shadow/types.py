@@ -11,12 +11,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from sidecar.http.headers import Headers
 from sidecar.shadow.errors import ErrorKind
 
 if TYPE_CHECKING:
+    from sidecar.shadow.compare.capture import Capture
     from sidecar.shadow.compare.rendezvous import Rendezvous
 
 
@@ -145,3 +146,28 @@ class ShadowRequest:
 
 # A custom destination (library `Mirror.use(callable)`): returns the response status.
 Chain = Callable[[ShadowRequest], Awaitable[int | None]]
+
+
+class Transport(Protocol):
+    """Where a worker sends a shadow request: one server of the canary (`balance.Server`)
+    or a library chain (`pool.ChainTransport`). The pool picks one and calls `send`."""
+
+    @property
+    def host(self) -> bytes | None:
+        """The Host a shadow request gets when the client's is not kept (None: the client's)."""
+        ...
+
+    @property
+    def down_until(self) -> float:
+        """Loop time until which this transport is in its connect back-off (0: never was)."""
+        ...
+
+    @property
+    def open_connections(self) -> int: ...
+
+    async def send(self, request: ShadowRequest, capture: Capture | None = None) -> int | None:
+        """The response status (None when there is none), the response read into `capture`
+        when given; raises what the send raised."""
+        ...
+
+    async def aclose(self) -> None: ...

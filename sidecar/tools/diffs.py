@@ -1,5 +1,8 @@
 """`sidecar diffs SOURCE...`: a report over diff records from files, stdin and admin URLs.
 
+One job, kept in one module past 400 lines: read the sources, group the records, render
+the report (text or JSON); each part is small and only this command uses them.
+
 A SOURCE is a JSON-lines file (a `diff_log`), `-` (standard input, JSON lines) or an
 admin URL (`http://127.0.0.1:9901`, read at `/diffs`, a JSON list; a URL with a path
 is read as given). Records are aggregated as they are read (memory grows with the

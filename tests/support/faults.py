@@ -41,7 +41,7 @@ from typing import Literal, get_args
 
 import h11
 
-from tests.servers import LoopbackServer
+from tests.support.servers import LoopbackServer, read_request
 
 Fault = Literal[
     "answer",
@@ -156,31 +156,21 @@ class FaultServer(LoopbackServer):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: ConnRecord
     ) -> None:
         conn = h11.Connection(h11.SERVER)
+
+        def on_head(event: h11.Request) -> bool:
+            record.request_at = time.monotonic()
+            if self.fault_for(event.target) != "reset_early":
+                return True
+            self._record(event, bytearray(), complete=False)
+            _reset(writer)
+            return False
+
         while True:
-            request: h11.Request | None = None
-            body = bytearray()
-            complete = False
-            while not complete:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await reader.read(READ_BYTES)
-                    conn.receive_data(data)
-                    continue
-                if isinstance(event, h11.ConnectionClosed):
-                    return
-                if isinstance(event, h11.Request):
-                    request = event
-                    record.request_at = time.monotonic()
-                    if self.fault_for(event.target) == "reset_early":
-                        self._record(event, body, complete=False)
-                        _reset(writer)
-                        return
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    complete = True
-            assert request is not None
-            self._record(request, body, complete=True)
+            got = await read_request(conn, reader, on_head)
+            if got is None:
+                return
+            request, body = got
+            self._record(request, bytearray(body), complete=True)
             if not await self._respond(self.fault_for(request.target), reader, writer, record):
                 return
             conn.start_next_cycle()

@@ -1,5 +1,5 @@
 """A raw HTTP/1.1 primary on loopback whose answers are scripted per path, for the tests of
-early answers and stream timeouts (tests/test_early_answer.py, test_stream_timeouts.py).
+early answers and stream timeouts (tests/serve/test_early_answer.py, test_stream_timeouts.py).
 
     async with ScriptedPrimary(interval_s=0.1) as primary:   # 127.0.0.1:<free port>
         primary.url, primary.port, primary.requests, primary.connections_total

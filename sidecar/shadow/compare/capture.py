@@ -90,6 +90,11 @@ class Capture:
         self._chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
 
     @property
+    def started(self) -> bool:
+        """`start()` was called (a response head arrived)."""
+        return self._status is not None
+
+    @property
     def too_large(self) -> bool:
         return self._spec.body == "json" and self._chunks is None
 
