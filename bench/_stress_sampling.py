@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import _stress_clients as clients
-from bench_memory import rss
 from bench_proxy import cpu_seconds
 
 from tests.support.faults import census
@@ -79,6 +78,14 @@ def listen_port_states(port: int) -> tuple[int, int, int]:
                 established += 1
                 backlog += parts[9] == "0"
     return close_wait, established, backlog
+
+
+def rss(pid: int) -> int:
+    """VmRSS in bytes (/proc/PID/status); RuntimeError for a zombie, which has none."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"VmRSS not in /proc/{pid}/status")
 
 
 def nofile_limit(pid: int) -> int | None:

@@ -23,7 +23,7 @@ from sidecar.dsl import ast
 from sidecar.model.config import Config
 from sidecar.routing.request import RequestView
 from sidecar.routing.table import RoutingTable, compile_table
-from tests.routing_helpers import and_, config, not_, or_, rule, t
+from tests.support.routing import and_, config, not_, or_, rule, t
 
 BROWSER_HEADERS = [
     (b"host", b"api.example.com"),

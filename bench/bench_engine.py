@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_engine.py [--admissions 50000] [--seconds 3] [--workers 8]
 
 1. Microseconds per tee admission on the request path (what a proxied request pays for one
-   canary): `RequestTees.begin` + `feed` + `finish` + admission, without a body (a GET)
+   canary): `RequestTees.begin` + `feed` + `finish` + `try_admit`, without a body (a GET)
    and with a 256-byte body, timed in a tight loop while no worker runs. Then what a
    misbehaving canary costs per request, with the Prometheus hook: a tee dropped because
    the pool is full (slow or silent canary), and one failed because the only server is in
@@ -33,10 +33,10 @@ from prometheus_client import CollectorRegistry
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_client import free_port, run_load, start_server
-from sidecar.prom import Metrics
 
 from sidecar.model.config import CanarySpec, ServerSpec
 from sidecar.model.endpoint import Endpoint
+from sidecar.prom import Metrics
 from sidecar.shadow.pool import CanaryPool
 from sidecar.shadow.tees import RequestTees
 from sidecar.shadow.types import ShadowRequest

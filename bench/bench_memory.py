@@ -30,10 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import serve_asgi  # noqa: E402
 from tests.support.faults import FaultServer  # noqa: E402
 from tests.support.primary import PrimaryApp  # noqa: E402
 from tests.support.serve import metric, serve_proxy  # noqa: E402
+from tests.support.servers import serve_asgi  # noqa: E402
 
 MIB = 1 << 20
 SLACK_BYTES = 50 * 1000 * 1000  # the "+ 50 MB"

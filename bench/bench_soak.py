@@ -37,10 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import RecordingCanary, serve_asgi  # noqa: E402
 from tests.support.faults import census  # noqa: E402
 from tests.support.primary import PrimaryApp  # noqa: E402
 from tests.support.serve import metric, serve_proxy  # noqa: E402
+from tests.support.servers import RecordingCanary, serve_asgi  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 CONNECTIONS = 16

@@ -1,8 +1,9 @@
 """`sidecar` command line: main(argv) -> exit code.
 
 Each command lives in its own module exposing `configure(parser)` and
-`run(args) -> int`; modules import heavy things inside `run()`, so that
-`sidecar check` starts fast. This is the process edge: argparse's exits become
+`run(args) -> int`. Only the chosen command's module is imported (the help line of
+every command is here), and modules import heavy things inside `run()`, so that
+`sidecar --help` and `sidecar check` start fast. This is the process edge: argparse's exits become
 return codes (usage errors: 2), and an unexpected exception becomes one
 `internal-error` line instead of a traceback.
 """
@@ -13,7 +14,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 from sidecar import __version__
@@ -43,15 +44,19 @@ class _Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for `argv`: every command listed, the one `argv` names configured."""
     parser = argparse.ArgumentParser(
         prog="sidecar",
         description="A request-shadowing reverse proxy: tees sampled requests to canaries.",
     )
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, module_name, help_text in COMMANDS:
         cmd_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name != chosen:
+            continue  # not imported: argparse never reaches this command's parser
         try:
             module = cast(_Command, importlib.import_module(module_name))
             module.configure(cmd_parser)
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (never raises, never prints a traceback)."""
     args_list = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser()
+        parser = build_parser(args_list)
         args = parser.parse_args(args_list)
         if getattr(args, "_run", None) is None:
             parser.print_help(sys.stderr)

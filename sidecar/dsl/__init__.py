@@ -7,8 +7,9 @@
 Pipeline: loader (files) -> parser (lark: grammar.py, errors.py) -> transform
 (AST) -> validate (every diagnostic, then the `sidecar.model` Config).
 
-This layer turns text into the model: it imports `sidecar.model` and
-`sidecar.diagnostics`, nothing above them.
+This layer turns text into the model: it imports `sidecar.model`,
+`sidecar.http.syntax` (header names) and `sidecar.diagnostics`, nothing above
+them; routing is its independent sibling.
 """
 
 from __future__ import annotations

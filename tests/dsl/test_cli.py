@@ -223,3 +223,25 @@ def test_unused_canaries_in_two_files_follow_the_order_given(
     _, out, _ = check([z, a], capsys)
     heads = [line for line in out.splitlines() if "[unused-canary]" in line]
     assert [h.split(":")[0] for h in heads] == [z, a], out
+
+
+def test_only_the_chosen_command_is_imported() -> None:
+    """`sidecar --help` imports no command module; `check` imports neither serve nor demo."""
+    script = (
+        "import sys\n"
+        "from sidecar.cli import main\n"
+        "main(sys.argv[1:])\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('sidecar.'))))\n"
+    )
+    helped = subprocess.run(
+        [sys.executable, "-c", script, "--help"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert not [m for m in helped if m.startswith(("sidecar.tools", "sidecar.serve"))]
+    checked = subprocess.run(
+        [sys.executable, "-c", script, "check", str(ROOT / "rules")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "sidecar.tools.check" in checked
+    assert not [m for m in checked if m.startswith(("sidecar.serve", "sidecar.demo"))]
