@@ -189,6 +189,15 @@ class RewritePath:
     span: Span
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pause:
+    """`pause after N failures for DURATION`."""
+
+    failures: Number
+    duration: Duration
+    span: Span
+
+
 # --- the `compare` block inside a canary ---------------------------------------------
 
 
@@ -269,6 +278,7 @@ CanaryStatement = (
     | DropHeader
     | RewritePath
     | Compare
+    | Pause
 )
 
 
@@ -335,7 +345,15 @@ class DiffLog:
     span: Span
 
 
-TopLevel = Listen | Admin | Primary | Canary | MirrorRule | Exclude | DiffLog
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestId:
+    """`request_id "X-Request-Id"`: the header name as written."""
+
+    header: Str
+    span: Span
+
+
+TopLevel = Listen | Admin | Primary | Canary | MirrorRule | Exclude | DiffLog | RequestId
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,7 +22,10 @@ _SINGLE = {
     ast.RateLimit: "rate",
     ast.Host: "host",
     ast.Compare: "compare",
+    ast.Pause: "pause",
 }
+# Consecutive failures before a pause: past a million the statement means nothing.
+MAX_PAUSE_FAILURES = 1_000_000
 
 
 def check_canary(node: ast.Canary, r: Report) -> cfg.CanarySpec | None:
@@ -90,6 +93,8 @@ def check_canary(node: ast.Canary, r: Report) -> cfg.CanarySpec | None:
             transforms.append(cfg.DropHeader(names=tuple(n.value for n in st.names)))
         elif isinstance(st, ast.Compare):
             fields["compare"] = check_compare(node.name, st, r)
+        elif isinstance(st, ast.Pause):
+            fields["pause"] = _pause(st, r)
         else:
             r.check("invalid-regex", st.pattern.span, values.regex_problem(st.pattern.value))
             problem = values.replacement_problem(st.pattern.value, st.replacement.value)
@@ -123,6 +128,22 @@ def _mark(st: ast.Mark, r: Report) -> tuple[str, str] | None:
         )
     r.check("invalid-header-value", st.value.span, values.header_value_problem(st.value.value))
     return (name.value, st.value.value)
+
+
+def _pause(st: ast.Pause, r: Report) -> cfg.PauseSpec | None:
+    n = st.failures.value
+    ok = True
+    if n is None or n != int(n) or not 1 <= n <= MAX_PAUSE_FAILURES:
+        r.error(
+            "invalid-pause",
+            st.failures.span,
+            f"`pause after` needs a whole number of failures in 1..{MAX_PAUSE_FAILURES}, not {st.failures.raw}",
+        )
+        ok = False
+    seconds = r.duration(st.duration)
+    if not ok or seconds is None or n is None:
+        return None
+    return cfg.PauseSpec(failures=int(n), duration_s=seconds)
 
 
 def _rate(st: ast.RateLimit, r: Report) -> cfg.RateSpec | None:

@@ -162,6 +162,9 @@ class AstBuilder:
     def diff_log_stderr(self, c: list[Token]) -> ast.DiffLog:  # "diff_log" "stderr"
         return ast.DiffLog(path=None, span=self._span(c[0], c[1]))
 
+    def request_id(self, c: list[Token]) -> ast.RequestId:  # "request_id" STRING
+        return ast.RequestId(header=self._str(c[1]), span=self._span(c[0], c[1]))
+
     # --- canaries --------------------------------------------------------------
 
     def canary(self, c: list[Child]) -> ast.Canary:  # "canary" NAME "{" _canary_stmt* "}"
@@ -232,6 +235,14 @@ class AstBuilder:
     def rewrite_path(self, c: list[Token]) -> ast.RewritePath:  # "rewrite" "path" STRING STRING
         return ast.RewritePath(
             pattern=self._str(c[2]), replacement=self._str(c[3]), span=self._span(c[0], c[3])
+        )
+
+    def pause(self, c: list[Token]) -> ast.Pause:
+        # "pause" "after" NUMBER "failures" "for" DURATION
+        return ast.Pause(
+            failures=self._number(c[2]),
+            duration=self._duration(c[5]),
+            span=self._span(c[0], c[5]),
         )
 
     # --- compare blocks ------------------------------------------------------------

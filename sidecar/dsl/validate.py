@@ -43,7 +43,7 @@ CODES: dict[str, str] = {
     "invalid-url": "a primary or server URL is not http(s)://host[:port] without path, query or credentials",
     "invalid-header-name": "a header name is not an RFC 7230 token",
     "invalid-header-value": "a header value contains control characters",
-    "hop-by-hop-header": "`set header` or `mark` uses a hop-by-hop header, which the proxy strips",
+    "hop-by-hop-header": "`set header`, `mark` or `request_id` uses a hop-by-hop header, which the proxy strips",
     "invalid-host": "`host` is not a valid host[:port]",
     "invalid-method": "an HTTP method is not a bare upper-case word",
     "invalid-regex": "a regular expression does not compile",
@@ -61,6 +61,7 @@ CODES: dict[str, str] = {
     "duplicate-entry": "a header name or an ignore path is listed twice in a `compare` block",
     "self-baseline": "a canary names itself as its `baseline`",
     "baseline-chain": "a `baseline` names a canary that has a baseline of its own (baselines do not chain)",
+    "invalid-pause": "`pause after N failures` has an N that is not a whole number of at least 1",
     "invalid-diff-log": "a `diff_log` path is empty, is a directory, or is in a directory that does not exist",
     "unused-canary": "warning: a canary that no mirror rule sends to",
     "unreachable-rule": "warning: earlier rules without `when` at 100% already take all of this rule's canaries",
@@ -97,6 +98,7 @@ class _Validator:
         self.excludes: list[cfg.ExcludeSpec] = []
         self.diff_log: ast.DiffLog | None = None
         self.diff_log_path: str | None = None
+        self.request_id: ast.RequestId | None = None
 
     def run(
         self, files: Sequence[ast.File], sources: Sequence[cfg.SourceFile], sha256: str
@@ -119,6 +121,7 @@ class _Validator:
             sources=tuple(sources),
             sha256=sha256,
             diff_log=self.diff_log_path,
+            request_id=self.request_id.header.value.lower() if self.request_id else None,
         )
         return config, self.r.sorted()
 
@@ -156,9 +159,25 @@ class _Validator:
             if r.once("diff_log", stmt.span, (self.diff_log.span if self.diff_log else None)):
                 self.diff_log = stmt
                 self.diff_log_path = check_diff_log(stmt, r)
+        elif isinstance(stmt, ast.RequestId):
+            self._request_id(stmt)
         else:
             self._expr(stmt.expr)
             self.excludes.append(cfg.ExcludeSpec(when=_normalise(stmt.expr), span=stmt.span))
+
+    def _request_id(self, stmt: ast.RequestId) -> None:
+        r = self.r
+        first = self.request_id
+        name = stmt.header
+        ok = r.check("invalid-header-name", name.span, values.header_name_problem(name.value))
+        if ok and values.is_hop_by_hop(name.value):
+            r.error(
+                "hop-by-hop-header",
+                name.span,
+                f'"{name.value}" is a hop-by-hop header: the proxy strips it, so it cannot carry a request id',
+            )
+        if r.once("request_id", stmt.span, (first.span if first else None)):
+            self.request_id = stmt  # a bad name is an error: no Config is built then
 
     def _primary(self, node: ast.Primary) -> None:
         r = self.r

@@ -74,6 +74,20 @@ class RateSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PauseSpec:
+    """`pause after N failures for DURATION`: N consecutive `failed` tees pause the canary."""
+
+    failures: int
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        if self.failures < 1:
+            raise ValueError("pause needs at least one failure")
+        if self.duration_s <= 0:
+            raise ValueError("pause duration must be > 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CanarySpec:
     """Everything one canary's pool needs. Equal specs mean an unchanged canary (reload)."""
 
@@ -91,6 +105,7 @@ class CanarySpec:
     # Part of the spec's equality: a reload that changes the `compare` block gives the
     # canary a new pool, like any other change to its block.
     compare: CompareSpec | None = None  # None: responses are not compared
+    pause: PauseSpec | None = None  # None: never paused (the connect back-off still applies)
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -155,3 +170,4 @@ class Config:
     sources: tuple[SourceFile, ...] = ()
     sha256: str = ""  # over all sources, in order: sidecar_rules_info{hash}
     diff_log: str | None = None  # "stderr", or an absolute path; None: records stay in /diffs
+    request_id: str | None = None  # the request id header, lower-case; None: no request ids

@@ -360,6 +360,7 @@ class RoutingTable:
                 "idle_timeout_s": cfg.primary.idle_timeout_s,
             },
             "diff_log": cfg.diff_log,
+            "request_id": cfg.request_id,
             "canaries": [_canary_json(c) for c in cfg.canaries],
             "rules": [
                 {
@@ -405,6 +406,9 @@ def _canary_json(c: CanarySpec) -> dict[str, Any]:
         "host": c.host,
         "transforms": transforms,
         "compare": None if c.compare is None else _compare_json(c.compare),
+        "pause": None
+        if c.pause is None
+        else {"failures": c.pause.failures, "duration_s": c.pause.duration_s},
     }
 
 

@@ -170,6 +170,8 @@ def _canary_stmt(s: ast.CanaryStatement) -> str:
         return "drop header " + ", ".join(quote(n.value) for n in s.names)
     if isinstance(s, ast.Compare):
         return "compare {"  # printed by _compare_entries, over several lines
+    if isinstance(s, ast.Pause):
+        return f"pause after {s.failures.raw} failures for {s.duration.raw}"
     return f"rewrite path {quote(s.pattern.value)} {quote(s.replacement.value)}"
 
 
@@ -270,6 +272,9 @@ def _entries(stmt: ast.TopLevel, top: int, comment_lines: set[int]) -> Iterator[
         )
     elif isinstance(stmt, ast.DiffLog):
         text = "diff_log stderr" if stmt.path is None else f"diff_log {quote(stmt.path.value)}"
+        yield _Entry(depth=0, text=text, first=start, last=end, top=top)
+    elif isinstance(stmt, ast.RequestId):
+        text = f"request_id {quote(stmt.header.value)}"
         yield _Entry(depth=0, text=text, first=start, last=end, top=top)
     else:
         yield from _split_entries("exclude when", stmt.expr, span, 0, top, comment_lines)
