@@ -66,6 +66,12 @@ class ProxyMetrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.diff_log_dropped = Counter(
+            "sidecar_diff_log_dropped",
+            "Diff records not written to diff_log because the writer fell behind (they stay"
+            " in /diffs).",
+            registry=r,
+        )
         self._rules_labels: tuple[str, str, str] | None = None
 
     # --- primary and rules ---------------------------------------------------------------
@@ -133,3 +139,7 @@ def set_rules_info(sha256: str, *, rules: int, canaries: int) -> None:
 
 def record_reload(ok: bool) -> None:
     proxy_metrics().record_reload(ok)
+
+
+def diff_log_dropped() -> Any:
+    return proxy_metrics().diff_log_dropped

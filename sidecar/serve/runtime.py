@@ -115,7 +115,9 @@ class Runtime:
         self._retired_pools: set[CanaryPool] = set()  # retired, not yet closed
         self._older: list[Snapshot] = []  # replaced snapshots that may still have requests
         self._closed = False
-        self.diffs = DiffStore()  # the diff records of this process (GET /diffs)
+        # The diff records of this process (GET /diffs); lines the diff_log writer could not
+        # keep up with are counted in sidecar_diff_log_dropped_total.
+        self.diffs = DiffStore(on_drop=serve_metrics.diff_log_dropped().inc)
         self._compare_sink = CompareSink(self.diffs)
 
     @property
@@ -189,6 +191,10 @@ class Runtime:
                 pool.start()
                 shadow_metrics.track_pool(pool)
             pools[name] = pool
+        for rule in config.rules:
+            for name in rule.to:
+                if table.canaries[name].compare is not None:
+                    shadow_metrics.track_compare(name, rule.name)
         if previous is not None and self._primary_endpoint == primary_spec.endpoint:
             primary = previous.primary
         else:

@@ -170,6 +170,14 @@ class Metrics:
             self.queue_depth.labels(pool.name).set_function(lambda: pool.queue_depth)
             self.busy_workers.labels(pool.name).set_function(lambda: pool.busy_workers)
 
+    def track_compare(self, canary: str, rule: str | None) -> None:
+        """The compare series of a compared canary and a rule that sends to it, at 0 from
+        the start (so a dashboard's rate() and a `diff` share see the first result)."""
+        for result in ("match", "diff", "skipped"):
+            self._compare_child(self.compare_results, canary, rule, result)
+        for kind in ("status", "header", "body"):
+            self._compare_child(self.compare_differences, canary, rule, kind)
+
     def untrack_pool(self, pool: CanaryPool) -> None:
         """Stop reporting a retired pool (unless a newer pool of that name took over)."""
         if self._pools.get(pool.name) is not pool:
@@ -236,3 +244,7 @@ def track_pool(pool: CanaryPool) -> None:
 
 def untrack_pool(pool: CanaryPool) -> None:
     _default_metrics().untrack_pool(pool)
+
+
+def track_compare(canary: str, rule: str | None) -> None:
+    _default_metrics().track_compare(canary, rule)

@@ -90,6 +90,11 @@ async def test_canary_diffs_and_noise_through_serve(tmp_path: Path) -> None:
     ):
         rules = RULES.format(primary=primary, v1=v1, v2=v2, log=log)
         async with serve_proxy(tmp_path, rules) as proxy, httpx.AsyncClient() as client:
+            at_start = parse_metrics(await proxy.metrics())
+            for result in ("match", "diff", "skipped"):  # present at 0 before any request
+                key = f'sidecar_compare_total{{canary="v2",result="{result}",rule="all"}}'
+                assert at_start.get(key) == 0
+            assert at_start.get("sidecar_diff_log_dropped_total") == 0
             for i in range(REQUESTS):
                 path = "/same" if i % 2 else "/api/items"
                 r = await client.get(f"{proxy.url}{path}?page={i}")

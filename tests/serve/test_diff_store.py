@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def test_resumes_an_existing_file_size(tmp_path: Path) -> None:
 def test_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     store = DiffStore(log_to="stderr")
     store.add(record(1))
+    assert store.flush()
     assert json.loads(capsys.readouterr().err) == record(1)
+    store.close()
 
 
 def test_an_unwritable_log_keeps_records_and_reports_once(
@@ -65,6 +68,8 @@ def test_an_unwritable_log_keeps_records_and_reports_once(
     with caplog.at_level(logging.WARNING, logger="sidecar.diffs"):
         for i in range(5):
             store.add(record(i))
+        assert store.flush()
+    store.close()
     assert len(store) == 5
     warnings = [r for r in caplog.records if "cannot write the diff log" in r.getMessage()]
     assert len(warnings) == 1
@@ -80,3 +85,27 @@ def test_retargeting_keeps_records(tmp_path: Path) -> None:
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 1
     with pytest.raises(ValueError, match="keep"):
         DiffStore(keep=0)
+
+
+def test_a_slow_disk_drops_and_counts_lines_instead_of_holding_them(tmp_path: Path) -> None:
+    """The writer thread is blocked (a disk that stalls): at most `pending` lines wait, the
+    rest are dropped and counted, and the event loop's add() never blocks."""
+    release = threading.Event()
+    drops: list[int] = []
+
+    class StalledDisk(DiffStore):
+        def _write(self, target: str, line: str) -> None:
+            release.wait(10)
+            super()._write(target, line)
+
+    store = StalledDisk(
+        log_to=str(tmp_path / "d.jsonl"), pending=2, on_drop=lambda: drops.append(1)
+    )
+    for i in range(20):
+        store.add(record(i))  # returns at once although nothing can be written
+    assert store.dropped == len(drops) >= 20 - 3  # 2 queued, at most 1 taken by the writer
+    release.set()
+    store.close()
+    written = (tmp_path / "d.jsonl").read_text().splitlines()
+    assert len(written) + store.dropped == 20
+    assert len(store) == 20  # every record is still served by /diffs
