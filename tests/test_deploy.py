@@ -277,10 +277,6 @@ def documented_metrics() -> set[str]:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
     names = set(re.findall(r"^\| `(sidecar_[a-z0-9_]+)` \|", section, re.M))
-    # Response comparison's series are documented with it (docs/compare.md, "Results")
-    # until they join the README's table; only those, and only while they are missing.
-    compare = (ROOT / "docs" / "compare.md").read_text(encoding="utf-8")
-    names |= {n for n in re.findall(r"`(sidecar_compare_[a-z_]+)\{", compare)}
     assert len(names) >= 10, names
     return names
 
