@@ -56,6 +56,7 @@ OUTCOMES = (
     "dropped_oversize",
     "dropped_rate",
     "dropped_aborted",
+    "dropped_paused",
 )
 
 NGINX_CONF = """

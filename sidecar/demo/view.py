@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 LIVE_REFRESH_PER_S = 4
 PLAIN_INTERVAL_S = 2.0
-DROPS = ("dropped_full", "dropped_oversize", "dropped_rate", "dropped_aborted")
+DROPS = ("dropped_full", "dropped_oversize", "dropped_rate", "dropped_aborted", "dropped_paused")
 
 
 # --- numbers ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The mirror series (prometheus-client), all a library user gets from `observe`.
 
 sidecar_mirror_requests_total, _duration_seconds, _responses_total, _errors_total,
-_queue_depth and _busy_workers, and the comparison series fed by `compare(result)`
+_queue_depth, _busy_workers and _paused, and the comparison series fed by `compare(result)`
 (sidecar_compare_total, _differences_total, _skipped_total, _noise_total), registered once per registry with cached label
 children, so the hot path is a dict lookup and an `inc()`. The proxy's own series
 are `sidecar.serve.metrics`; library users import these through `sidecar.prom`.
@@ -10,11 +10,12 @@ are `sidecar.serve.metrics`; library users import these through `sidecar.prom`.
     track_pool(pool) / untrack_pool(pool)
                                        feed sidecar_mirror_queue_depth / _busy_workers
 
-Gauges for queue depth and busy workers read the pools at scrape time (`set_function`, no
+Gauges for queue depth, busy workers and the pause read the pools at scrape time (`set_function`, no
 hot-path cost) in a single process. Under prometheus-client's multiprocess mode
 (`PROMETHEUS_MULTIPROC_DIR` set before this module builds its metrics) a function gauge
 cannot be collected across processes, so they are set explicitly on every outcome event of
-that canary instead (`livesum` across live processes).
+that canary instead (`livesum` across live processes; the pause `livemax`: 1 when any
+process has the canary paused).
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ class Metrics:
             ["canary"],
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.paused = Gauge(
+            "sidecar_mirror_paused",
+            "1 while the canary is paused (`pause after N failures for D`), else 0.",
+            ["canary"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.mirror_errors = Counter(
             "sidecar_mirror_errors",
@@ -155,20 +163,24 @@ class Metrics:
             if pool is not None:
                 self.queue_depth.labels(info.canary).set(pool.queue_depth)
                 self.busy_workers.labels(info.canary).set(pool.busy_workers)
+                self.paused.labels(info.canary).set(1 if pool.paused else 0)
 
     # --- pools ---------------------------------------------------------------------------
 
     def track_pool(self, pool: CanaryPool) -> None:
-        """Report this pool's queue depth and busy workers (the latest pool of a name wins)."""
+        """Report this pool's queue depth, busy workers and pause (the latest pool of a name
+        wins)."""
         self._pools[pool.name] = pool
         for kind in ERROR_KINDS:  # every kind's series exists (at 0) so rate() sees the first
             self.mirror_errors.labels(pool.name, kind)
         if self.multiprocess:
             self.queue_depth.labels(pool.name).set(pool.queue_depth)
             self.busy_workers.labels(pool.name).set(pool.busy_workers)
+            self.paused.labels(pool.name).set(1 if pool.paused else 0)
         else:
             self.queue_depth.labels(pool.name).set_function(lambda: pool.queue_depth)
             self.busy_workers.labels(pool.name).set_function(lambda: pool.busy_workers)
+            self.paused.labels(pool.name).set_function(lambda: 1 if pool.paused else 0)
 
     def track_compare(self, canary: str, rule: str | None) -> None:
         """The compare series of a compared canary and a rule that sends to it, at 0 from
@@ -183,7 +195,7 @@ class Metrics:
         if self._pools.get(pool.name) is not pool:
             return
         del self._pools[pool.name]
-        for gauge in (self.queue_depth, self.busy_workers):
+        for gauge in (self.queue_depth, self.busy_workers, self.paused):
             if self.multiprocess:
                 gauge.labels(pool.name).set(0)
             else:

@@ -42,6 +42,7 @@ from sidecar.model.config import (
     DEFAULT_WORKERS,
     MAX_WORKERS,
     CanarySpec,
+    PauseSpec,
     ServerSpec,
 )
 from sidecar.model.endpoint import Endpoint
@@ -59,6 +60,8 @@ log = logging.getLogger("sidecar.mirror")
 # Stands in for the server of a canary whose destination is a custom chain (never contacted).
 _CHAIN_ENDPOINT = Endpoint(scheme="http", host="chain.invalid", port=80)
 DEFAULT_DRAIN_S = 5.0
+# `pause_after` without `pause_for`: long enough for a restarting canary to come back.
+DEFAULT_PAUSE_FOR_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,8 @@ class Mirror:
         disable_mark: bool = False,
         compare: Compare | None = None,
         on_diff: OnDiff | None = None,
+        pause_after: int | None = None,
+        pause_for: float = DEFAULT_PAUSE_FOR_S,
         _random: Callable[[], float] | None = None,
     ) -> None:
         if match is not None and not callable(match):
@@ -123,6 +128,15 @@ class Mirror:
             raise ValueError("compare must be a Compare(...) or None")
         if on_diff is not None and not callable(on_diff):
             raise ValueError("on_diff must be callable or None")
+        pause = None
+        if pause_after is not None:
+            if not (isinstance(pause_after, int) and pause_after >= 1):
+                raise ValueError("pause_after must be an int >= 1 or None")
+            if not (
+                isinstance(pause_for, int | float) and math.isfinite(pause_for) and pause_for > 0
+            ):
+                raise ValueError("pause_for must be a finite number of seconds > 0")
+            pause = PauseSpec(failures=pause_after, duration_s=float(pause_for))
         compare_spec = compare.spec() if compare is not None else None
         if not disable_mark:
             if not is_token(mark_header):
@@ -141,6 +155,7 @@ class Mirror:
             "body": not disable_body,
             "mark": None if disable_mark else (mark_header, mark_value),
             "compare": compare_spec,
+            "pause": pause,
         }
         # Comparison results: counted for stats(), diff records to `on_diff`.
         self._results = LibraryResults(on_diff) if compare_spec is not None else None

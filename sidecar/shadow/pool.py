@@ -17,7 +17,10 @@ unsettled the tee is `dropped_full`. `queue 0` therefore admits only when a work
 (`loop.time() + timeout_s`, covering queue wait plus round trip) and goes to an idle worker
 by hand-off (its waiting future is resolved directly), else to the queue. While every
 server is in its connect back-off (below) an admitted job is settled at once as `failed`
-("connect"), so a dead canary wakes no worker per tee.
+("connect"), so a dead canary wakes no worker per tee. With `pause after N failures for D`
+(`pause.py`), a paused canary's tees are refused first, as `dropped_paused`, one attribute
+test on the way for a canary without the statement; the probe after the pause is
+dispatched even during a connect back-off, so that it tries the canary.
 
 `workers` tasks loop forever: take a job (or park a future in `_idle` and wait for a
 hand-off): the oldest, or, once the oldest has spent half of its timeout waiting, the
@@ -80,6 +83,7 @@ from sidecar.shadow.errors import (
     observe_error_line,
     observe_summary_line,
 )
+from sidecar.shadow.pause import Pause
 from sidecar.shadow.rate import TokenBucket
 from sidecar.shadow.template import ShadowTemplate
 from sidecar.shadow.types import (
@@ -161,6 +165,7 @@ class CanaryPool:
             ]
         self._wrr = SmoothWeightedRoundRobin(weights)
         self._idle_event: asyncio.Event | None = None
+        self._pause = Pause(self.name, spec.pause) if spec.pause is not None else None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -181,6 +186,11 @@ class CanaryPool:
     @property
     def started(self) -> bool:
         return self._loop is not None
+
+    @property
+    def paused(self) -> bool:
+        """True while the canary is paused (`pause after N failures for D`), probe included."""
+        return self._pause is not None and self._pause.paused
 
     async def aclose(self, drain: float | None = None) -> None:
         """Stop admitting (later tees: `dropped_full`); finish queued and running jobs for
@@ -207,7 +217,8 @@ class CanaryPool:
     # --- request path (synchronous) ----------------------------------------------------
 
     def refusal(self) -> Outcome | None:
-        """The drop a tee would get right now (`dropped_full`, `dropped_rate`), or None when
+        """The drop a tee would get right now (`dropped_paused`, `dropped_rate`,
+        `dropped_full`), or None when
         it would be admitted, so a caller can skip building a `Job` it would drop. Counts
         nothing; queued jobs whose deadline passed are settled first (they free room)."""
         if self._closing:
@@ -221,6 +232,9 @@ class CanaryPool:
         jobs = self._jobs
         if jobs and jobs[0].deadline <= now:
             self._expire(now)
+        pause = self._pause
+        if pause is not None and pause.paused and pause.refuses(now):
+            return Outcome.DROPPED_PAUSED
         bucket = self._bucket
         if bucket is not None and not bucket.has_token(now):
             return Outcome.DROPPED_RATE
@@ -239,11 +253,18 @@ class CanaryPool:
         now = loop.time()
         if self._bucket is not None:
             self._bucket.take()
-        if now < self._down_until:
+        pause = self._pause
+        probe = False
+        if pause is not None and pause.paused:
+            pause.admitted(job)  # `refusal()` let it through: the probe
+            probe = True
+        if now < self._down_until and not probe:
             # No server to try (never for a chain): settled here, no worker woken for it.
             # No attempt was made, so no error kind: only counted as a skip.
             self.backoff_skips += 1
             self.record(Outcome.DISPATCHED, job.rule)
+            if pause is not None:
+                pause.settled(job, Outcome.FAILED, now, ERR_CONNECT)
             self.record(Outcome.FAILED, job.rule, error=ERR_CONNECT)
             if job.rendezvous is not None:
                 self._arrive(job, None)
@@ -352,6 +373,10 @@ class CanaryPool:
         self._running -= 1
         if job.rendezvous is not None:
             self._arrive(job, captured)
+        pause = self._pause
+        if pause is not None:  # before `record`: observe then sees the new state
+            assert self._loop is not None
+            pause.settled(job, outcome, self._loop.time(), error)
         rule = job.rule
         if kind is not None:
             # The metric (through observe) and the log; a lookup and an increment each while
@@ -481,7 +506,8 @@ class CanaryPool:
         return target, headers, body
 
     async def _send(self, job: Job, capture: Capture | None = None) -> int | None:
-        server = self._pick()
+        pause = self._pause
+        server = self._pick(probe=pause is not None and job is pause.probe)
         target, headers, body = self._shadow(job, server.host)
         request = ShadowRequest(
             method=job.request.method.encode("ascii"),
@@ -497,14 +523,15 @@ class CanaryPool:
             self._down_until = min(s.down_until for s in self._servers)
             raise
 
-    def _pick(self) -> Transport:
+    def _pick(self, probe: bool = False) -> Transport:
         """The next server by weighted round-robin, skipping any in its connect back-off;
-        raises ConnectError (a `failed` "connect") when every server is in one."""
+        raises ConnectError (a `failed` "connect") when every server is in one. A `probe`
+        (the first tee after a pause) takes the next server whatever its back-off."""
         servers = self._servers
         assert self._loop is not None
         now = self._loop.time()
         server = servers[self._wrr.pick() if len(servers) > 1 else 0]
-        if now >= server.down_until:
+        if probe or now >= server.down_until:
             return server
         for server in servers:  # the pick is backing off: the first server that is up
             if now >= server.down_until:

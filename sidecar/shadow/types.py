@@ -33,6 +33,8 @@ class Outcome(enum.Enum):
     # Library only: the app answered without reading the whole body and the server would not
     # deliver the rest afterwards (uvicorn discards it), so the body to mirror is unknown.
     DROPPED_UNREAD = "dropped_unread"
+    # The canary is paused (`pause after N failures for D`): refused at admission.
+    DROPPED_PAUSED = "dropped_paused"
 
     # Members are singletons: hash by identity in C (Enum.__hash__ is a Python call, and
     # every tee bumps several dicts keyed by its outcome).
@@ -65,6 +67,7 @@ class Stats(NamedTuple):
     dropped_rate: int = 0
     dropped_aborted: int = 0
     dropped_unread: int = 0
+    dropped_paused: int = 0
     # Comparison results (Mirror.stats() with `compare`; 0 otherwise and per pool).
     match: int = 0
     diff: int = 0

@@ -22,7 +22,7 @@ from typing import Any
 
 from sidecar.http.syntax import is_token
 from sidecar.model.compare import CompareSpec
-from sidecar.model.config import DEFAULT_RULES
+from sidecar.model.config import DEFAULT_RULES, PauseSpec
 from sidecar.routing.request import RequestView
 from sidecar.routing.table import RoutingTable, Trace
 
@@ -99,6 +99,7 @@ class Admission:
     rule: str
     admission: str  # "dispatched" or "dropped_oversize"
     compare: CompareSpec | None = None  # the canary's `compare` block, if it has one
+    pause: PauseSpec | None = None  # the canary's `pause`: while paused, `dropped_paused`
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,7 +118,13 @@ def explain(table: RoutingTable, view: RequestView, body_size: int = 0) -> Expla
         oversize = spec.body and body_size > spec.max_body_bytes
         admission = "dropped_oversize" if oversize else "dispatched"
         out.append(
-            Admission(canary=tee.canary, rule=tee.rule, admission=admission, compare=spec.compare)
+            Admission(
+                canary=tee.canary,
+                rule=tee.rule,
+                admission=admission,
+                compare=spec.compare,
+                pause=spec.pause,
+            )
         )
     return Explanation(table=table, trace=trace, canaries=tuple(out))
 
@@ -213,7 +220,10 @@ def to_text(e: Explanation) -> list[str]:
     if not e.canaries:
         lines.append("canaries: none")
     for a in e.canaries:
-        lines.append(f"canary {a.canary} (rule {a.rule}): {a.admission}; {_compared(a)}")
+        paused = ""
+        if a.pause is not None and a.admission == "dispatched":
+            paused = f" (dropped_paused while paused: after {a.pause.failures} failures for {a.pause.duration_s:g}s)"
+        lines.append(f"canary {a.canary} (rule {a.rule}): {a.admission}{paused}; {_compared(a)}")
     return lines
 
 

@@ -27,7 +27,13 @@ from sidecar.dsl import loads
 # for a loaded CI machine.
 MARGIN_S = 30.0
 SETTLE_KEYS = ("completed", "failed", "panicked")
-DROP_KEYS = ("dropped_full", "dropped_oversize", "dropped_rate", "dropped_aborted")
+DROP_KEYS = (
+    "dropped_full",
+    "dropped_oversize",
+    "dropped_rate",
+    "dropped_aborted",
+    "dropped_paused",
+)
 
 
 def demo(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -101,6 +101,7 @@ async def test_library_observe_exports_only_mirror_series() -> None:
         "sidecar_mirror_errors",
         "sidecar_mirror_queue_depth",
         "sidecar_mirror_busy_workers",
+        "sidecar_mirror_paused",
         # The engine's comparison series are the library's too (Mirror(compare=...)).
         "sidecar_compare",
         "sidecar_compare_differences",
