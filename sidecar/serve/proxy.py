@@ -37,6 +37,11 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
    `Connection: close` (see sidecar/serve/upload.py for the bounds and why the rest must be
    read either way under hypercorn).
 
+Request id (`request_id "Name"`): before the view is built, a request without that header
+gets one (32 random lower-case hex digits; a value with control characters is replaced, and
+logged), appended to a copy of the header list, so the primary, every copy and the diff
+records see the same value. Without the statement this costs one attribute test.
+
 Comparison: when the tees have a `rendezvous` (some tee is compared), a `PrimaryCapture`
 (sidecar/shadow/compare/primary.py) records the response as the client receives it: the head,
 each chunk after it was sent, the end; a 502/504 of our own is `failed()`. Requests without
@@ -50,7 +55,9 @@ no copies of body chunks.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -75,6 +82,9 @@ ERROR_LOG_INTERVAL_S = 1.0
 _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 _CLOSE = (b"connection", b"close")
 _CONTENT_LENGTH = b"content-length"
+# A request id: 16 random bytes as 32 hex digits (os.urandom + hexlify: ~0.5 us, the
+# cheapest of secrets.token_hex, os.urandom().hex() and SystemRandom measured).
+_REQUEST_ID_BYTES = 16
 
 
 class _Metrics:
@@ -134,6 +144,9 @@ class ProxyApp:
         peer = scope.get("client")
         client = peer[0] if peer else None
         scheme: str = scope["scheme"]
+        request_id: bytes | None = None
+        if snap.request_id is not None:
+            headers, request_id = self._request_id(headers, snap.request_id)
 
         view = RequestView(
             method=method,
@@ -156,6 +169,7 @@ class ProxyApp:
                 scheme,
                 None if framed == framing.CHUNKED else framed,
                 report=snap.compare_report,
+                request_id=request_id,
             )
         capture: PrimaryCapture | None = None
         if tees is not None and tees.rendezvous is not None:
@@ -215,6 +229,7 @@ class ProxyApp:
         target = raw_path + b"?" + query if query else raw_path
         exchange = _Exchange(clock, upload, scope["http_version"] != "2", method, receive, send)
         exchange.capture = capture
+        exchange.request_id = request_id
         try:
             status = await self._exchange(snap, exchange, target, out_headers, body)
         finally:
@@ -265,40 +280,72 @@ class ProxyApp:
                 self._log_error(
                     "primary exchange stalled (no body progress for %gs): response cut off",
                     snap.primary_idle_timeout_s,
+                    request_id=ex.request_id,
                 )
                 return status  # the client got this head (then a cut-off body): count it
             if clock.stalled and upload is not None and upload.waiting:
                 # Nothing came from the client for idle_timeout: its stall, not the primary's
                 # (nginx's client_body_timeout answers 408 too).
-                self._log_error("client upload stalled for %gs: 408", snap.primary_idle_timeout_s)
+                self._log_error(
+                    "client upload stalled for %gs: 408",
+                    snap.primary_idle_timeout_s,
+                    request_id=ex.request_id,
+                )
                 await ex.plain(408, b"Request Timeout: the upload stalled\n", close=True)
                 return 408
             if clock.stalled:
                 self._log_error(
-                    "primary stalled reading the upload for %gs: 504", snap.primary_idle_timeout_s
+                    "primary stalled reading the upload for %gs: 504",
+                    snap.primary_idle_timeout_s,
+                    request_id=ex.request_id,
                 )
             else:
-                self._log_error("primary timed out after %gs: 504", snap.primary_timeout_s)
+                self._log_error(
+                    "primary timed out after %gs: 504",
+                    snap.primary_timeout_s,
+                    request_id=ex.request_id,
+                )
             if ex.capture is not None:
                 ex.capture.failed()
             await ex.plain(504, b"Gateway Timeout: the primary did not answer in time\n")
             return 504
         except ClientError as exc:
             if response_started:
-                self._log_error("primary broke off mid-response: %s", exc)
+                self._log_error("primary broke off mid-response: %s", exc, request_id=ex.request_id)
                 return status  # the client got this head (then a cut-off body): count it
             what = "unreachable" if isinstance(exc, ConnectError) else "failed"
-            self._log_error("primary %s: %s: 502", what, exc)
+            self._log_error("primary %s: %s: 502", what, exc, request_id=ex.request_id)
             if ex.capture is not None:
                 ex.capture.failed()
             await ex.plain(502, f"Bad Gateway: the primary {what}\n".encode())
             return 502
 
-    def _log_error(self, msg: str, *args: object) -> None:
+    def _request_id(
+        self, headers: list[tuple[bytes, bytes]], name: bytes
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers with a request id, and the id: the client's value when it sent a valid
+        one, else a fresh one (replacing an invalid value, logged)."""
+        for n, value in headers:
+            if n == name:
+                if value and not any(c < 0x20 or c == 0x7F for c in value):
+                    return headers, value
+                new = binascii.hexlify(os.urandom(_REQUEST_ID_BYTES))
+                self._log_error(
+                    "request id %s replaced by %s: the value has control characters or is empty",
+                    ascii(value.decode("latin-1")),
+                    new.decode("ascii"),
+                )
+                return [h for h in headers if h[0] != name] + [(name, new)], new
+        new = binascii.hexlify(os.urandom(_REQUEST_ID_BYTES))
+        return [*headers, (name, new)], new
+
+    def _log_error(self, msg: str, *args: object, request_id: bytes | None = None) -> None:
         now = time.monotonic()
         if now - self._last_error_log < ERROR_LOG_INTERVAL_S:
             self._suppressed += 1
             return
+        if request_id is not None:
+            msg += f" (request id {request_id.decode('latin-1')})"
         if self._suppressed:
             msg += f" ({self._suppressed} similar errors not logged)"
             self._suppressed = 0
@@ -310,7 +357,7 @@ class _Exchange:
     """What one primary exchange carries from the request to the response (one object
     instead of eight parameters down the call chain)."""
 
-    __slots__ = ("capture", "clock", "http1", "method", "receive", "send", "upload")
+    __slots__ = ("capture", "clock", "http1", "method", "receive", "request_id", "send", "upload")
 
     def __init__(
         self,
@@ -328,6 +375,7 @@ class _Exchange:
         self.receive = receive
         self.send = send
         self.capture: PrimaryCapture | None = None  # set when some tee is compared
+        self.request_id: bytes | None = None  # set with `request_id`: named in error lines
 
     def unread_rest(self, *, close: bool) -> bool:
         """A response head is going out: when the request body is not whole yet, decide

@@ -80,6 +80,7 @@ class Snapshot:
         "primary",
         "primary_idle_timeout_s",
         "primary_timeout_s",
+        "request_id",
         "table",
     )
 
@@ -99,6 +100,9 @@ class Snapshot:
         self.primary_idle_timeout_s = primary_idle_timeout_s  # longest pause in either body
         self.active = 0  # requests that started on this snapshot and have not ended
         self.compare_report: Report | None = None  # set when some canary is compared
+        # `request_id "Name"`: the header's lower-case name; None: requests get no id.
+        rid = self.config.request_id
+        self.request_id: bytes | None = None if rid is None else rid.encode("ascii")
 
 
 class Runtime:

@@ -76,13 +76,15 @@ class RequestTees:
         *,
         report: Report | None = None,
         random: Random = _random.random,
+        request_id: bytes | None = None,
     ) -> RequestTees | None:
         """Decide what can be decided now; None when no tee waits for the body and none is
         compared. `report`: where the compared tees' results go (None: nothing compared);
-        `random`: the draw for `compare`'s sample rate."""
+        `random`: the draw for `compare`'s sample rate; `request_id`: the request's id, for
+        its diff records (the copies carry it in `headers` already)."""
         rv = None
         if report is not None:
-            rv = plan(targets, method, raw_path, query_string, report, random)
+            rv = plan(targets, method, raw_path, query_string, report, random, request_id)
         request: ClientRequest | None = None  # built once a pool admits (drops build none)
         pending: list[tuple[int, CanaryPool, str | None]] = []
         for pool, rule in targets:

@@ -39,8 +39,10 @@ def plan(
     query_string: bytes,
     report: Report,
     random: Random = _random.random,
+    request_id: bytes | None = None,
 ) -> Rendezvous | None:
-    """The request's rendezvous with every compared (and baseline) tee registered, or None."""
+    """The request's rendezvous with every compared (and baseline) tee registered, or None.
+    `request_id`: the value of the request's `request_id` header, named in its records."""
     rv: Rendezvous | None = None
     for pool, rule in targets:
         spec = pool.spec.compare
@@ -51,6 +53,7 @@ def plan(
                 method=method,
                 path=raw_path.decode("latin-1"),
                 query=query_string.decode("latin-1"),
+                id=None if request_id is None else request_id.decode("latin-1"),
             )
             rv = Rendezvous(request, report)
         baseline = spec.baseline
