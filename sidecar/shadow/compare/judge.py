@@ -238,7 +238,13 @@ def _json_differences(spec: CompareSpec, a_body: bytes, b_body: bytes) -> list[D
     except (JSONPathError, RecursionError):  # too deep to walk: the bytes still differ
         return None
     patterns = spec._patterns
-    return [d for loc, d in found if not any(pattern_masks(p, loc) for p in patterns)]
+    # Differences are built (paths normalized, values encoded) only for the locations the
+    # patterns leave: an ignored timestamp or id costs a tuple, not two json.dumps.
+    return [
+        _difference(loc, va, vb)
+        for loc, va, vb in found
+        if not any(pattern_masks(p, loc) for p in patterns)
+    ]
 
 
 def _add_to_mask(mask: Mask, locations: Iterable[tuple[str | int, ...]]) -> bool:
@@ -259,7 +265,9 @@ def _add_to_mask(mask: Mask, locations: Iterable[tuple[str | int, ...]]) -> bool
     return False
 
 
-Found = list[tuple[tuple[str | int, ...], Difference]]
+# A differing location with the value on each side (_ABSENT: not on that side).
+Found = list[tuple[tuple[str | int, ...], Any, Any]]
+_ABSENT: Final = object()
 
 
 def _walk(a: Any, b: Any, path: list[str | int], mask: Mask | None, out: Found) -> None:
@@ -270,51 +278,48 @@ def _walk(a: Any, b: Any, path: list[str | int], mask: Mask | None, out: Found) 
             sub = mask.get(key) if mask else None
             if sub is _MASKED:
                 continue
+            other = b.get(key, _ABSENT)
+            if other is not _ABSENT and value == other:
+                continue  # equal subtree: one C-speed comparison, no call
             path.append(key)
-            if key in b:
-                _walk(value, b[key], path, sub, out)
+            if other is not _ABSENT:
+                _walk(value, other, path, sub, out)
             else:
-                out.append((tuple(path), _one_sided(path, value, on_primary=True)))
+                out.append((tuple(path), value, _ABSENT))
             path.pop()
         for key, value in b.items():
             if key in a or (mask and mask.get(key) is _MASKED):
                 continue
             path.append(key)
-            out.append((tuple(path), _one_sided(path, value, on_primary=False)))
+            out.append((tuple(path), _ABSENT, value))
             path.pop()
         return
     if type(a) is list and type(b) is list:
-        for i in range(max(len(a), len(b))):
+        na, nb = len(a), len(b)
+        for i in range(max(na, nb)):
             sub = mask.get(i) if mask else None
             if sub is _MASKED:
                 continue
-            path.append(i)
-            if i < len(a) and i < len(b):
+            if i < na and i < nb:
+                if a[i] == b[i]:
+                    continue
+                path.append(i)
                 _walk(a[i], b[i], path, sub, out)
-            elif i < len(a):
-                out.append((tuple(path), _one_sided(path, a[i], on_primary=True)))
             else:
-                out.append((tuple(path), _one_sided(path, b[i], on_primary=False)))
+                path.append(i)
+                out.append((tuple(path), a[i] if i < na else _ABSENT, b[i] if i < nb else _ABSENT))
             path.pop()
         return
-    where = normalized_path(path)
-    out.append(
-        (
-            tuple(path),
-            Difference(
-                kind="body", where=where, primary=_encode(_plain(a)), canary=_encode(_plain(b))
-            ),
-        )
-    )
+    out.append((tuple(path), a, b))
 
 
-def _one_sided(path: list[str | int], value: Any, *, on_primary: bool) -> Difference:
-    encoded = _encode(_plain(value))
+def _difference(location: tuple[str | int, ...], a: Any, b: Any) -> Difference:
+    """A body Difference at `location`; a value _ABSENT on one side is None in it."""
     return Difference(
         kind="body",
-        where=normalized_path(path),
-        primary=encoded if on_primary else None,
-        canary=None if on_primary else encoded,
+        where=normalized_path(location),
+        primary=None if a is _ABSENT else _encode(_plain(a)),
+        canary=None if b is _ABSENT else _encode(_plain(b)),
     )
 
 
