@@ -26,6 +26,7 @@ from tests.support.serve import ServeProcess
 
 HOST = "127.0.0.1"
 HEALTHZ_TIMEOUT_S = 2.0
+MIN_CPU_SPAN_S = 0.5  # a shorter interval's CPU share is mostly rounding (clock ticks)
 
 
 # --- sampling --------------------------------------------------------------------------------
@@ -146,7 +147,9 @@ class Sampler:
             raise ServeExited(self.served.proc.returncode)
         healthz = await clients.get_status(HOST, self.admin_port, "/healthz", HEALTHZ_TIMEOUT_S)
         now, cpu = time.monotonic(), cpu_seconds([pid])
-        cpu_pct = 100 * (cpu - self._cpu[1]) / max(now - self._cpu[0], 1e-6)
+        span = now - self._cpu[0]
+        # (the first sample comes right after start_clock(): no interval to speak of)
+        cpu_pct = 100 * (cpu - self._cpu[1]) / span if span >= MIN_CPU_SPAN_S else 0.0
         self._cpu = (now, cpu)
         try:
             fds, rss_bytes = census(pid), rss(pid)
