@@ -10,7 +10,10 @@
 
 A `Profile` adds latency and faults: the primary and v2 are quick and healthy; v3 is slower,
 answers some requests with 500 and stalls on others (past its mirror deadline, so the
-sidecar counts those as `failed`). `sidecar demo` serves these in-process on loopback;
+sidecar counts those as `failed`). Item answers carry `generated_at`, the time they were
+made: it differs between any two answers whatever the version (noise for the comparison,
+which the demo's `v1` baseline, the primary's app, removes), while v2 really differs in
+one thing: it prices item 42 a cent higher. `sidecar demo` serves these in-process on loopback;
 `python -m sidecar.demo.apps primary|v2|v3 --listen 0.0.0.0:8081` serves one on its own
 (the docker-compose environment uses that).
 """
@@ -23,6 +26,7 @@ import contextlib
 import json
 import random
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +42,8 @@ from sidecar.asgi import Receive, Scope, Send, serve_lifespan
 MAX_BODY_BYTES = 1 << 20
 ITEM_COUNT = 100
 PAGE_SIZE = 10
+# The one item v2 prices differently: on page 5 and its own page, a real diff now and then.
+SKEWED_ITEM = 42
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +55,7 @@ class Profile:
     error_share: float = 0.0  # answered 500
     stall_share: float = 0.0  # answered only after `stall_s` (past a mirror deadline)
     stall_s: float = 0.0
+    price_skew_cents: int = 0  # added to the price of item SKEWED_ITEM (a real difference)
 
     def __post_init__(self) -> None:
         lo, hi = self.latency_s
@@ -60,7 +67,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "primary": Profile(name="primary", latency_s=(0.001, 0.006)),
-    "v2": Profile(name="v2", latency_s=(0.003, 0.015)),
+    "v2": Profile(name="v2", latency_s=(0.003, 0.015), price_skew_cents=1),
     # v3: ~10x slower, 8% errors, 10% stalls of 3 s (its mirror deadline in the demo is 1 s).
     "v3": Profile(
         name="v3", latency_s=(0.04, 0.12), error_share=0.08, stall_share=0.10, stall_s=3.0
@@ -113,11 +120,12 @@ class DemoApp:
             page = _page(query)
             first = (page - 1) * PAGE_SIZE + 1
             last = min(first + PAGE_SIZE, ITEM_COUNT + 1)
-            return 200, {"page": page, "items": [_item(i) for i in range(first, last)]}
+            items = [self._item(i) for i in range(first, last)]
+            return 200, {"page": page, "items": items, "generated_at": time.time()}
         if path.startswith("/api/items/") and method in ("GET", "HEAD"):
             tail = path.removeprefix("/api/items/")
             if tail.isdigit() and 1 <= int(tail) <= ITEM_COUNT:
-                return 200, _item(int(tail))
+                return 200, {**self._item(int(tail)), "generated_at": time.time()}
             return 404, {"error": "no such item"}
         if path == "/api/orders" and method == "POST":
             try:
@@ -125,16 +133,16 @@ class DemoApp:
                 item, qty = int(order["item"]), int(order["qty"])
             except (ValueError, TypeError, KeyError):
                 return 400, {"error": 'expected {"item": id, "qty": n}'}
-            return 201, {"order": self.requests, "item": item, "qty": qty, "by": self.profile.name}
+            return 201, {"order": self.requests, "item": item, "qty": qty}
         if path == "/api/orders/import" and method == "POST":
             return 202, {"accepted_bytes": len(body)}
         if path.startswith("/admin"):
             return 200, {"app": self.profile.name, "requests": self.requests}
         return 404, {"error": "not found"}
 
-
-def _item(i: int) -> dict[str, Any]:
-    return {"id": i, "name": f"item {i}", "price_cents": 100 + 37 * i % 900}
+    def _item(self, i: int) -> dict[str, Any]:
+        skew = self.profile.price_skew_cents if i == SKEWED_ITEM else 0
+        return {"id": i, "name": f"item {i}", "price_cents": 100 + 37 * i % 900 + skew}
 
 
 def _page(query: bytes) -> int:

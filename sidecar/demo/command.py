@@ -2,13 +2,15 @@
 
 How this works
 --------------
-Everything runs in one process and one event loop. The demo binds five loopback sockets on
-free ports (the demo primary, canaries v2 and v3, the proxy and its admin listener), fills
+Everything runs in one process and one event loop. The demo binds six loopback sockets on
+free ports (the demo primary, canaries v1, v2 and v3, the proxy and its admin listener), fills
 those addresses into the rules embedded in the package (`sidecar/demo/rules/demo.mirror`,
 so it works from an installed wheel in any directory; `--print-rules` prints them as used),
 validates them exactly as `serve` does, and starts the same pieces `serve` runs: a
 `Runtime` (routing table, primary client, one `CanaryPool` per canary), `ProxyApp` and
-`AdminApp`, each on its own `hypercorn.asyncio.serve` task, next to the three demo apps.
+`AdminApp`, each on its own `hypercorn.asyncio.serve` task, next to the four demo apps
+(v1 is the primary's app again: v2's `compare` names it as its baseline, so what differs on
+every answer whatever the version, the `generated_at` timestamp, is noise, not a diff).
 
 A traffic generator (httpx) then sends a mix of reads, JSON orders, large imports and admin
 calls at a fixed rate (`--rate`, open loop, at most MAX_IN_FLIGHT at once) for `--duration`
@@ -102,7 +104,7 @@ def rules_template() -> str:
 
 
 def render_rules(addresses: Mapping[str, str]) -> str:
-    """The demo rules with `listen`, `admin`, `primary`, `v2` and `v3` as host:port."""
+    """The demo rules with `listen`, `admin`, `primary`, `v1`, `v2` and `v3` as host:port."""
     return Template(rules_template()).substitute(addresses)
 
 
@@ -122,7 +124,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from sidecar.serve.runtime import Runtime
     from sidecar.serve.sockets import address_of, bind, hypercorn_config
 
-    names = ("primary", "v2", "v3", "listen", "admin")
+    names = ("primary", "v1", "v2", "v3", "listen", "admin")
     socks = {name: bind("127.0.0.1:0", reuse_port=False) for name in names}
     addresses = {name: address_of(sock) for name, sock in socks.items()}
     text = render_rules(addresses)
@@ -140,6 +142,7 @@ async def _demo(args: argparse.Namespace) -> int:
     out: TextIO = sys.stderr if args.format == "json" else sys.stdout
     view = View(out, duration=args.duration)
     apps = {name: DemoApp(PROFILES[name], seed=args.seed) for name in ("primary", "v2", "v3")}
+    apps["v1"] = DemoApp(PROFILES["primary"], seed=args.seed)  # the baseline: the primary's app
     runtime = Runtime(result.config, files=1, paths=(f"<demo>/{RULES_FILE}",))
     await runtime.start()
     stop_servers = asyncio.Event()

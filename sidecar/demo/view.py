@@ -53,8 +53,24 @@ def summarize(
         stats["p50_ms"] = _ms(canary_quantile(name, 0.5))
         stats["responses"] = canary_responses(name)
         stats["served"] = apps[name].requests if name in apps else None
+        stats.update(canary_compared(name))
         canaries[name] = stats
     return {"elapsed_s": round(elapsed, 2), "primary": primary, "canaries": canaries}
+
+
+def canary_compared(canary: str) -> dict[str, int]:
+    """The comparison of a canary's responses: `sidecar_compare_total{canary=...}` by result
+    (match, diff, skipped) and `noise`, the compared responses with noise the baseline shares
+    (`sidecar_compare_noise_total`, every kind)."""
+    m = shadow_metrics.metrics()
+    counts = {"match": 0, "diff": 0, "skipped": 0, "noise": 0}
+    for family, key in ((m.compare_results, None), (m.compare_noise, "noise")):
+        for metric in family.collect():
+            for s in metric.samples:
+                if s.name.endswith("_total") and s.labels.get("canary") == canary:
+                    label = key or s.labels["result"]
+                    counts[label] += int(s.value)
+    return counts
 
 
 def canary_quantile(canary: str, q: float) -> float | None:
@@ -125,7 +141,8 @@ class View:
         a = addresses
         self._line(
             f"sidecar demo: proxy http://{a['listen']} -> primary http://{a['primary']}; "
-            f"canaries v2 http://{a['v2']} (healthy), v3 http://{a['v3']} (slow, failing); "
+            f"canaries v2 http://{a['v2']} (healthy, compared), v3 http://{a['v3']} (slow, "
+            f"failing), v1 http://{a['v1']} (the primary's app: v2's noise baseline); "
             f"admin http://{a['admin']}/metrics; {rate:g} req/s for {self.duration:g} s"
             + (" (Ctrl-C stops early)" if self.tty else "")
         )
@@ -203,6 +220,8 @@ class View:
             why = ", ".join(f"{d.removeprefix('dropped_')} {c[d]}" for d in DROPS if c[d])
             codes = " ".join(f"{k} {v}" for k, v in c["responses"].items())
             notes.append(f"{name}: responses {codes or '-'}; dropped {why or '-'}")
+            if c["match"] + c["diff"] + c["skipped"]:
+                notes.append(_compared_line(name, c))
         can = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         cols = ("canary", "dispatched", "completed", "failed", "panicked", "in flight")
         for col in (*cols, "dropped", "p50"):
@@ -246,8 +265,19 @@ def plain_summary(doc: dict[str, Any]) -> list[str]:
     for name, c in doc["canaries"].items():
         fields = " ".join(f"{k}={c[k]}" for k in keys)
         lines.append(f"canary {name}: {fields} p50_ms={c['p50_ms']}")
+    for name, c in doc["canaries"].items():
+        if c["match"] + c["diff"] + c["skipped"]:
+            lines.append(_compared_line(name, c))
     lines.append(_verdict(doc))
     return lines
+
+
+def _compared_line(name: str, c: dict[str, Any]) -> str:
+    return (
+        f"compared {name} with the primary: match {c['match']}, diff {c['diff']}, "
+        f"skipped {c['skipped']}; noise (the baseline differs too) removed from "
+        f"{c['noise']} responses"
+    )
 
 
 def _verdict(doc: dict[str, Any]) -> str:

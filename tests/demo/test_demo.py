@@ -48,7 +48,7 @@ def demo(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[s
 
 
 def assert_adds_up(canaries: dict[str, dict[str, Any]]) -> None:
-    assert set(canaries) == {"v2", "v3"}
+    assert set(canaries) == {"v1", "v2", "v3"}
     for name, c in canaries.items():
         assert c["dispatched"] == sum(c[k] for k in SETTLE_KEYS), (name, c)
         assert c["dispatched"] > 0, name
@@ -72,6 +72,12 @@ def test_demo_json_summary_adds_up(tmp_path: Path) -> None:
     # The 200 KiB imports are over both canaries' 64 KiB max_body.
     assert doc["canaries"]["v2"]["dropped_oversize"] > 0
     assert doc["canaries"]["v2"]["p50_ms"] is not None
+    # v2 is compared with v1 as its baseline: the `generated_at` timestamp differs on every
+    # answer, yet it is noise, not a diff, without an `ignore`.
+    v2 = doc["canaries"]["v2"]
+    assert v2["noise"] > 0
+    assert v2["match"] > v2["diff"]
+    assert doc["canaries"]["v3"]["match"] + doc["canaries"]["v3"]["diff"] == 0
     primary = doc["primary"]
     assert primary["requests"] > 0
     assert primary["errors"] == 0
@@ -130,15 +136,18 @@ def test_print_rules_passes_check_without_diagnostics(tmp_path: Path) -> None:
     result = loads(proc.stdout, "demo.mirror")
     assert result.config is not None
     assert result.diagnostics == []
-    assert {c.name for c in result.config.canaries} == {"v2", "v3"}
+    assert {c.name for c in result.config.canaries} == {"v1", "v2", "v3"}
+    (v2,) = [c for c in result.config.canaries if c.name == "v2"]
+    assert v2.compare is not None and v2.compare.baseline == "v1"
+    assert v2.compare.ignore == ()  # the timestamp is noise thanks to the baseline alone
     assert all("127.0.0.1:" in line for line in proc.stdout.splitlines() if "http://" in line)
 
 
 def test_rules_template_has_every_placeholder() -> None:
     text = rules_template()
-    for name in ("listen", "admin", "primary", "v2", "v3"):
+    for name in ("listen", "admin", "primary", "v1", "v2", "v3"):
         assert f"${name}" in text
-    addresses = {n: f"127.0.0.1:{port}" for n, port in zip(["listen", "admin", "primary", "v2", "v3"], range(18080, 18085), strict=True)}  # fmt: skip
+    addresses = {n: f"127.0.0.1:{port}" for n, port in zip(["listen", "admin", "primary", "v1", "v2", "v3"], range(18080, 18086), strict=True)}  # fmt: skip
     assert "$" not in render_rules(addresses)
 
 
