@@ -10,10 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import os
-import resource
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,8 +19,9 @@ import pytest
 import pytest_asyncio
 
 from sidecar.serve.upload import DISCARD_MAX_BYTES
+from tests.support.limited import open_fds, serve_limited
 from tests.support.scripted import EARLY_BODY, ScriptedPrimary
-from tests.support.serve import ServeProcess, free_port, metric, serve_proxy, sidecar_command
+from tests.support.serve import ServeProcess, metric, serve_proxy
 from tests.support.servers import RecordingCanary
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -232,44 +229,6 @@ async def test_early_answers_leave_no_socket_and_sigterm_does_not_wait_for_the_g
         assert "timed out" not in proxy.log(), proxy.log()
 
 
-@contextlib.asynccontextmanager
-async def _serve_limited(tmp_path: Path, rules: str, nofile: int) -> AsyncIterator[ServeProcess]:
-    """`sidecar serve` with RLIMIT_NOFILE lowered to `nofile` (soft and hard)."""
-    rules_file = tmp_path / "limited.mirror"
-    rules_file.write_text(rules)
-    listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    log = tmp_path / "limited.log"
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            sidecar_command("serve", str(rules_file), "--listen", listen, "--admin", admin),
-            stdout=err,
-            stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=limit,
-        )
-    served = ServeProcess(proc, listen, admin, log)
-    try:
-        await served.wait_ready()
-        yield served
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await served.wait_exit()
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-
-
-def _fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 async def test_450_early_answers_under_a_128_descriptor_limit(tmp_path: Path) -> None:
     """Each early answer used to leak its client connection for good: at 128 descriptors,
     450 of them exhausted the process. Two thirds are chunked uploads (closed at once), a
@@ -277,9 +236,11 @@ async def test_450_early_answers_under_a_128_descriptor_limit(tmp_path: Path) ->
     connection); afterwards the process holds no more descriptors than before and answers."""
     async with (
         ScriptedPrimary() as primary,
-        _serve_limited(tmp_path, f"primary {primary.url} {{ timeout 5s }}\n", FD_LIMIT) as proxy,
+        serve_limited(
+            tmp_path, f"primary {primary.url} {{ timeout 5s }}\n", nofile=FD_LIMIT
+        ) as proxy,
     ):
-        baseline = _fds(proxy.pid)
+        baseline = open_fds(proxy.pid)
         chunked = FD_UPLOADS * 2 // 3
         for i in range(chunked):
             reader, writer = await _open(proxy)
@@ -328,7 +289,7 @@ async def test_450_early_answers_under_a_128_descriptor_limit(tmp_path: Path) ->
         # Closed client connections still in CLOSE-WAIT are another item of the issue (the
         # host's keep-alive handling): allow one per keep-alive connection above.
         allowed = baseline + (FD_UPLOADS - chunked) // per_connection + 1
-        while _fds(proxy.pid) > allowed:
-            assert asyncio.get_running_loop().time() < deadline, (_fds(proxy.pid), allowed)
+        while open_fds(proxy.pid) > allowed:
+            assert asyncio.get_running_loop().time() < deadline, (open_fds(proxy.pid), allowed)
             await asyncio.sleep(0.05)
         assert "Too many open files" not in proxy.log(), proxy.log()[-2000:]
