@@ -6,8 +6,10 @@
    canary): `RequestTees.begin` + `feed` + `finish` + `try_admit`, without a body (a GET)
    and with a 256-byte body, timed in a tight loop while no worker runs. Then what a
    misbehaving canary costs per request, with the Prometheus hook: a tee dropped because
-   the pool is full (slow or silent canary), and one failed because the only server is in
-   its connect back-off (dead port; settling by the worker included).
+   the pool is full (slow or silent canary), one failed because the only server is in
+   its connect back-off (dead port; settling by the worker included), and one dropped
+   because the dead canary is paused (`pause after 1 failures for 1h`). And the no-body
+   admission again for a canary with a `pause` that is not paused.
 2. Mirrors per second one `CanaryPool` (default 8 workers) sustains against a fast loopback
    canary (a raw asyncio server in a subprocess, so it has its own core): the queue is kept
    full and completed jobs are counted for `--seconds`; with this process's CPU per
@@ -34,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_client import free_port, run_load, start_server
 
-from sidecar.model.config import CanarySpec, ServerSpec
+from sidecar.model.config import CanarySpec, PauseSpec, ServerSpec
 from sidecar.model.endpoint import Endpoint
 from sidecar.prom import Metrics
 from sidecar.shadow.pool import CanaryPool
@@ -53,17 +55,26 @@ YARDSTICK_CONCURRENCY = 32
 FEED_FACTOR = 4  # keep this many x workers jobs queued during the throughput run
 
 
-def spec_for(port: int, *, workers: int, queue: int) -> CanarySpec:
+# A pause that outlasts the run: every tee after the first failure is dropped_paused.
+PAUSE = PauseSpec(failures=1, duration_s=3600.0)
+
+
+def spec_for(port: int, *, workers: int, queue: int, pause: PauseSpec | None = None) -> CanarySpec:
     endpoint = Endpoint(scheme="http", host="127.0.0.1", port=port)
     return CanarySpec(
-        name="bench", servers=(ServerSpec(endpoint=endpoint),), workers=workers, queue=queue
+        name="bench",
+        servers=(ServerSpec(endpoint=endpoint),),
+        workers=workers,
+        queue=queue,
+        pause=pause,
     )
 
 
-async def bench_admission(port: int, n: int) -> tuple[float, float]:
+async def bench_admission(port: int, n: int) -> tuple[float, float, float]:
+    """(no body, 256-byte body, no body to a canary with an unused `pause`) in µs per tee."""
     results = []
-    for with_body in (False, True):
-        pool = CanaryPool(spec_for(port, workers=1, queue=n + 1))
+    for with_body, pause in ((False, None), (True, None), (False, PAUSE)):
+        pool = CanaryPool(spec_for(port, workers=1, queue=n + 1, pause=pause))
         pool.start()
         start = time.perf_counter()
         for _ in range(n):
@@ -82,10 +93,10 @@ async def bench_admission(port: int, n: int) -> tuple[float, float]:
         assert pool.stats().dispatched == n, pool.stats()
         results.append(elapsed / n * 1e6)
         await pool.aclose(drain=None)
-    return results[0], results[1]
+    return results[0], results[1], results[2]
 
 
-async def bench_refused(dead_port: int, n: int) -> tuple[float, float]:
+async def bench_refused(dead_port: int, n: int) -> tuple[float, float, float]:
     """Microseconds per tee that a misbehaving canary refuses, metrics included: dropped
     because the pool is full (a slow or silent canary), and dispatched then failed at once
     because its only server is in its connect back-off (a dead port), settled included."""
@@ -120,7 +131,19 @@ async def bench_refused(dead_port: int, n: int) -> tuple[float, float]:
         await asyncio.sleep(0)
     failed = (time.perf_counter() - start) / n * 1e6
     await dead.aclose(drain=None)
-    return dropped, failed
+
+    spec = spec_for(dead_port, workers=8, queue=64, pause=PAUSE)
+    paused = CanaryPool(spec, observe=metrics.observe)
+    RequestTees.begin([(paused, "r")], "GET", b"/", b"", HEADERS, "10.0.0.1", "http", 0)
+    while not paused.paused:  # the refused connect pauses it (after 1 failure)
+        await asyncio.sleep(0.001)
+    start = time.perf_counter()
+    for _ in range(n):
+        RequestTees.begin([(paused, "r")], "GET", b"/api/x", b"a=1", HEADERS, "10.0.0.1", "http", 0)
+    dropped_paused = (time.perf_counter() - start) / n * 1e6
+    assert paused.stats().dropped_paused == n, paused.stats()
+    await paused.aclose(drain=None)
+    return dropped, failed, dropped_paused
 
 
 async def bench_pool(port: int, seconds: float, workers: int) -> tuple[float, float]:
@@ -191,17 +214,21 @@ def main() -> None:
         hyper_port = free_port()
         hyper = start_server("hypercorn", hyper_port, tmpdir)
         try:
+            Result = tuple[
+                tuple[float, float, float], tuple[float, float, float], tuple[float, float], float
+            ]
 
-            async def run() -> tuple[float, float, tuple[float, float], tuple[float, float], float]:
-                no_body, body = await bench_admission(raw_port, args.admissions)
+            async def run() -> Result:
+                admission = await bench_admission(raw_port, args.admissions)
                 refused = await bench_refused(free_port(), args.admissions)
                 mirrors = await bench_pool(raw_port, args.seconds, args.workers)
                 hello = await bench_hypercorn(hyper_port)
-                return no_body, body, refused, mirrors, hello
+                return admission, refused, mirrors, hello
 
-            result: tuple[float, float, tuple[float, float], tuple[float, float], float]
-            result = runner(run())  # type: ignore[assignment]
-            no_body, body, (dropped, failed), (mirrors, mirror_cpu), hello = result
+            result: Result = runner(run())  # type: ignore[assignment]
+            (no_body, body, with_pause), (dropped, failed, paused), (mirrors, mirror_cpu), hello = (
+                result
+            )
         finally:
             for proc in (raw, hyper):
                 proc.terminate()
@@ -209,8 +236,10 @@ def main() -> None:
     print(f"event loop: {loop_name}, cpus: {os.cpu_count()}")
     print(f"tee admission, no body (GET):        {no_body:7.2f} us")
     print(f"tee admission, 256-byte body (POST): {body:7.2f} us")
+    print(f"tee admission, no body, pause set:   {with_pause:7.2f} us")
     print(f"tee dropped, pool full (metrics incl.): {dropped:5.2f} us")
     print(f"tee failed, dead canary in back-off:    {failed:5.2f} us")
+    print(f"tee dropped, canary paused:             {paused:5.2f} us")
     print(f"mirrors/s, one pool, {args.workers} workers, raw canary: {mirrors:9.0f}")
     print(f"CPU per mirror (this process):               {mirror_cpu:9.1f} us")
     print(f"hypercorn hello-world req/s (32 conns):      {hello:9.0f}")

@@ -58,6 +58,7 @@ import asyncio
 import binascii
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -85,6 +86,8 @@ _CONTENT_LENGTH = b"content-length"
 # A request id: 16 random bytes as 32 hex digits (os.urandom + hexlify: ~0.5 us, the
 # cheapest of secrets.token_hex, os.urandom().hex() and SystemRandom measured).
 _REQUEST_ID_BYTES = 16
+# A client's request id is kept unless it is empty or has a control character (HTAB too).
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 class _Metrics:
@@ -327,7 +330,7 @@ class ProxyApp:
         one, else a fresh one (replacing an invalid value, logged)."""
         for n, value in headers:
             if n == name:
-                if value and not any(c < 0x20 or c == 0x7F for c in value):
+                if value and _CONTROL.search(value) is None:
                     return headers, value
                 new = binascii.hexlify(os.urandom(_REQUEST_ID_BYTES))
                 self._log_error(
