@@ -213,23 +213,29 @@ Mask = dict[str | int, Any]
 
 def _json_differences(spec: CompareSpec, a_body: bytes, b_body: bytes) -> list[Difference] | None:
     """Leaf differences, or None when either body is not JSON (compare as bytes then)."""
-    ok_a, a = _parse(a_body, tagged=True)
-    ok_b, b = _parse(b_body, tagged=True)
+    # Python's == differs from JSON equality only where a boolean meets a number (True == 1,
+    # 0 == False); 1 == 1.0 is JSON's too. Without a `true` or `false` literal in either
+    # body there are no booleans, and the plain parse (all in C, no hook per number) is
+    # exact. The byte test is conservative: a string that contains "true" only costs the
+    # tagged parse.
+    tagged = any(lit in body for body in (a_body, b_body) for lit in (b"true", b"false"))
+    ok_a, a = _parse(a_body, tagged=tagged)
+    ok_b, b = _parse(b_body, tagged=tagged)
     if not (ok_a and ok_b):
         return None
     if a == b:
         return []
     try:
         mask: Mask = {}
-        # Shape-only queries (names, indices, wildcards, slices, `..`) run on the tagged
-        # documents; a query with a filter reads values, so it gets plain ones.
+        # Shape-only queries (names, indices, wildcards, slices, `..`) run on the documents
+        # as parsed; a query with a filter reads values, so it gets plain ones.
         for query in spec._shape_queries:
             for doc in (a, b):
                 if _add_to_mask(mask, (node.location for node in query.find(doc))):
                     return []
         if spec._value_queries:
-            for body in (a_body, b_body):
-                _ok, plain = _parse(body, tagged=False)
+            for doc, body in ((a, a_body), (b, b_body)):
+                plain = _parse(body, tagged=False)[1] if tagged else doc
                 for query in spec._value_queries:
                     if _add_to_mask(mask, (node.location for node in query.find(plain))):
                         return []
