@@ -470,3 +470,40 @@ def test_a_repeated_diff_log_is_a_duplicate_statement(tmp_path: Path) -> None:
     (tmp_path / "a.mirror").write_text(OK + "diff_log stderr\n")
     (tmp_path / "b.mirror").write_text('diff_log "d.jsonl"\n')
     assert [d.code for d in load([tmp_path]).diagnostics] == ["duplicate-statement"]
+
+
+@pytest.mark.parametrize(
+    ("src", "expected"),
+    [
+        ("canary v2 { server http://c:1 pause after 3 failures for 500ms }", []),
+        ("canary v2 { server http://c:1 pause after 1 failures for 1h }", []),
+        ("canary v2 { server http://c:1 pause after 0 failures for 5s }", ["invalid-pause"]),
+        ("canary v2 { server http://c:1 pause after 1.5 failures for 5s }", ["invalid-pause"]),
+        ("canary v2 { server http://c:1 pause after 3 failures for 0s }", ["invalid-duration"]),
+        ("canary v2 { server http://c:1 pause after 3 failures for 5x }", ["invalid-duration"]),
+        ('request_id "X-Request-Id"', []),
+        ('request_id "X Request"', ["invalid-header-name"]),
+        ('request_id "Transfer-Encoding"', ["hop-by-hop-header"]),
+        ('request_id "X-Request-Id" request_id "X-Trace"', ["duplicate-statement"]),
+    ],
+)
+def test_pause_and_request_id_codes(src: str, expected: list[str]) -> None:
+    text = src if src.startswith("request_id") else src + " mirror all { to v2 }"
+    if src.startswith("request_id"):
+        text += "\ncanary v2 { server http://c:1 } mirror all { to v2 }"
+    assert codes("primary http://p:1\n" + text) == expected
+
+
+def test_pause_and_request_id_in_config() -> None:
+    result = loads(
+        'primary http://p:1\nrequest_id "X-Request-ID"\n'
+        "canary v2 { server http://c:1 pause after 3 failures for 500ms }\n"
+        "canary v3 { server http://c:2 }\n"
+        "mirror all { to v2, v3 }\n"
+    )
+    assert result.config is not None
+    assert result.config.request_id == "x-request-id"  # header names are case-insensitive
+    v2, v3 = result.config.canaries
+    assert v2.pause == cfg.PauseSpec(failures=3, duration_s=0.5)
+    assert v3.pause is None
+    assert loads(OK).config.request_id is None  # type: ignore[union-attr]

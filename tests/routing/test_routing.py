@@ -12,6 +12,7 @@ from sidecar.model.compare import CompareSpec
 from sidecar.model.config import (
     Config,
     DropHeader,
+    PauseSpec,
     PrimarySpec,
     RateSpec,
     RewritePath,
@@ -254,9 +255,11 @@ def test_to_json() -> None:
                 {"rewrite_path": {"pattern": "^/api/v1/", "replacement": "/api/v2/"}},
             ],
             "compare": None,
+            "pause": None,
         }
     ]
     assert data["diff_log"] is None
+    assert data["request_id"] is None
     assert data["rules"] == [
         {
             "name": "api",
@@ -288,10 +291,21 @@ def test_to_json_compare_and_diff_log() -> None:
     cfg = replace(
         config([rule("all", ["a", "b"])], canaries=[compared, canary("b")]),
         diff_log="/var/log/sidecar/diffs.jsonl",
+        request_id="x-request-id",
+    )
+    cfg = replace(
+        cfg,
+        canaries=(
+            cfg.canaries[0],
+            replace(cfg.canaries[1], pause=PauseSpec(failures=3, duration_s=0.5)),
+        ),
     )
     data = compile_table(cfg).to_json()
     assert json.loads(json.dumps(data)) == data
     assert data["diff_log"] == "/var/log/sidecar/diffs.jsonl"
+    assert data["request_id"] == "x-request-id"
+    assert data["canaries"][0]["pause"] is None
+    assert data["canaries"][1]["pause"] == {"failures": 3, "duration_s": 0.5}
     assert data["canaries"][0]["compare"] == {
         "status": True,
         "headers": ["Content-Type"],

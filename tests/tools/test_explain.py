@@ -217,3 +217,18 @@ def test_large_tables_trace_through_the_index() -> None:
         assert trace.tees == table.decide(request_view(f"GET {path}"))
         matched = [r.rule for r in trace.rules if r.failing_clause is None]
         assert matched == ([] if path == "/none" else [f"r{path[2:]}"])
+
+
+def test_a_canary_with_pause_says_what_a_pause_does() -> None:
+    result = loads(
+        "canary v1 { server http://c:1 pause after 5 failures for 30s }\n"
+        "canary v2 { server http://c:2 }\n"
+        "mirror all { to v1, v2 }\n"
+    )
+    assert result.config is not None
+    e = explain(compile_table(result.config, random=always_in), request_view("GET /x"))
+    assert to_text(e)[-2:] == [
+        "canary v1 (rule all): dispatched (dropped_paused while paused: after 5 failures"
+        " for 30s); not compared",
+        "canary v2 (rule all): dispatched; not compared",
+    ]

@@ -422,3 +422,11 @@ def test_shipped_rule_files_are_already_canonical(capsys: pytest.CaptureFixture[
     """rules/ and the compose rules are the examples people copy: `fmt --check` passes."""
     code = main(["fmt", "--check", str(ROOT / "rules"), str(ROOT / "deploy" / "compose-rules")])
     assert code == 0, capsys.readouterr().out
+
+
+def test_pause_and_request_id_are_one_line_each() -> None:
+    src = 'request_id   "X-Request-Id"\ncanary v2 {\nserver http://c:1\npause  after 3   failures for 500ms }\n'
+    assert fmt(src) == (
+        'request_id "X-Request-Id"\n\ncanary v2 {\n    server http://c:1\n'
+        "    pause after 3 failures for 500ms\n}\n"
+    )
