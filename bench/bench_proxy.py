@@ -152,7 +152,7 @@ canary target {{
     workers 32
     queue 1024
     timeout 10s
-}}
+{pause}}}
 {rule}
 """
 
@@ -196,6 +196,7 @@ class Lab:
         self.dir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports = Backends(*(free_port() for _ in range(5)))
+        self.pause = ""  # `--pause`: a `pause` statement for sidecar's canary
 
     def spawn(self, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
         proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
@@ -276,6 +277,7 @@ class Lab:
                 upstream=self.ports.upstream,
                 canary=self.canary_port(canary),
                 rule=rule,
+                pause=f"    {self.pause}\n" if self.pause else "",
             )
         )
         env = dict(os.environ)
@@ -747,6 +749,12 @@ def main() -> int:
         help="measure the sidecar of source tree TREE as NAME (repeatable; replaces the "
         "working tree's, which is NAME=. then)",
     )
+    ap.add_argument(
+        "--pause",
+        metavar="STATEMENT",
+        default="",
+        help='a pause for sidecar\'s canary, e.g. "pause after 5 failures for 30s"',
+    )
     ap.add_argument("--out", type=Path, default=OUT, help="output directory")
     args = ap.parse_args()
     seconds, rounds = (3, 1) if args.quick else (args.seconds, args.rounds)
@@ -766,6 +774,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
         lab = Lab(Path(tmp))
+        lab.pause = args.pause
         try:
             lab.start_backends()
             results, paired = measure(lab, proxies, scenarios, seconds, rounds, pairs, trees)
