@@ -275,6 +275,17 @@ def test_compare_block() -> None:
     assert isinstance(empty, ast.Compare) and empty.statements == ()
 
 
+def test_pause_and_request_id() -> None:
+    rid = one('request_id "X-Request-Id"')
+    assert isinstance(rid, ast.RequestId) and rid.header.value == "X-Request-Id"
+    canary = one("canary a { server http://c:1 pause after 3 failures for 500ms }")
+    assert isinstance(canary, ast.Canary)
+    pause = canary.statements[1]
+    assert isinstance(pause, ast.Pause)
+    assert (pause.failures.value, pause.duration.seconds) == (3, 0.5)
+    assert (pause.span.column, pause.span.end_column) == (30, 62)
+
+
 def test_diff_log() -> None:
     to_file = one('diff_log "logs/diffs.jsonl"')
     assert isinstance(to_file, ast.DiffLog) and to_file.path is not None
