@@ -1,4 +1,4 @@
-"""Reloads under load (SPEC 7): nothing lost, nothing counted twice.
+"""Reloads under load (README "The command line", reloading): nothing lost, nothing counted twice.
 
 Run by hand (needs nginx and wrk; `apt-get install nginx wrk`):
 

@@ -204,7 +204,7 @@ def test_script_never_prints_a_traceback(tmp_path: Path) -> None:
 def test_diagnostics_follow_the_configuration_order_not_file_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # SPEC 2: the files are taken in the order given. z1 is given first, so its
+    # The files are taken in the order given. z1 is given first, so its
     # problems come first, although "a1" sorts before "z1".
     syn = write(tmp_path, "z1.mirror", "canary v2 {\n")
     sem = write(tmp_path, "a1.mirror", 'mirror m { when path ~ "(" to v2 }\n')

@@ -1,4 +1,4 @@
-"""Parsing: every construct of SPEC section 3 into the AST, units, and the error catalogue."""
+"""Parsing: every construct of the rule language (docs/rules.md) into the AST, units, and the error catalogue."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The routing table: SPEC section 3 "Semantics of the routing table", steps 1-3."""
+"""The routing table: docs/rules.md "How the routing table decides", steps 1-3."""
 
 from __future__ import annotations
 

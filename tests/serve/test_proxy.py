@@ -1,4 +1,4 @@
-"""`sidecar serve` as a subprocess, on real loopback sockets: SPEC section 4 "The proxy".
+"""`sidecar serve` as a subprocess, on real loopback sockets: the proxy as docs/proxy.md and README describe it.
 
 The primary (tests/support/primary.py under hypercorn) and the canaries (tests/support/servers.py)
 run in the test's event loop; the proxy is a separate process started per module.

@@ -1,4 +1,4 @@
-"""Reloading rules without a restart (SPEC 7): `sidecar serve` subprocesses, real sockets.
+"""Reloading rules without a restart: `sidecar serve` subprocesses, real sockets.
 
 Each test starts the sidecar on free loopback ports in front of a real primary (hypercorn)
 and RecordingCanary servers in the test's loop, edits the rule file, triggers a reload
@@ -35,7 +35,7 @@ from tests.support.servers import RecordingCanary, serve_asgi, wait_until
 if TYPE_CHECKING:
     from sidecar.model.config import Config
 
-# SPEC 7: a good edit changes where tees go within a second of the trigger.
+# A good edit changes where tees go within a second of the trigger.
 SWITCH_DEADLINE_S = 1.0
 
 
@@ -237,7 +237,7 @@ async def test_removed_canary_finishes_its_jobs_within_their_deadline_counted_on
             assert len(c1.requests) == 3  # each job sent once
             for name in ("c1", "stuck"):
                 assert count(name, "dropped_full") == 0
-            # Retired pools' gauges go, their counters stay (SPEC 7).
+            # Retired pools' gauges go, their counters stay.
             await _wait_async(
                 lambda: _no_gauge(proxy, "c1"), 5.0, "the retired pool's gauges to go"
             )

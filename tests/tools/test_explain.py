@@ -195,7 +195,7 @@ def test_rules_after_every_canary_is_chosen_are_not_evaluated() -> None:
 
 
 def test_failed_clause_keeps_the_parentheses_of_a_group() -> None:
-    # SPEC 8: the source text of the first clause that failed, here the whole group.
+    # The source text of the first clause that failed, here the whole group.
     result = loads(
         "canary a { server http://c:1 }\n"
         'mirror r1 { when method == GET and (path == "/a" or path == "/b") to a }\n'

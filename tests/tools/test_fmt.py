@@ -111,7 +111,7 @@ def test_parentheses_are_kept_as_written() -> None:
 
 
 def test_end_of_line_comments_inside_an_expression_stay_at_the_end_of_their_line() -> None:
-    # SPEC 8: every comment kept where it was. The expression is broken where the
+    # Every comment kept where it was. The expression is broken where the
     # source broke it with a comment, the operator leading the continuation line.
     text = 'exclude when path == "/a"  # one\n  or path == "/b"  # two\n'
     out = fmt(text)
