@@ -54,7 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--listen", metavar="ADDR", help="proxy address host:port (overrides)")
     parser.add_argument(
-        "--admin", metavar="ADDR", help="admin address host:port (overrides, even `admin off`)"
+        "--admin",
+        metavar="ADDR",
+        help="admin address host:port, or `off` for none (overrides the files, even `admin off`)",
     )
     parser.add_argument(
         "--primary", metavar="URL", help="primary URL (replaces only the URL of `primary`)"
@@ -105,7 +107,9 @@ def apply_overrides(config: Config, opts: Options) -> Config:
     if opts.listen is not None:
         _check_flag_address("--listen", opts.listen)
         changes["listen"] = opts.listen
-    if opts.admin is not None:
+    if opts.admin == "off":  # the statement's spelling: no admin listener
+        changes["admin"] = None
+    elif opts.admin is not None:
         _check_flag_address("--admin", opts.admin)
         changes["admin"] = opts.admin
     if opts.primary is not None:

@@ -32,6 +32,7 @@ over processes) rises by N, and a bad edit is logged by each worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -57,6 +58,9 @@ log = logging.getLogger("sidecar")
 ADMIN_GRACE_S = 1.0
 # The trigger name of `POST /-/reload` (in log lines, and the one passed on to other workers).
 ADMIN_TRIGGER = "POST /-/reload"
+# The start-up probe of the primary (one TCP connect, off the request path): long enough
+# for a slow network, short enough that the warning comes with the start-up lines.
+PRIMARY_PROBE_TIMEOUT_S = 2.0
 # The collector's thresholds once serving (see tune_gc): young collections every 10,000
 # net allocations; the older generations at their defaults.
 GC_THRESHOLDS = (10_000, 10, 10)
@@ -154,8 +158,10 @@ async def _serve(
         # the backlog, so the proxy is reachable and /readyz may say so.
         runtime.ready = True
         _log_start(runtime, listen_addr, admin_addr)
+        probe = asyncio.create_task(_probe_primary(runtime))  # never delays readiness
         tune_gc()
         await stop.wait()
+        probe.cancel()
         runtime.ready = False
         log.info("shutting down: finishing in-flight requests (grace %gs)", opts.grace_s)
         await proxy_task
@@ -237,6 +243,25 @@ def _reloading(
         tasks.add(loop.create_task(reloader.watch()))
         log.info("watching the rule files of %s for changes", " ".join(opts.paths))
     return reloader, tasks
+
+
+async def _probe_primary(runtime: Runtime) -> None:
+    """Connect to the primary once after start-up and log a WARNING when it refuses: the
+    first refusal is then said clearly at start, not only in each request's 502 line."""
+    config = runtime.config
+    assert config.primary is not None
+    endpoint = config.primary.endpoint
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(endpoint.host, endpoint.port), PRIMARY_PROBE_TIMEOUT_S
+        )
+    except (OSError, TimeoutError) as exc:
+        reason = str(exc) or f"no answer in {PRIMARY_PROBE_TIMEOUT_S:g}s"
+        log.warning("primary %s refuses connections (%s)", endpoint.url, reason)
+        return
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 def _log_start(runtime: Runtime, listen: str, admin: str | None) -> None:

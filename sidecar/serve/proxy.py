@@ -316,7 +316,7 @@ class ProxyApp:
             if response_started:
                 self._log_error("primary broke off mid-response: %s", exc, request_id=ex.request_id)
                 return status  # the client got this head (then a cut-off body): count it
-            what = "unreachable" if isinstance(exc, ConnectError) else "failed"
+            what = "is unreachable" if isinstance(exc, ConnectError) else "failed"
             self._log_error("primary %s: %s: 502", what, exc, request_id=ex.request_id)
             if ex.capture is not None:
                 ex.capture.failed()

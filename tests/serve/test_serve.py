@@ -112,6 +112,37 @@ async def test_flags_override_files_and_start_line(tmp_path: Path, primary_url: 
     assert "0 rules, 0 canaries" in start[0]
 
 
+async def test_admin_off_flag_serves_without_an_admin_listener(tmp_path: Path) -> None:
+    # serve_proxy passes its own --admin first: the later `--admin off` wins.
+    rules = "primary http://127.0.0.1:1\n"
+    async with serve_proxy(tmp_path, rules, "--admin", "off", ready=False) as proxy:
+        port = int(proxy.url.rsplit(":", 1)[1])
+        await wait_until(lambda: "serving" in proxy.log(), what="the start line")
+        assert _port_open(port)
+        start = [line for line in proxy.log().splitlines() if "serving" in line]
+        assert len(start) == 1 and "admin off" in start[0], proxy.log()
+        assert not _port_open(int(proxy.admin_url.rsplit(":", 1)[1]))
+
+
+async def test_closed_primary_port_502_with_reason_and_a_start_up_warning(tmp_path: Path) -> None:
+    dead = free_port()  # bound and closed again: connecting is refused
+    async with (
+        serve_proxy(tmp_path, f"primary http://127.0.0.1:{dead}\n") as proxy,
+        httpx.AsyncClient() as client,
+    ):
+        reply = await client.get(f"{proxy.url}/x")
+        assert reply.status_code == 502
+        assert reply.reason_phrase == "Bad Gateway"
+        assert reply.text == "Bad Gateway: the primary is unreachable\n"
+
+        def warned() -> bool:
+            return f"primary http://127.0.0.1:{dead} refuses connections (" in proxy.log()
+
+        await wait_until(warned, what="the start-up warning")
+    lines = [line for line in proxy.log().splitlines() if "refuses connections" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0], proxy.log()
+
+
 async def test_sigterm_finishes_in_flight_request_then_exits_0(tmp_path: Path) -> None:
     app = PrimaryApp()
     async with serve_asgi(app) as primary_url:
