@@ -19,6 +19,7 @@ from lark import Lark, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, Une
 
 from sidecar.diagnostics import Diagnostic, Span
 from sidecar.dsl.grammar import get_parser
+from sidecar.dsl.values import SEMICOLON_HINT
 
 CODE = "syntax-error"
 ADDRESS_HINT = "an address is host:port (the port is required), such as 127.0.0.1:8080"
@@ -96,24 +97,28 @@ CATALOGUE: dict[str, list[str]] = {
     ],
     "this statement belongs inside a mirror block": ["to v2", "sample 10%"],
     "`exclude` is followed by `when`": ['exclude path == "/a"'],
-    "the block is not closed with `}`": [
-        "canary a {",
-        "canary a { server http://127.0.0.1:1",
-        "mirror a {",
-        "mirror a { to b",
-        "primary http://127.0.0.1:1 {",
-        "canary a { compare {",
-        "canary a { compare { status",
-    ],
     "a sample rate is a percentage (10%) or a fraction (0.1)": [
         "mirror a { sample all }",
         "canary a { compare { sample all } }",
     ],
     "canary names after `to` are separated by commas": ["mirror a { to b c }"],
-    'strings end on the same line (close it with `"`)': [
-        'mirror a { when path == "/a }',
-    ],
 }
+
+# Characters that are never valid and what the writer most likely meant; these hold
+# in every parser state, so they are keyed on the character alone.
+CHARACTER_HINTS: dict[str, str] = {
+    ";": SEMICOLON_HINT,
+    "'": "strings are double-quoted",
+    "&": "combine tests with `and`, not `&&`",
+    "|": "combine tests with `or`, not `||`",
+    "!": "negate a test with `not`, not `!`",
+}
+UNCLOSED_STRING_HINT = (
+    'the string is not closed on its line (end it with `"`; strings cannot span lines)'
+)
+# The keywords that start a top-level statement: found where a block's `}` could
+# come, they mean the block above was left open.
+_TOP_LEVEL = {"LISTEN", "ADMIN", "PRIMARY", "CANARY", "MIRROR", "EXCLUDE", "DIFF_LOG", "REQUEST_ID"}
 
 _DESCRIPTIONS: dict[str, str] = {
     "NAME": "a name",
@@ -230,18 +235,119 @@ def hint_for(exc: UnexpectedInput) -> str | None:
     return None if key is None else _catalogue_index().get(key)
 
 
+def _offset(exc: UnexpectedInput, text: str) -> int:
+    """Where in `text` the parse failed (the end of the text for end of file)."""
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        return exc.token.start_pos if exc.token.start_pos is not None else len(text)
+    if isinstance(exc, UnexpectedCharacters):
+        return exc.pos_in_stream or 0
+    return len(text)
+
+
+def _accepted_before(text: str, offset: int) -> set[str] | None:
+    """The terminals the parser would really take at `offset`, or None if unknown.
+
+    The contextual lexer reports every terminal of the LALR state, including
+    lookaheads that only a reduction would use (`)` or `canary` after a test inside
+    a mirror block); replaying the text before `offset` asks the parser itself.
+    """
+    try:
+        interactive = get_parser().parse_interactive(text[:offset])
+        interactive.exhaust_lexer()
+        accepted: set[str] = interactive.accepts()  # type: ignore[no-untyped-call]
+        return accepted
+    except (UnexpectedInput, RecursionError):
+        return None
+
+
+def _open_block(text: str, offset: int) -> tuple[str, int] | None:
+    """The innermost `{` still open before `offset`: its line's text up to the `{`, its line."""
+    opened: list[int] = []
+    i = 0
+    while i < offset:
+        c = text[i]
+        if c == "#":
+            end = text.find("\n", i)
+            i = offset if end < 0 else end
+        elif c == '"':
+            i += 1
+            while i < offset and text[i] not in '"\n':
+                i += 2 if text[i] == "\\" else 1
+        elif c == "{":
+            opened.append(i)
+        elif c == "}" and opened:
+            opened.pop()
+        i += 1
+    if not opened:
+        return None
+    brace = opened[-1]
+    line_start = text.rfind("\n", 0, brace) + 1
+    return text[line_start : brace + 1].strip(), text.count("\n", 0, brace) + 1
+
+
+def _unclosed_block_message(exc: UnexpectedInput, expected: set[str], text: str) -> str | None:
+    """A block left open, found at the next top-level keyword or the end of the file."""
+    if "RBRACE" not in expected:
+        return None
+    if isinstance(exc, UnexpectedToken) and exc.token.type in _TOP_LEVEL:
+        before = f"`{exc.token}` at line {exc.token.line}"
+    elif isinstance(exc, UnexpectedEOF) or (
+        isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
+    ):
+        before = "the end of the file"
+    else:
+        return None
+    block = _open_block(text, _offset(exc, text))
+    if block is None:
+        return None
+    opener, line = block
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END" and exc.token.line == line:
+        return None  # `canary a { diff_log ...`: a misplaced statement, not a missing `}`
+    return f"`{opener}` opened at line {line} is not closed before {before}: add its `}}`"
+
+
+def _character_hint(exc: UnexpectedInput, text: str) -> str | None:
+    if not isinstance(exc, UnexpectedCharacters):
+        return None
+    if exc.char == '"':
+        return UNCLOSED_STRING_HINT
+    following = text[_offset(exc, text) + 1 : _offset(exc, text) + 2]
+    if exc.char == "'":
+        quoted = re.match(r"'([^'\n\"]*)'", text[_offset(exc, text) :])
+        if quoted:
+            return f'strings are double-quoted: write "{quoted[1]}", not {quoted[0]}'
+    if exc.char == "!" and following in ("=", "~"):
+        return None  # an operator where none fits; the expected list says what does
+    return CHARACTER_HINTS.get(exc.char)
+
+
+def _unclosed_string_found(exc: UnexpectedInput, text: str) -> str:
+    """The unclosed string as written, up to the end of its line."""
+    assert isinstance(exc, UnexpectedCharacters)
+    rest = text[_offset(exc, text) :].split("\n", 1)[0].rstrip()
+    return rest[:37] + "..." if len(rest) > 40 else rest
+
+
 def syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str) -> Diagnostic:
     """Translate one lark error (the only place that does)."""
     parser = get_parser()
     if isinstance(exc, UnexpectedToken):
         expected: set[str] = set(exc.accepts or exc.expected)
     elif isinstance(exc, UnexpectedCharacters):
-        expected = set(exc.allowed or ())
+        allowed = set(exc.allowed or ())
+        expected = _accepted_before(text, _offset(exc, text)) or allowed
     elif isinstance(exc, UnexpectedEOF):
         expected = set(exc.expected)
     else:
         expected = set()
+    span = _span(exc, text, filename)
+    unclosed = _unclosed_block_message(exc, expected, text)
+    if unclosed is not None:
+        return Diagnostic(span=span, severity="error", code=CODE, message=unclosed)
     found, word = _found_text(exc, text)
+    character_hint = _character_hint(exc, text)
+    if character_hint == UNCLOSED_STRING_HINT:
+        found = _unclosed_string_found(exc, text)
     if expected:
         wanted, keywords = _expected_text(expected, parser)
         message = f"expected {wanted}, found {found}"
@@ -251,8 +357,9 @@ def syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str) -> Diagnos
     close = difflib.get_close_matches(word, keywords, n=1, cutoff=0.6) if word else []
     if close:
         message += f' (did you mean "{close[0]}"?)'
-    hint = None if close else hint_for(exc)  # a did-you-mean is the better hint
-    span = _span(exc, text, filename)
+    # A did-you-mean is the better hint; a character that is never valid beats the
+    # parser-state catalogue.
+    hint = None if close else character_hint or hint_for(exc)
     if hint in HINT_CODES and expected:
         # `admin 1.2.3.4` lexes as the number "1.2": show the whole word as written.
         span, found = _word_span(span, text)

@@ -12,6 +12,8 @@ import re
 from sidecar.http import syntax
 from sidecar.model.endpoint import Endpoint, address_problem, host_problem
 
+# Also the syntax-error catalogue's hint for a `;` anywhere else.
+SEMICOLON_HINT = 'statements do not end in ";": remove it'
 _METHOD = re.compile(r"[A-Z][A-Z0-9_-]*\Z")
 
 
@@ -54,6 +56,8 @@ def host_header_problem(value: str) -> str | None:
 
 
 def url_problem(raw: str) -> str | None:
+    if raw.endswith(";"):  # the nginx habit: a URL takes the `;` in as its last character
+        return SEMICOLON_HINT
     try:
         Endpoint.parse(raw)
     except ValueError as exc:

@@ -62,7 +62,10 @@ class Endpoint:
     @classmethod
     def parse(cls, url: str) -> Endpoint:
         """Parse an origin URL; raises ValueError saying what is wrong."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # urllib's text ("Invalid IPv6 URL") is not ours to show
+            raise ValueError("URL is malformed (an IPv6 host is written [::1])") from None
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"URL scheme must be http or https, not {parts.scheme!r}")
         if not parts.hostname:
@@ -74,14 +77,15 @@ class Endpoint:
             raise ValueError("URL must not have a path, query or fragment")
         if parts.username or parts.password:
             raise ValueError("URL must not carry credentials")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"invalid port: {exc}") from None
-        if port is None:
+        # Not `parts.port`: its ValueError carries urllib's own wording.
+        host_port = parts.netloc.rpartition("@")[2]
+        port_text = "" if host_port.endswith("]") else host_port.rpartition(":")[2]
+        if ":" not in host_port or host_port.endswith(("]", ":")):
             port = 443 if parts.scheme == "https" else 80
-        if port == 0:
-            raise ValueError("invalid port 0")
+        elif port_text.isascii() and port_text.isdigit() and 0 < int(port_text) <= MAX_PORT:
+            port = int(port_text)
+        else:
+            raise ValueError(f'port "{port_text}" is not a number in 1..{MAX_PORT}')
         scheme: Literal["http", "https"] = "https" if parts.scheme == "https" else "http"
         return cls(scheme=scheme, host=parts.hostname, port=port)
 

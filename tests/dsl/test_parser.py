@@ -234,15 +234,71 @@ def test_hint_needs_same_state_and_token() -> None:
     [
         ("canary a { wokers 8 }", 1, 12, 'found "wokers" (did you mean "workers"?)'),
         ("mirrr a {}", 1, 1, '(did you mean "mirror"?)'),
-        ("canary a {\n", 1, 11, "found end of file"),
+        ("canary a {\n", 1, 11, "not closed before the end of the file"),
         ("\x00", 1, 1, "found '\\x00'"),
-        ('exclude when path == "/a\n"', 1, 22, 'found """'),
+        ('exclude when path == "/a\n"', 1, 22, 'found "/a: the string is not closed on its line'),
     ],
 )
 def test_syntax_error_positions(src: str, line: int, column: int, fragment: str) -> None:
     _, diags = parse(src, "s.mirror")
     assert (diags[0].span.line, diags[0].span.column) == (line, column)
     assert fragment in diags[0].message
+
+
+@pytest.mark.parametrize(
+    ("src", "message"),
+    [
+        ("canary a {", "`canary a {` opened at line 1 is not closed before the end of the file"),
+        (
+            "mirror a { to b",
+            "`mirror a {` opened at line 1 is not closed before the end of the file",
+        ),
+        (
+            "primary http://127.0.0.1:1 {\n",
+            "`primary http://127.0.0.1:1 {` opened at line 1 is not closed before the end",
+        ),
+        (
+            "canary a {\n  compare { status\n\nmirror m { to a }",
+            "`compare {` opened at line 2",  # the innermost open block
+        ),
+        (
+            'canary a {  # {\n  set header "{" "x"\nmirror m { to a }',
+            "`canary a {` opened at line 1 is not closed before `mirror` at line 3",
+        ),
+    ],
+)
+def test_an_unclosed_block_is_named_with_its_line(src: str, message: str) -> None:
+    _, diags = parse(src, "u.mirror")
+    assert len(diags) == 1 and diags[0].code == "syntax-error"
+    assert message in diags[0].message and diags[0].message.endswith("add its `}`")
+
+
+@pytest.mark.parametrize(
+    ("src", "hint"),
+    [
+        ('exclude when path ^= "/a" && method == GET', "with `and`, not `&&`"),
+        ('exclude when path ^= "/a" || method == GET', "with `or`, not `||`"),
+        ("exclude when !method == GET", "with `not`, not `!`"),
+        ("canary a { workers 4; }", 'do not end in ";"'),
+        ("listen 127.0.0.1:8080;", 'do not end in ";"'),
+        ("exclude when path ^= '/a'", "write \"/a\", not '/a'"),
+    ],
+)
+def test_characters_from_other_languages_get_a_hint(src: str, hint: str) -> None:
+    _, diags = parse(src, "c.mirror")
+    assert len(diags) == 1 and hint in diags[0].message, diags[0].message
+
+
+def test_expected_lists_only_what_the_parser_takes_there() -> None:
+    # The contextual lexer's list for this state also holds `)`, `admin`, `canary`...
+    _, diags = parse('mirror m {\n when path ^= "/a" && method == GET\n to v2\n}', "e.mirror")
+    assert diags[0].message.startswith('expected one of "and", "or", "sample", "to", "when" or "}"')
+    assert '")"' not in diags[0].message and '"canary"' not in diags[0].message
+
+
+def test_a_stray_operator_gets_no_not_hint() -> None:
+    _, diags = parse('exclude when path "/a" != "/b"', "o.mirror")
+    assert "not `!`" not in diags[0].message
 
 
 def test_deep_nesting_is_a_diagnostic_not_a_crash() -> None:
