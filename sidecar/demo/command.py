@@ -56,6 +56,9 @@ EXIT_INTERRUPTED = 130
 
 RULES_PACKAGE = "sidecar.demo.rules"
 RULES_FILE = "demo.mirror"
+# Where the template's trailing comments start (0-based): kept after the ports are filled in,
+# so `--print-rules` reads as aligned as the file.
+COMMENT_COLUMN = 35
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -104,8 +107,27 @@ def rules_template() -> str:
 
 
 def render_rules(addresses: Mapping[str, str]) -> str:
-    """The demo rules with `listen`, `admin`, `primary`, `v1`, `v2` and `v3` as host:port."""
-    return Template(rules_template()).substitute(addresses)
+    """The demo rules with `listen`, `admin`, `primary`, `v1`, `v2` and `v3` as host:port,
+    each trailing comment kept in the template's comment column (COMMENT_COLUMN)."""
+    lines = []
+    for line in rules_template().splitlines():
+        code, comment = _split_comment(line)
+        code = Template(code).substitute(addresses)
+        if comment and code.strip():
+            code = code.rstrip().ljust(max(COMMENT_COLUMN, len(code.rstrip()) + 3))
+        lines.append(code + comment)
+    return "\n".join(lines) + "\n"
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """(code, `# comment`) of a template line; a `#` inside a string is code."""
+    quoted = False
+    for i, ch in enumerate(line):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "#" and not quoted:
+            return line[:i], line[i:]
+    return line, ""
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -131,7 +153,6 @@ async def _demo(args: argparse.Namespace) -> int:
     if args.print_rules:
         for sock in socks.values():
             sock.close()
-        print("# sidecar demo rules (the ports are chosen afresh on every run)")
         print(text, end="")
         return 0
     result = loads(text, f"<demo>/{RULES_FILE}")

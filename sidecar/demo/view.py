@@ -253,7 +253,8 @@ def plain_progress(doc: dict[str, Any], phase: str) -> str:
 
 
 def plain_summary(doc: dict[str, Any]) -> list[str]:
-    """The final lines: one for the primary and one `canary NAME: key=value ...` per canary."""
+    """The final lines: one for the primary and one `canary NAME: key=value ...` per canary
+    (its counts, p50 and its answers by status class, `2xx=N ... 5xx=N`)."""
     p = doc["primary"]
     codes = " ".join(f"{k}={v}" for k, v in p["responses"].items())
     lines = [
@@ -264,7 +265,8 @@ def plain_summary(doc: dict[str, Any]) -> list[str]:
     keys = ("dispatched", "completed", "failed", "panicked", *DROPS)
     for name, c in doc["canaries"].items():
         fields = " ".join(f"{k}={c[k]}" for k in keys)
-        lines.append(f"canary {name}: {fields} p50_ms={c['p50_ms']}")
+        codes = "".join(f" {k}={v}" for k, v in c["responses"].items())  # v3's 5xx among them
+        lines.append(f"canary {name}: {fields} p50_ms={c['p50_ms']}{codes}")
     for name, c in doc["canaries"].items():
         if c["match"] + c["diff"] + c["skipped"]:
             lines.append(_compared_line(name, c))

@@ -20,7 +20,7 @@ import pytest
 
 from sidecar.demo.apps import PROFILES, DemoApp, Profile
 from sidecar.demo.command import render_rules, rules_template
-from sidecar.demo.view import histogram_quantile
+from sidecar.demo.view import histogram_quantile, plain_summary
 from sidecar.dsl import loads
 
 # Start-up (a cold interpreter, imports) plus settling (v2's 2 s timeout + slack) plus room
@@ -141,6 +141,26 @@ def test_print_rules_passes_check_without_diagnostics(tmp_path: Path) -> None:
     assert v2.compare is not None and v2.compare.baseline == "v1"
     assert v2.compare.ignore == ()  # the timestamp is noise thanks to the baseline alone
     assert all("127.0.0.1:" in line for line in proc.stdout.splitlines() if "http://" in line)
+    # One header comment, and trailing comments where the template has them.
+    assert sum(line.startswith("#") for line in proc.stdout.splitlines()) == 1
+    template = rules_template().splitlines()
+    printed = proc.stdout.splitlines()
+    assert len(printed) == len(template)
+    for want, got in zip(template, printed, strict=True):
+        if "#" in want and not want.startswith("#"):
+            assert got.index("#") == want.index("#"), (want, got)
+
+
+def test_plain_summary_shows_each_canarys_answers_by_status_class() -> None:
+    canary = {k: 0 for k in ("dispatched", *SETTLE_KEYS, *DROP_KEYS, "in_flight")}
+    canary.update(match=0, diff=0, skipped=0, noise=0, p50_ms=1.0)
+    doc = {
+        "elapsed_s": 1.0,
+        "primary": {"requests": 3, "responses": {"2xx": 3}, "errors": 0, "p50_ms": 1.0, "p99_ms": 2.0},
+        "canaries": {"v3": {**canary, "responses": {"2xx": 5, "5xx": 2}}},
+    }  # fmt: skip
+    (line,) = [line for line in plain_summary(doc) if line.startswith("canary v3:")]
+    assert line.endswith(" 2xx=5 5xx=2")
 
 
 def test_rules_template_has_every_placeholder() -> None:

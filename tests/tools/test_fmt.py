@@ -42,11 +42,18 @@ def assert_same_meaning(before: str, after: str) -> None:
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_files_format_idempotently_to_the_same_configuration(path: Path) -> None:
+def test_files_format_idempotently_to_the_same_configuration(
+    path: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        pytest.skip("not UTF-8: fmt reports it and leaves it alone")
+    except UnicodeDecodeError:  # tests/dsl/cases/invalid-utf8.mirror: reported, left alone
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_bytes())
+        code, _, err = run(capsys, str(copy))
+        assert code == 1 and "[invalid-utf8]" in err, err
+        assert copy.read_bytes() == path.read_bytes()
+        return
     once, diags = format_text(text, path.name)
     if once is None:
         assert [d.code for d in diags] == ["syntax-error"]
