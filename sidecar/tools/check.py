@@ -6,11 +6,12 @@ Exit 0: no error; 1: an error (or a warning under --strict); 2: usage error.
 
 `--expect CASES` then runs route test cases against the configuration
 (sidecar/tools/expect.py): a line per case, the failures with their trace, and a
-last line `N passed, M failed`; any failing case exits 1. A cases file that is
-not valid YAML or not a list of well-formed cases is reported like a rule
-diagnostic (file:line:col and a caret) and exits 1, as a broken rule file
-does; a CASES path that cannot be read is a usage error (2). With
-`--format json` the output is one object: {"diagnostics": [...], "cases": ...}.
+last line `N passed, M failed`; any failing case exits 1. A malformed case
+fails with its diagnostic (file:line:col and a caret) and the other cases still
+run. A cases file that is not valid YAML or not a list is reported like a rule
+diagnostic and exits 1, as a broken rule file does; a CASES path that cannot be
+read is a usage error (2). With `--format json` and `--expect` the output is one
+object, not a list: {"diagnostics": [...], "cases": [...], "passed": N, "failed": M}.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--format", choices=("text", "json"), default="text", help="output format (default text)"
     )
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
-    parser.add_argument("--expect", metavar="CASES", help="a YAML file of route test cases to run")
+    parser.add_argument(
+        "--expect",
+        metavar="CASES",
+        help="a YAML file of route test cases to run (with --format json: one object, "
+        '{"diagnostics", "cases", "passed", "failed"})',
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,12 +92,12 @@ def _run_expect(args: argparse.Namespace, result: LoadResult) -> int:
     sources = dict(result.sources)
     results: list[expect.CaseResult] = []
     files = len(result.files)
+    cases: list[expect.Case | expect.BadCase] = []
     try:
         cases = expect.load_cases(text, args.expect)
     except expect.CaseFileError as exc:
         diags.append(exc.diagnostic)
         sources[args.expect] = text
-        cases = []
         files += 1  # the summary counts the cases file's problem, and the file
     if result.config is not None and not diagnostics.has_errors(diags):
         table = compile_table(result.config, random=always_in)
@@ -110,5 +116,5 @@ def _run_expect(args: argparse.Namespace, result: LoadResult) -> int:
         print(diagnostics.summary(diags, files))
         if cases and not results:
             print(f"{len(cases)} cases not run: the configuration has errors")
-        print("\n".join(expect.to_text(results)))
+        print("\n".join(expect.to_text(results, text)))
     return 1 if failed else 0

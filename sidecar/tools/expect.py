@@ -4,9 +4,11 @@ A cases file is a YAML list of mappings: `name`, `request` ("METHOD /path?query"
 optional `headers` (a mapping; a list value repeats the header), optional
 `client` (default 127.0.0.1) and `expect` (the set of canaries). The file is
 read through yaml's composer, not its constructor, so every node keeps its
-position: a malformed file or case is one `Diagnostic` pointing at the
-offending node (`case-syntax` for YAML, `invalid-case` for the shape), and
-scalars are taken as the text written (`X-User-Id: 42` is the string "42").
+position: a file that is not YAML or not a list is one `Diagnostic` pointing at
+the offending node (`case-syntax` for YAML, `invalid-case` for the shape) and no
+case runs; a malformed case is a `BadCase` carrying its `invalid-case`
+diagnostic, which fails on its own while the other cases run. Scalars are taken
+as the text written (`X-User-Id: 42` is the string "42").
 
 Running a case is `explain` on a table compiled with a random source that
 always samples in; keyed sampling is computed exactly. A canary in `expect`
@@ -21,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.diagnostics import Diagnostic, Span
+from sidecar.diagnostics import Diagnostic, Span, render
 from sidecar.routing.table import RoutingTable
 from sidecar.tools.explain import (
     DEFAULT_CLIENT,
@@ -58,14 +60,26 @@ class Case:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BadCase:
+    """A case that is not well-formed: it fails with `diagnostic`; the others still run."""
+
+    name: str  # its `name` when that is readable, else "case N" (1-based)
+    where: str  # file:line of the case
+    diagnostic: Diagnostic
+    expect: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CaseResult:
-    case: Case
+    case: Case | BadCase
     actual: tuple[str, ...]  # canaries, in the order the table chose them
     errors: tuple[str, ...]  # e.g. an unknown canary in `expect`
-    explanation: Explanation
+    explanation: Explanation | None  # None for a BadCase: nothing was explained
 
     @property
     def passed(self) -> bool:
+        if isinstance(self.case, BadCase):
+            return False
         return not self.errors and frozenset(self.actual) == self.case.expect
 
 
@@ -84,8 +98,12 @@ def _scalar(filename: str, node: yaml.Node, what: str) -> str:
     return str(node.value)
 
 
-def load_cases(text: str, filename: str) -> list[Case]:
-    """Parse a cases file. Raises CaseFileError (one positioned diagnostic) when it is not valid."""
+def load_cases(text: str, filename: str) -> list[Case | BadCase]:
+    """Parse a cases file: each case well-formed (`Case`) or not (`BadCase`).
+
+    Raises CaseFileError (one positioned diagnostic) only when the file as a whole is
+    not valid: not YAML, or not a list.
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -98,15 +116,35 @@ def load_cases(text: str, filename: str) -> list[Case]:
         return []
     if not isinstance(root, yaml.SequenceNode):
         raise _fail(filename, root, "invalid-case", "the cases file must be a YAML list of cases")
-    cases: list[Case] = []
+    cases: list[Case | BadCase] = []
     seen: set[str] = set()
-    for item in root.value:
-        case = _case(filename, item)
-        if case.name in seen:
-            raise _fail(filename, item, "invalid-case", f"duplicate case name {case.name!r}")
+    for number, item in enumerate(root.value, start=1):
+        where = f"{filename}:{item.start_mark.line + 1}"
+        try:
+            case = _case(filename, item)
+            if case.name in seen:
+                raise _fail(filename, item, "invalid-case", f"duplicate case name {case.name!r}")
+        except CaseFileError as exc:
+            name = _name_of(item) or f"case {number}"
+            cases.append(BadCase(name=name, where=where, diagnostic=exc.diagnostic))
+            continue
         seen.add(case.name)
         cases.append(case)
     return cases
+
+
+def _name_of(node: yaml.Node) -> str | None:
+    """The `name` of a (possibly malformed) case, when it has a readable one."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key_node, value_node in node.value:
+        if (
+            isinstance(key_node, yaml.ScalarNode)
+            and key_node.value == "name"
+            and isinstance(value_node, yaml.ScalarNode)
+        ):
+            return str(value_node.value)
+    return None
 
 
 def _case(filename: str, node: yaml.Node) -> Case:
@@ -179,8 +217,10 @@ def _checked(filename: str, node: yaml.Node, what: str, check: Callable[[str], o
     return text
 
 
-def run_case(table: RoutingTable, case: Case) -> CaseResult:
+def run_case(table: RoutingTable, case: Case | BadCase) -> CaseResult:
     """`explain` the case's request; `table` must be compiled with an always-in random source."""
+    if isinstance(case, BadCase):
+        return CaseResult(case=case, actual=(), errors=(case.diagnostic.message,), explanation=None)
     e = explain(table, request_view(case.request, case.headers, case.client))
     unknown = sorted(case.expect - set(table.canaries))
     errors = tuple(f"unknown canary {name!r} in expect" for name in unknown)
@@ -193,14 +233,22 @@ def summary(results: Sequence[CaseResult]) -> str:
     return f"{passed} passed, {len(results) - passed} failed"
 
 
-def to_text(results: Sequence[CaseResult]) -> list[str]:
-    """One line per passing case; name, expected, actual and the trace for each failure."""
+def to_text(results: Sequence[CaseResult], source: str = "") -> list[str]:
+    """One line per passing case; name, expected, actual and the trace for each failure.
+
+    A malformed case shows its diagnostic, rendered against `source` (the cases file).
+    """
     lines: list[str] = []
     for r in results:
         if r.passed:
             lines.append(f"ok   {r.case.name}")
             continue
         lines.append(f"FAIL {r.case.name} ({r.case.where})")
+        if isinstance(r.case, BadCase):
+            rendered = render(r.case.diagnostic, {r.case.diagnostic.span.file: source})
+            lines.extend(f"  {line}" for line in rendered.splitlines())
+            continue
+        assert r.explanation is not None  # only a BadCase has none
         lines.extend(f"  error: {err}" for err in r.errors)
         lines.append(f"  expected: [{', '.join(sorted(r.case.expect))}]")
         lines.append(f"  actual:   [{', '.join(r.actual)}]")
@@ -211,6 +259,7 @@ def to_text(results: Sequence[CaseResult]) -> list[str]:
 
 
 def to_json(results: Sequence[CaseResult]) -> dict[str, Any]:
+    """`{"cases": [...], "passed": N, "failed": M}`; a malformed case has its diagnostic."""
     return {
         "cases": [
             {
@@ -220,7 +269,10 @@ def to_json(results: Sequence[CaseResult]) -> dict[str, Any]:
                 "expected": sorted(r.case.expect),
                 "actual": list(r.actual),
                 "errors": list(r.errors),
-                "trace": explain_json(r.explanation),
+                "trace": None if r.explanation is None else explain_json(r.explanation),
+                "diagnostic": (
+                    r.case.diagnostic.to_json() if isinstance(r.case, BadCase) else None
+                ),
             }
             for r in results
         ],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import main
-from sidecar.tools.expect import CaseFileError, load_cases
+from sidecar.tools.expect import BadCase, Case, CaseFileError, load_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = str(ROOT / "rules")
@@ -101,27 +101,9 @@ def test_json_is_one_document_with_every_case(
         ("- name: a\n  request: GET /\n  expect: [v2\n", ":4:1:", "invalid YAML"),
         ("- name: a\n\trequest: GET /\n", ":2:1:", "invalid YAML"),
         ("name: a\n", ":1:1:", "must be a YAML list"),
-        ("- just a string\n", ":1:3:", "must be a mapping"),
-        ("- name: a\n  requst: GET /\n  expect: []\n", ":2:3:", "unknown key 'requst'"),
-        ("- name: a\n  expect: []\n", ":1:3:", "no 'request'"),
-        ("- name: a\n  request: GET /\n", ":1:3:", "no 'expect'"),
-        ("- name: a\n  request: GET /\n  expect: v2\n", ":3:11:", "expect must be a list"),
-        ("- name: a\n  request: fetch it\n  expect: []\n", ":2:12:", "invalid method"),
-        ("- name: a\n  request: GET /\n  client: here\n  expect: []\n", ":3:11:", "IP address"),
-        ("- name: a\n  request: GET /\n  headers: [X]\n  expect: []\n", ":3:12:", "mapping"),
-        (
-            "- name: a\n  request: GET /\n  headers: {B d: 1}\n  expect: []\n",
-            ":3:13:",
-            "Name: value",
-        ),
-        (
-            "- {name: a, request: GET /, expect: []}\n- {name: a, request: GET /, expect: []}\n",
-            ":2:3:",
-            "duplicate case name",
-        ),
     ],
 )
-def test_bad_case_files_are_positioned_diagnostics(
+def test_a_bad_cases_file_is_a_positioned_diagnostic(
     text: str, where: str, message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     cases = write(tmp_path, text)
@@ -134,6 +116,83 @@ def test_bad_case_files_are_positioned_diagnostics(
     assert out.splitlines()[-1] == "0 passed, 0 failed"
     # the summary counts the cases file's problem (4 rule files and the cases file)
     assert out.splitlines()[-2] == "1 error, 0 warnings in 5 files"
+
+
+GOOD = "- name: good\n  request: GET /admin\n  expect: []\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "where", "message"),
+    [
+        ("- just a string\n", "case 1", ":1:3:", "must be a mapping"),
+        ("- name: a\n  requst: GET /\n  expect: []\n", "a", ":2:3:", "unknown key 'requst'"),
+        ("- name: a\n  expect: []\n", "a", ":1:3:", "no 'request'"),
+        ("- name: a\n  request: GET /\n", "a", ":1:3:", "no 'expect'"),
+        ("- name: a\n  request: GET /\n  expect: v2\n", "a", ":3:11:", "expect must be a list"),
+        ("- name: a\n  request: fetch it\n  expect: []\n", "a", ":2:12:", "invalid method"),
+        (
+            "- name: a\n  request: GET /\n  client: here\n  expect: []\n",
+            "a",
+            ":3:11:",
+            "IP address",
+        ),
+        (
+            "- name: a\n  request: GET /\n  headers: [X]\n  expect: []\n",
+            "a",
+            ":3:12:",
+            "mapping",
+        ),
+        (
+            "- name: a\n  request: GET /\n  headers: {B d: 1}\n  expect: []\n",
+            "a",
+            ":3:13:",
+            "Name: value",
+        ),
+        (
+            "- {name: a, request: GET /, expect: []}\n- {name: a, request: GET /, expect: []}\n",
+            "a",
+            ":2:3:",
+            "duplicate case name",
+        ),
+    ],
+)
+def test_a_bad_case_fails_and_the_others_run(
+    text: str,
+    name: str,
+    where: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    cases = write(tmp_path, text + GOOD)
+    loaded = load_cases(text + GOOD, str(cases))
+    bad = [c for c in loaded if isinstance(c, BadCase)]
+    assert len(bad) == 1 and message in bad[0].diagnostic.message
+    assert isinstance(loaded[-1], Case) and loaded[-1].name == "good"
+    code, out = check(capsys, cases)
+    assert code == 1
+    assert f"FAIL {name} ({cases}:" in out
+    assert f"{cases}{where} error: " in out and message in out
+    assert "ok   good" in out
+    lines = out.splitlines()
+    assert lines[0] == "0 errors, 0 warnings in 4 files"  # the cases are not configuration
+    passed = sum(line.startswith("ok ") for line in lines)
+    assert lines[-1] == f"{passed} passed, 1 failed" and passed >= 1
+
+
+def test_a_bad_case_in_json_is_a_failed_case_with_its_diagnostic(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cases = write(tmp_path, "- name: b\n  requst: GET /\n  expect: []\n" + GOOD)
+    code, out = check(capsys, cases, "--format", "json")
+    doc = json.loads(out)
+    assert code == 1
+    assert (doc["passed"], doc["failed"], doc["diagnostics"]) == (1, 1, [])
+    bad, good = doc["cases"]
+    assert (bad["name"], bad["passed"], bad["trace"]) == ("b", False, None)
+    assert bad["diagnostic"]["code"] == "invalid-case" and bad["diagnostic"]["line"] == 2
+    assert "unknown key 'requst'" in bad["errors"][0]
+    assert (good["name"], good["passed"], good["diagnostic"]) == ("good", True, None)
 
 
 @pytest.mark.parametrize("text", ["", "\n", "# no cases yet\n", "[]\n"])
@@ -172,6 +231,6 @@ def test_scalars_are_taken_as_written() -> None:
         "  expect: []\n",
         "c.yaml",
     )
-    assert case.name == "7"
+    assert isinstance(case, Case) and case.name == "7"
     assert case.headers == ("X-Id: 007", "X-On: yes", "X-Many: 1", "X-Many: 2")
     assert case.client == "127.0.0.1" and case.where == "c.yaml:1"
