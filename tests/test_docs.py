@@ -141,6 +141,47 @@ def test_readme_names_every_command_and_metric() -> None:
             assert f"`{shown}`" in text, shown
 
 
+def test_readme_tour_is_rules_dir() -> None:
+    """The tour's one block is rules/'s files one after another, each after a marker line."""
+    text = README.read_text(encoding="utf-8")
+    tour = text.split("## A tour of a rule file", 1)[1].split("\n## ", 1)[0]
+    (block,) = [b for lang, b in FENCE.findall(tour) if lang == "mirror"]
+    files = sorted((ROOT / "rules").glob("*.mirror"))
+    expected = "\n".join(
+        f"# ---- rules/{f.name} ----\n" + f.read_text(encoding="utf-8") for f in files
+    )
+    assert block == expected
+
+
+CONSOLE_COMMAND = re.compile(r"^\$ sidecar (?P<args>.+)$", re.MULTILINE)
+
+
+def test_readme_console_output_is_current(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each `$ sidecar check|explain ...` in README's console blocks prints what follows it."""
+    import shlex
+
+    shown = 0
+    for lang, block in FENCE.findall(README.read_text(encoding="utf-8")):
+        if lang != "console":
+            continue
+        commands = list(CONSOLE_COMMAND.finditer(block))
+        for i, m in enumerate(commands):
+            args = shlex.split(m["args"])
+            if args[0] not in ("check", "explain"):
+                continue
+            end = commands[i + 1].start() if i + 1 < len(commands) else len(block)
+            expected = block[m.end() + 1 : end]
+            cwd = os.getcwd()
+            os.chdir(ROOT)  # the commands name rules/ relative to the checkout
+            try:
+                cli_main(args)
+            finally:
+                os.chdir(cwd)
+            assert capsys.readouterr().out == expected, m["args"]
+            shown += 1
+    assert shown >= 3
+
+
 # --- the documented `check` output --------------------------------------------------------------
 
 OUTPUT = re.compile(
