@@ -29,7 +29,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     (
         "demo",
         "sidecar.demo.command",
-        "run a loopback demo: primary, two canaries, the proxy, traffic",
+        "run a loopback demo: a primary, three canaries, the proxy, traffic",
     ),
 )
 
@@ -49,12 +49,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sidecar",
         description="A request-shadowing reverse proxy: tees sampled requests to canaries.",
+        epilog="Every command and flag: docs/cli.md. The rule language: docs/rules.md.",
     )
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, module_name, help_text in COMMANDS:
-        cmd_parser = sub.add_parser(name, help=help_text, description=help_text)
+        cmd_parser = sub.add_parser(
+            name, help=help_text, description=help_text, epilog=f"See docs/cli.md#sidecar-{name}."
+        )
         if name != chosen:
             continue  # not imported: argparse never reaches this command's parser
         try:

@@ -66,11 +66,19 @@ def assert_valid(text: str, where: str) -> None:
     assert result.config is not None and not errors, f"{where}: {errors}"
 
 
+# The route test cases' codes (sidecar/tools/expect.py, `check --expect`): not the
+# validator's, documented in the same table and chapter.
+CASE_CODES = {
+    "case-syntax": "a route test cases file (`check --expect`) is not valid YAML",
+    "invalid-case": "a route test case (`check --expect`) is malformed, or the cases file is not a list of cases",
+}
+
+
 def test_every_code_has_a_row_and_a_section() -> None:
     text = RULES_MD.read_text(encoding="utf-8")
     sections = SECTION.findall(diagnostics_part(text)[1])
-    assert sorted(sections) == sorted(CODES)
-    for code, description in CODES.items():
+    assert sorted(sections) == sorted({**CODES, **CASE_CODES})
+    for code, description in {**CODES, **CASE_CODES}.items():
         severity = "warning" if description.startswith("warning: ") else "error"
         row = f"| [`{code}`](#{code}) | {severity} | {description.removeprefix('warning: ')} |"
         assert row in text, f"docs/rules.md: the table row of {code} differs from CODES"
@@ -95,6 +103,38 @@ def test_invalid_examples_give_their_code(line: int, text: str) -> None:
     assert code is not None, f"docs/rules.md:{line}: a bad example outside a code section"
     result = loads(text, f"docs/rules.md:{line}")
     assert code in {d.code for d in result.diagnostics}
+
+
+CASE_EXAMPLE = re.compile(
+    r"^Bad[^\n]*:\n\n```yaml\n(?P<bad>.*?)^```\n\n```text\n"
+    r"\$ sidecar check rules/ --expect bad\.yaml\n(?P<out>.*?)^```\n\nFixed:\n\n```yaml\n(?P<fixed>.*?)^```$",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+@pytest.mark.parametrize("code", sorted(CASE_CODES))
+def test_case_code_examples(code: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each case code's section: the bad cases file gives the output shown (the lines shown
+    appear in order in the real output) and the fixed one passes."""
+    _, part = diagnostics_part(RULES_MD.read_text(encoding="utf-8"))
+    section = part.split(f"### `{code}`\n", 1)[1].split("\n### ", 1)[0]
+    m = CASE_EXAMPLE.search(section)
+    assert m is not None, code
+    (tmp_path / "rules").mkdir()
+    for f in (ROOT / "rules").glob("*.mirror"):
+        (tmp_path / "rules" / f.name).write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # so that the output names `bad.yaml` and `rules/`
+    try:
+        (tmp_path / "bad.yaml").write_text(m["bad"], encoding="utf-8")
+        assert cli_main(["check", "rules/", "--expect", "bad.yaml"]) == 1
+        out = capsys.readouterr().out
+        assert f"[{code}]" in out
+        assert m["out"] in out, out
+        (tmp_path / "bad.yaml").write_text(m["fixed"], encoding="utf-8")
+        assert cli_main(["check", "rules/", "--expect", "bad.yaml"]) == 0
+    finally:
+        os.chdir(cwd)
 
 
 def test_enough_examples() -> None:

@@ -73,7 +73,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="processes sharing the listen address (default 1)",
+        help=(
+            "processes sharing the listen address (default 1); each has its own canary pools,"
+            " so workers/queue/rate apply per process (docs/cli.md)"
+        ),
     )
     parser.add_argument(
         "--watch",
