@@ -197,11 +197,13 @@ CONSOLE_COMMAND = re.compile(r"^\$ sidecar (?P<args>.+)$", re.MULTILINE)
 
 
 def test_readme_console_output_is_current(capsys: pytest.CaptureFixture[str]) -> None:
-    """Each `$ sidecar check|explain ...` in README's console blocks prints what follows it."""
+    """Each `$ sidecar check|explain ...` in the console blocks of README and docs/cli.md
+    prints what follows it."""
     import shlex
 
     shown = 0
-    for lang, block in FENCE.findall(README.read_text(encoding="utf-8")):
+    text = README.read_text(encoding="utf-8") + (ROOT / "docs" / "cli.md").read_text("utf-8")
+    for lang, block in FENCE.findall(text):
         if lang != "console":
             continue
         commands = list(CONSOLE_COMMAND.finditer(block))
@@ -219,7 +221,7 @@ def test_readme_console_output_is_current(capsys: pytest.CaptureFixture[str]) ->
                 os.chdir(cwd)
             assert capsys.readouterr().out == expected, m["args"]
             shown += 1
-    assert shown >= 3
+    assert shown >= 4
 
 
 # --- the documented `check` output --------------------------------------------------------------
