@@ -7,7 +7,7 @@
 # --- build: the same wheel `pip wheel .` builds on a developer machine -----------------------
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE MANIFEST.in build_hooks.py ./
 COPY sidecar ./sidecar
 COPY grammar ./grammar
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
