@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
-import signal
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.support.serve import ServeProcess, free_port, sidecar_command
+from tests.support.serve import ServeProcess, serve_proxy
 
 _TCP_CLOSE_WAIT = "08"  # the state column of /proc/net/tcp
 
@@ -24,36 +21,8 @@ async def serve_limited(
     tmp_path: Path, rules: str, *args: str, nofile: int
 ) -> AsyncIterator[ServeProcess]:
     """serve_proxy's process, started with RLIMIT_NOFILE lowered to `nofile`."""
-    rules_file = tmp_path / f"limited-{free_port()}.mirror"
-    rules_file.write_text(rules)
-    listen = f"127.0.0.1:{free_port()}"
-    admin = f"127.0.0.1:{free_port()}"
-    log = rules_file.with_suffix(".log")
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            sidecar_command("serve", str(rules_file), "--listen", listen, "--admin", admin, *args),
-            stdout=err,
-            stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=limit,
-        )
-    served = ServeProcess(proc, listen, admin, log)
-    try:
-        await served.wait_ready()
+    async with serve_proxy(tmp_path, rules, *args, nofile=nofile) as served:
         yield served
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await served.wait_exit()
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
 
 
 def open_fds(pid: int) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -96,9 +97,15 @@ class ServeProcess:
 
 @contextlib.asynccontextmanager
 async def serve_proxy(
-    tmp_path: Path, rules: str, *args: str, ready: bool = True
+    tmp_path: Path, rules: str, *args: str, ready: bool = True, nofile: int | None = None
 ) -> AsyncIterator[ServeProcess]:
-    """Write `rules` to a file, start `sidecar serve` on free ports, wait for /readyz."""
+    """Write `rules` to a file, start `sidecar serve` on free ports, wait for /readyz.
+    `nofile`: the process's RLIMIT_NOFILE (soft and hard), to exhaust descriptors."""
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     rules_file = tmp_path / f"rules-{free_port()}.mirror"
     rules_file.write_text(rules)
     listen = f"127.0.0.1:{free_port()}"
@@ -110,6 +117,7 @@ async def serve_proxy(
             stdout=err,
             stderr=err,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit if nofile is not None else None,
         )
     served = ServeProcess(proc, listen, admin, log)
     try:
