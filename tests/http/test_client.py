@@ -268,6 +268,26 @@ async def test_keep_alive_reuse() -> None:
         assert pool.idle_connections == 1
 
 
+async def test_idle_connections_past_the_idle_timeout_are_closed_without_traffic() -> None:
+    """After a burst, the idle sockets are closed once idle_timeout passes, although no
+    request comes to find them stale (they would otherwise hold descriptors until the
+    server closes them, or forever)."""
+    async with (
+        Server(h11_server(hello)) as server,
+        ConnectionPool(server.endpoint, max_connections=8, idle_timeout_s=0.2) as pool,
+    ):
+        responses = await asyncio.gather(
+            *(pool.request(b"GET", b"/", get_headers(server)) for _ in range(8))
+        )
+        for resp in responses:
+            assert await resp.aread() == b"hello"
+        assert pool.idle_connections == 8
+        await eventually(lambda: pool.open_connections == 0)
+        assert pool.idle_connections == 0
+        resp = await pool.request(b"GET", b"/", get_headers(server))  # the pool still works
+        assert await resp.aread() == b"hello"
+
+
 async def test_max_connections_never_exceeded() -> None:
     limit = 4
     gate = asyncio.Event()
