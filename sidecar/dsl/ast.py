@@ -63,6 +63,60 @@ class Ratio:
     span: Span
 
 
+# --- TLS: the `tls { ... }` block of a primary or canary, and `listen`'s certificate ---
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsCa:
+    """`ca "ca.pem"`: trust these CAs (a PEM bundle) instead of the system's store."""
+
+    path: Str  # as written; relative to the rule file's directory
+    span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsVerify:
+    """`verify on` / `verify off`: check the server's certificate and name (default on)."""
+
+    on: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsCert:
+    """`cert "x.pem"`: a certificate chain (PEM); a client certificate, or `listen`'s."""
+
+    path: Str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsKey:
+    """`key "x.key"`: the private key (PEM) of the `cert` beside it."""
+
+    path: Str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsServerName:
+    """`server_name "api.internal"`: the SNI sent and the name checked."""
+
+    name: Str
+    span: Span
+
+
+TlsStatement = TlsCa | TlsVerify | TlsCert | TlsKey | TlsServerName
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tls:
+    """`tls { ... }` inside a primary or canary."""
+
+    statements: tuple[TlsStatement, ...]
+    span: Span
+
+
 # --- top level statements -------------------------------------------------------
 
 
@@ -70,6 +124,10 @@ class Ratio:
 class Listen:
     address_raw: str  # as written: `0.0.0.0:8080`, `[::1]:8080`, `localhost:8080`
     span: Span
+    # `listen ADDR { cert "..." key "..." }`: TLS for clients. `braces`: written with a block.
+    statements: tuple[TlsCert | TlsKey, ...] = ()
+    braces: bool = False
+    address_span: Span | None = None  # the ADDRESS token (None: the statement's last token)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,7 +152,7 @@ class PrimaryIdleTimeout:
     span: Span
 
 
-PrimaryStatement = PrimaryTimeout | PrimaryIdleTimeout
+PrimaryStatement = PrimaryTimeout | PrimaryIdleTimeout | Tls
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,6 +337,7 @@ CanaryStatement = (
     | RewritePath
     | Compare
     | Pause
+    | Tls
 )
 
 

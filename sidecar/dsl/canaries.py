@@ -6,6 +6,7 @@ from sidecar.diagnostics import Span
 from sidecar.dsl import ast, values
 from sidecar.dsl.compares import check_compare
 from sidecar.dsl.report import Report
+from sidecar.dsl.tls import check_tls
 from sidecar.model import config as cfg
 from sidecar.model.endpoint import Endpoint
 
@@ -23,6 +24,7 @@ _SINGLE = {
     ast.Host: "host",
     ast.Compare: "compare",
     ast.Pause: "pause",
+    ast.Tls: "tls",
 }
 # Consecutive failures before a pause: past a million the statement means nothing.
 MAX_PAUSE_FAILURES = 1_000_000
@@ -95,6 +97,9 @@ def check_canary(node: ast.Canary, r: Report) -> cfg.CanarySpec | None:
             fields["compare"] = check_compare(node.name, st, r)
         elif isinstance(st, ast.Pause):
             fields["pause"] = _pause(st, r)
+        elif isinstance(st, ast.Tls):
+            urls = [s.url for s in node.statements if isinstance(s, ast.Server)]
+            fields["tls"] = check_tls(st, urls, r)
         else:
             r.check("invalid-regex", st.pattern.span, values.regex_problem(st.pattern.value))
             problem = values.replacement_problem(st.pattern.value, st.replacement.value)

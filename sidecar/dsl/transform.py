@@ -131,8 +131,14 @@ class AstBuilder:
     def start(self, c: list[ast.TopLevel]) -> tuple[ast.TopLevel, ...]:
         return tuple(c)
 
-    def listen(self, c: list[Token]) -> ast.Listen:  # "listen" ADDRESS
-        return ast.Listen(address_raw=str(c[1]), span=self._span(c[0], c[1]))
+    def listen(self, c: list[Child]) -> ast.Listen:  # "listen" ADDRESS ("{" _listen_stmt* "}")?
+        return ast.Listen(
+            address_raw=str(c[1]),
+            span=self._span(c[0], c[-1]),
+            statements=tuple(c[3:-1]),
+            braces=len(c) > 2,
+            address_span=self._tspan(c[1]),
+        )
 
     def admin(self, c: list[Token]) -> ast.Admin:  # "admin" ADDRESS
         return ast.Admin(address_raw=str(c[1]), span=self._span(c[0], c[1]))
@@ -164,6 +170,29 @@ class AstBuilder:
 
     def request_id(self, c: list[Token]) -> ast.RequestId:  # "request_id" STRING
         return ast.RequestId(header=self._str(c[1]), span=self._span(c[0], c[1]))
+
+    # --- tls blocks ------------------------------------------------------------------
+
+    def tls(self, c: list[Child]) -> ast.Tls:  # "tls" "{" _tls_stmt* "}"
+        return ast.Tls(statements=tuple(c[2:-1]), span=self._span(c[0], c[-1]))
+
+    def tls_ca(self, c: list[Token]) -> ast.TlsCa:  # "ca" STRING
+        return ast.TlsCa(path=self._str(c[1]), span=self._span(c[0], c[1]))
+
+    def tls_verify_on(self, c: list[Token]) -> ast.TlsVerify:  # "verify" ON
+        return ast.TlsVerify(on=True, span=self._span(c[0], c[1]))
+
+    def tls_verify_off(self, c: list[Token]) -> ast.TlsVerify:  # "verify" "off"
+        return ast.TlsVerify(on=False, span=self._span(c[0], c[1]))
+
+    def tls_cert(self, c: list[Token]) -> ast.TlsCert:  # "cert" STRING
+        return ast.TlsCert(path=self._str(c[1]), span=self._span(c[0], c[1]))
+
+    def tls_key(self, c: list[Token]) -> ast.TlsKey:  # "key" STRING
+        return ast.TlsKey(path=self._str(c[1]), span=self._span(c[0], c[1]))
+
+    def tls_server_name(self, c: list[Token]) -> ast.TlsServerName:  # "server_name" STRING
+        return ast.TlsServerName(name=self._str(c[1]), span=self._span(c[0], c[1]))
 
     # --- canaries --------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from sidecar.dsl import ast, values
 from sidecar.dsl.canaries import check_canary
 from sidecar.dsl.compares import check_baselines, check_diff_log
 from sidecar.dsl.report import Report
+from sidecar.dsl.tls import check_listen_tls, check_tls
 from sidecar.model import config as cfg
 from sidecar.model.endpoint import Endpoint, address_problem
 
@@ -62,9 +63,14 @@ CODES: dict[str, str] = {
     "self-baseline": "a canary names itself as its `baseline`",
     "baseline-chain": "a `baseline` names a canary that has a baseline of its own (baselines do not chain)",
     "invalid-pause": "`pause after N failures` has an N that is not a whole number of at least 1",
+    "invalid-tls-file": "a `tls` or `listen` file (ca, cert, key) is missing, unreadable, not PEM of the right kind (certificates for ca and cert, an unencrypted private key for key) or not loadable",
+    "tls-key-mismatch": "a `key` does not belong to the `cert` beside it",
+    "incomplete-tls": "a `cert` without its `key`, or a `key` without its `cert`",
+    "invalid-server-name": "a `server_name` is not a valid DNS name or IP address",
     "invalid-diff-log": "a `diff_log` path is empty, is a directory, or is in a directory that does not exist",
     "unused-canary": "warning: a canary that no mirror rule sends to",
     "unreachable-rule": "warning: earlier rules without `when` at 100% already take all of this rule's canaries",
+    "tls-without-https": "warning: a `tls` block in a primary or canary that has no https:// URL",
     "no-primary": "warning: no `primary` in the configuration (`serve` then needs --primary)",
     "baseline-not-sent": "warning: a rule sends to a canary with a `baseline` but not to the baseline, so noise cannot be removed for its requests",
 }
@@ -89,6 +95,7 @@ class _Validator:
         self.complete = complete
         self.r = Report()
         self.listen: ast.Listen | None = None
+        self.listen_tls: cfg.ListenTlsSpec | None = None
         self.admin: ast.Admin | None = None
         self.primary: cfg.PrimarySpec | None = None
         self.primary_node: ast.Primary | None = None
@@ -113,6 +120,7 @@ class _Validator:
         specs = tuple(spec for _, spec in self.canaries.values() if spec is not None)
         config = cfg.Config(
             listen=self.listen.address_raw if self.listen else cfg.DEFAULT_LISTEN,
+            listen_tls=self.listen_tls,
             admin=self.admin.address_raw if self.admin else cfg.DEFAULT_ADMIN,
             primary=self.primary,
             canaries=specs,
@@ -133,7 +141,12 @@ class _Validator:
             if r.once("listen", stmt.span, (self.listen.span if self.listen else None)):
                 self.listen = stmt
             problem = address_problem(stmt.address_raw)
-            r.check("invalid-address", _value_span(stmt.span, stmt.address_raw), problem)
+            where = stmt.address_span or _value_span(stmt.span, stmt.address_raw)
+            r.check("invalid-address", where, problem)
+            if stmt.braces:
+                tls = check_listen_tls(stmt, r)
+                if self.listen is stmt:
+                    self.listen_tls = tls
         elif isinstance(stmt, ast.Admin):
             if r.once("admin", stmt.span, (self.admin.span if self.admin else None)):
                 self.admin = stmt
@@ -190,17 +203,28 @@ class _Validator:
         idle_s = cfg.DEFAULT_PRIMARY_IDLE_TIMEOUT_S
         seen: Span | None = None
         seen_idle: Span | None = None
+        seen_tls: Span | None = None
+        tls: cfg.TlsSpec | None = None
+        tls_ok = True
         for st in node.statements:
-            if isinstance(st, ast.PrimaryIdleTimeout):
+            if isinstance(st, ast.Tls):
+                if r.once("tls", st.span, seen_tls):
+                    seen_tls = st.span
+                    tls = check_tls(st, [node.url], r)
+                    tls_ok = tls is not None
+            elif isinstance(st, ast.PrimaryIdleTimeout):
                 if r.once("idle_timeout", st.span, seen_idle):
                     seen_idle = st.span
                     idle_s = r.duration(st.duration) or idle_s
             elif r.once("timeout", st.span, seen):
                 seen = st.span
                 timeout_s = r.duration(st.duration) or timeout_s
-        if url_ok:
+        if url_ok and tls_ok:
             self.primary = cfg.PrimarySpec(
-                endpoint=Endpoint.parse(node.url), timeout_s=timeout_s, idle_timeout_s=idle_s
+                endpoint=Endpoint.parse(node.url),
+                timeout_s=timeout_s,
+                idle_timeout_s=idle_s,
+                tls=tls,
             )
 
     # --- mirror rules ----------------------------------------------------------------

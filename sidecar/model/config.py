@@ -16,6 +16,8 @@ from sidecar.diagnostics import Span
 from sidecar.model.compare import CompareSpec
 from sidecar.model.endpoint import Endpoint
 from sidecar.model.expr import Expr, SampleKey
+from sidecar.model.tls import ListenTlsSpec as ListenTlsSpec
+from sidecar.model.tls import TlsSpec as TlsSpec
 
 # The configuration `check`, `serve`, `explain`, `fmt` and the rest read when given no PATH.
 DEFAULT_RULES = "rules/"
@@ -106,6 +108,7 @@ class CanarySpec:
     # canary a new pool, like any other change to its block.
     compare: CompareSpec | None = None  # None: responses are not compared
     pause: PauseSpec | None = None  # None: never paused (the connect back-off still applies)
+    tls: TlsSpec | None = None  # None: https servers verified against the system trust store
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -125,6 +128,7 @@ class PrimarySpec:
     endpoint: Endpoint
     timeout_s: float = DEFAULT_PRIMARY_TIMEOUT_S  # until the response head arrives
     idle_timeout_s: float = DEFAULT_PRIMARY_IDLE_TIMEOUT_S  # longest pause in either body
+    tls: TlsSpec | None = None  # None: an https primary is verified against the system store
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.idle_timeout_s <= 0:
@@ -162,6 +166,7 @@ class SourceFile:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     listen: str = DEFAULT_LISTEN  # host:port ([v6]:port)
+    listen_tls: ListenTlsSpec | None = None  # None: plain HTTP (and h2c) for clients
     admin: str | None = DEFAULT_ADMIN  # None: `admin off`
     primary: PrimarySpec | None = None
     canaries: tuple[CanarySpec, ...] = ()  # in configuration order
