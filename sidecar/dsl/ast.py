@@ -12,7 +12,7 @@ compilation read these nodes; they never re-read the source text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from sidecar.diagnostics import Span
@@ -127,7 +127,8 @@ class Listen:
     # `listen ADDR { cert "..." key "..." }`: TLS for clients. `braces`: written with a block.
     statements: tuple[TlsCert | TlsKey, ...] = ()
     braces: bool = False
-    address_span: Span | None = None  # the ADDRESS token (None: the statement's last token)
+    # The ADDRESS token (None: the statement's last token); not part of equality.
+    address_span: Span | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import ssl
-from collections.abc import Callable
 
 from sidecar.diagnostics import Span
 from sidecar.dsl import ast
@@ -69,7 +68,7 @@ def check_tls(node: ast.Tls, urls: list[str], r: Report) -> TlsSpec | None:
             if data is not None:
                 digest.update(data)
                 ca = _resolve(st.path)
-                _load(r, st.path.span, lambda: client_context(ca=ca), "a CA bundle")
+                _load_ca(r, st.path.span, ca)
         elif isinstance(st, ast.TlsVerify):
             verify = st.on
         elif isinstance(st, ast.TlsCert):
@@ -138,21 +137,25 @@ def _read(path: ast.Str, kind: str, r: Report) -> bytes | None:
     """The file's bytes if it is readable PEM holding a `kind` ("certificate" or "key")."""
     raw = path.value
     full = _resolve(path)
-    relative = "" if os.path.isabs(raw) else " (a relative path starts at the rule file's directory)"
+    # As the user can find it: relative to where sidecar runs when the rule file's name was.
+    shown = os.path.normpath(os.path.join(os.path.dirname(path.span.file), raw))
+    relative = (
+        "" if os.path.isabs(raw) else " (a relative path starts at the rule file's directory)"
+    )
     if not raw or "\0" in raw:
         r.error("invalid-tls-file", path.span, "a file name is needed here")
         return None
     if not os.path.exists(full):
-        r.error("invalid-tls-file", path.span, f'file "{full}" does not exist{relative}')
+        r.error("invalid-tls-file", path.span, f'file "{shown}" does not exist{relative}')
         return None
     if not os.path.isfile(full):
-        r.error("invalid-tls-file", path.span, f'"{full}" is not a regular file')
+        r.error("invalid-tls-file", path.span, f'"{shown}" is not a regular file')
         return None
     try:
         with open(full, "rb") as f:
             data = f.read(MAX_PEM_BYTES + 1)
     except OSError as exc:
-        r.error("invalid-tls-file", path.span, f'cannot read "{full}": {exc.strerror or exc}')
+        r.error("invalid-tls-file", path.span, f'cannot read "{shown}": {exc.strerror or exc}')
         return None
     if len(data) > MAX_PEM_BYTES:
         r.error("invalid-tls-file", path.span, f'"{raw}" is larger than 1 MiB: not a PEM file')
@@ -180,14 +183,12 @@ def _kind_problem(data: bytes, kind: str) -> str | None:
     return "is not a PEM private key (no -----BEGIN PRIVATE KEY----- line)"
 
 
-def _load(r: Report, span: Span, load: Callable[[], object], what: str) -> bool:
-    """Run `load` (a context builder); report OpenSSL's refusal as not being `what`."""
+def _load_ca(r: Report, span: Span, ca: str) -> None:
+    """Load the bundle as serving will; report OpenSSL's refusal."""
     try:
-        load()
+        client_context(ca=ca)
     except (ssl.SSLError, OSError, ValueError) as exc:
-        r.error("invalid-tls-file", span, f"not {what} OpenSSL can load: {_reason(exc)}")
-        return False
-    return True
+        r.error("invalid-tls-file", span, f"not a CA bundle OpenSSL can load: {_reason(exc)}")
 
 
 def _reason(exc: BaseException) -> str:

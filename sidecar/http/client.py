@@ -42,6 +42,7 @@ from sidecar.http.connection import (
     open_connection,
 )
 from sidecar.http.syntax import Origin
+from sidecar.http.tls import client_context
 
 __all__ = [
     "ClientError",
@@ -153,8 +154,11 @@ class ConnectionPool:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
-        """`ssl_context` is for https endpoints only; the default verifies against system CAs."""
+        """`ssl_context` is for https endpoints only; the default verifies against system CAs.
+        `server_name`: the SNI sent and the name checked, instead of the endpoint's host.
+        Pass one context for all pools of a server: building one loads the trust store."""
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.endpoint = endpoint
@@ -169,8 +173,9 @@ class ConnectionPool:
         self._reaper: asyncio.TimerHandle | None = None
         self._conns: set[Connection] = set()  # every open connection, idle or busy
         self._ssl: ssl.SSLContext | None = None
+        self._server_name = server_name
         if endpoint.scheme == "https":
-            self._ssl = ssl_context or ssl.create_default_context()
+            self._ssl = ssl_context or client_context()
         self._closed = False
 
     @property
@@ -265,7 +270,10 @@ class ConnectionPool:
 
     async def _connect(self) -> Connection:
         conn = await open_connection(
-            self.endpoint, timeout_s=self._connect_timeout_s, ssl_context=self._ssl
+            self.endpoint,
+            timeout_s=self._connect_timeout_s,
+            ssl_context=self._ssl,
+            server_name=self._server_name,
         )
         if self._closed:  # aclose() ran while we were connecting
             conn.close(abort=True)

@@ -133,8 +133,14 @@ def _translate(exc: BaseException, phase: Literal["connect", "read", "write"]) -
 
 
 async def open_connection(
-    endpoint: Origin, *, timeout_s: float, ssl_context: ssl.SSLContext | None
+    endpoint: Origin,
+    *,
+    timeout_s: float,
+    ssl_context: ssl.SSLContext | None,
+    server_name: str | None = None,
 ) -> Connection:
+    """Connect (and with `ssl_context`, handshake: SNI and the name checked are
+    `server_name`, else the endpoint's host) within `timeout_s`."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout_s):
@@ -143,7 +149,7 @@ async def open_connection(
                 endpoint.host,
                 endpoint.port,
                 ssl=ssl_context,
-                server_hostname=endpoint.host if ssl_context is not None else None,
+                server_hostname=(server_name or endpoint.host) if ssl_context is not None else None,
             )
     except _FOREIGN as exc:
         raise _translate(exc, "connect") from exc

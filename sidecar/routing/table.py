@@ -60,6 +60,7 @@ from sidecar.model.config import (
     SampleSpec,
     SetHeader,
 )
+from sidecar.model.tls import TlsSpec
 from sidecar.routing.predicates import Check, Predicate, compile_expr
 from sidecar.routing.request import RequestView, ValueSet
 from sidecar.routing.rule_index import RuleIndex
@@ -351,6 +352,9 @@ class RoutingTable:
         cfg = self.config
         return {
             "listen": cfg.listen,
+            "listen_tls": None
+            if cfg.listen_tls is None
+            else {"cert": cfg.listen_tls.cert, "key": cfg.listen_tls.key},
             "admin": cfg.admin,
             "primary": None
             if cfg.primary is None
@@ -358,6 +362,7 @@ class RoutingTable:
                 "url": cfg.primary.endpoint.url,
                 "timeout_s": cfg.primary.timeout_s,
                 "idle_timeout_s": cfg.primary.idle_timeout_s,
+                "tls": _tls_json(cfg.primary.tls),
             },
             "diff_log": cfg.diff_log,
             "request_id": cfg.request_id,
@@ -409,6 +414,19 @@ def _canary_json(c: CanarySpec) -> dict[str, Any]:
         "pause": None
         if c.pause is None
         else {"failures": c.pause.failures, "duration_s": c.pause.duration_s},
+        "tls": _tls_json(c.tls),
+    }
+
+
+def _tls_json(t: TlsSpec | None) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    return {
+        "ca": t.ca,
+        "verify": t.verify,
+        "cert": t.cert,
+        "key": t.key,
+        "server_name": t.server_name,
     }
 
 

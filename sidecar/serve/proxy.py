@@ -72,6 +72,7 @@ from sidecar.serve.runtime import Runtime, Snapshot
 from sidecar.serve.stall import ExchangeClock
 from sidecar.serve.upload import Upload, UploadAborted
 from sidecar.shadow.compare.primary import PrimaryCapture
+from sidecar.shadow.errors import TLS, classify
 from sidecar.shadow.tees import RequestTees
 
 log = logging.getLogger("sidecar.proxy")
@@ -317,6 +318,8 @@ class ProxyApp:
                 self._log_error("primary broke off mid-response: %s", exc, request_id=ex.request_id)
                 return status  # the client got this head (then a cut-off body): count it
             what = "is unreachable" if isinstance(exc, ConnectError) else "failed"
+            if classify(exc) == TLS:  # the handshake: say so (the message names the cause)
+                what = "failed the TLS handshake"
             self._log_error("primary %s: %s: 502", what, exc, request_id=ex.request_id)
             if ex.capture is not None:
                 ex.capture.failed()

@@ -41,11 +41,13 @@ from collections.abc import Mapping, Sequence
 from sidecar.http.client import ConnectionPool
 from sidecar.model.config import CanarySpec, Config
 from sidecar.model.endpoint import Endpoint
+from sidecar.model.tls import TlsSpec
 from sidecar.routing.table import RoutingTable, compile_table
 from sidecar.serve import metrics as serve_metrics
 from sidecar.serve.compare_sink import CompareSink
 from sidecar.serve.diff_store import DiffStore
 from sidecar.shadow import metrics as shadow_metrics
+from sidecar.shadow.balance import tls_context
 from sidecar.shadow.compare.rendezvous import Report
 from sidecar.shadow.pool import CanaryPool
 
@@ -114,7 +116,8 @@ class Runtime:
         self.paths = tuple(paths)
         self.ready = False
         self.current: Snapshot
-        self._primary_endpoint: Endpoint | None = None
+        # The primary's endpoint and tls block: a reload that changes either gets a new client.
+        self._primary_endpoint: tuple[Endpoint, TlsSpec | None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._retired_pools: set[CanaryPool] = set()  # retired, not yet closed
         self._older: list[Snapshot] = []  # replaced snapshots that may still have requests
@@ -199,16 +202,21 @@ class Runtime:
             for name in rule.to:
                 if table.canaries[name].compare is not None:
                     shadow_metrics.track_compare(name, rule.name)
-        if previous is not None and self._primary_endpoint == primary_spec.endpoint:
+        wanted = (primary_spec.endpoint, primary_spec.tls)
+        if previous is not None and self._primary_endpoint == wanted:
             primary = previous.primary
         else:
+            https = primary_spec.endpoint.scheme == "https"
+            tls = primary_spec.tls
             primary = ConnectionPool(
                 primary_spec.endpoint,
                 max_connections=PRIMARY_MAX_CONNECTIONS,
                 connect_timeout_s=PRIMARY_CONNECT_TIMEOUT_S,
                 idle_timeout_s=PRIMARY_IDLE_TIMEOUT_S,
+                ssl_context=tls_context(tls) if https else None,
+                server_name=tls.server_name if tls is not None else None,
             )
-            self._primary_endpoint = primary_spec.endpoint
+            self._primary_endpoint = wanted
         snap = Snapshot(table, pools, primary, primary_spec.timeout_s, primary_spec.idle_timeout_s)
         if any(c.compare is not None for c in config.canaries):
             snap.compare_report = self._compare_sink

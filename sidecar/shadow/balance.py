@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import ssl
 from collections.abc import Sequence
 
 from sidecar.http.client import ConnectError, ConnectionPool
+from sidecar.http.tls import client_context
 from sidecar.model.endpoint import Endpoint
+from sidecar.model.tls import TlsSpec
 from sidecar.shadow.compare.capture import Capture
 from sidecar.shadow.types import ShadowRequest
 
@@ -60,6 +63,14 @@ def connection_shares(weights: Sequence[int], workers: int) -> list[int] | None:
     return shares
 
 
+def tls_context(spec: TlsSpec | None) -> ssl.SSLContext:
+    """The client context of a primary's or canary's https servers (`tls` block or defaults);
+    built once per primary or canary: loading the trust store costs milliseconds."""
+    if spec is None:
+        return client_context()
+    return client_context(ca=spec.ca, verify=spec.verify, cert=spec.cert, key=spec.key)
+
+
 class Server:
     """One server of a canary: its connection pool (made on first use) and back-off."""
 
@@ -71,10 +82,22 @@ class Server:
         "host",
         "max_connections",
         "pool",
+        "server_name",
+        "ssl_context",
     )
 
-    def __init__(self, endpoint: Endpoint, max_connections: int | None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        max_connections: int | None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        """`ssl_context`/`server_name`: for an https endpoint (see ConnectionPool)."""
         self.endpoint = endpoint
+        self.ssl_context = ssl_context
+        self.server_name = server_name
         self.host = endpoint.authority.encode("ascii")
         self.max_connections = max_connections  # None: a throw-away pool per request
         self.pool: ConnectionPool | None = None
@@ -93,7 +116,7 @@ class Server:
         any answer resets it."""
         try:
             if self.max_connections is None:
-                pool = ConnectionPool(self.endpoint, max_connections=1)
+                pool = self._new_pool(1)
                 self.ephemeral_open += 1
                 try:
                     status = await _exchange(pool, request, capture)
@@ -102,13 +125,21 @@ class Server:
                     await pool.aclose()
             else:
                 if self.pool is None:
-                    self.pool = ConnectionPool(self.endpoint, max_connections=self.max_connections)
+                    self.pool = self._new_pool(self.max_connections)
                 status = await _exchange(self.pool, request, capture)
         except ConnectError:
             self.refused(asyncio.get_running_loop().time())
             raise
         self.backoff = 0.0
         return status
+
+    def _new_pool(self, max_connections: int) -> ConnectionPool:
+        return ConnectionPool(
+            self.endpoint,
+            max_connections=max_connections,
+            ssl_context=self.ssl_context,
+            server_name=self.server_name,
+        )
 
     async def aclose(self) -> None:
         pool, self.pool = self.pool, None

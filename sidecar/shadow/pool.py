@@ -69,7 +69,12 @@ from collections import deque
 from sidecar.http.client import ClientError, ConnectError
 from sidecar.http.headers import Headers
 from sidecar.model.config import CanarySpec
-from sidecar.shadow.balance import Server, SmoothWeightedRoundRobin, connection_shares
+from sidecar.shadow.balance import (
+    Server,
+    SmoothWeightedRoundRobin,
+    connection_shares,
+    tls_context,
+)
 from sidecar.shadow.compare.capture import Capture, Captured
 from sidecar.shadow.errors import (
     CONNECT,
@@ -159,8 +164,16 @@ class CanaryPool:
         else:
             weights = [s.weight for s in spec.servers]
             shares = connection_shares(weights, spec.workers)
+            https = any(s.endpoint.scheme == "https" for s in spec.servers)
+            context = tls_context(spec.tls) if https else None  # one for all its servers
+            server_name = spec.tls.server_name if spec.tls is not None else None
             self._servers = [
-                Server(s.endpoint, None if shares is None else shares[i])
+                Server(
+                    s.endpoint,
+                    None if shares is None else shares[i],
+                    ssl_context=context,
+                    server_name=server_name,
+                )
                 for i, s in enumerate(spec.servers)
             ]
         self._wrr = SmoothWeightedRoundRobin(weights)

@@ -140,7 +140,21 @@ def _test(t: ast.Test) -> str:
 def _primary_stmt(s: ast.PrimaryStatement) -> str:
     if isinstance(s, ast.PrimaryIdleTimeout):
         return f"idle_timeout {s.duration.raw}"
+    if isinstance(s, ast.Tls):
+        return "tls {"  # printed by _tls_entries, over several lines
     return f"timeout {s.duration.raw}"
+
+
+def _tls_stmt(s: ast.TlsStatement) -> str:
+    if isinstance(s, ast.TlsCa):
+        return f"ca {quote(s.path.value)}"
+    if isinstance(s, ast.TlsVerify):
+        return "verify on" if s.on else "verify off"
+    if isinstance(s, ast.TlsCert):
+        return f"cert {quote(s.path.value)}"
+    if isinstance(s, ast.TlsKey):
+        return f"key {quote(s.path.value)}"
+    return f"server_name {quote(s.name.value)}"
 
 
 def _canary_stmt(s: ast.CanaryStatement) -> str:
@@ -172,6 +186,8 @@ def _canary_stmt(s: ast.CanaryStatement) -> str:
         return "compare {"  # printed by _compare_entries, over several lines
     if isinstance(s, ast.Pause):
         return f"pause after {s.failures.raw} failures for {s.duration.raw}"
+    if isinstance(s, ast.Tls):
+        return "tls {"  # printed by _tls_entries, over several lines
     return f"rewrite path {quote(s.pattern.value)} {quote(s.replacement.value)}"
 
 
@@ -193,15 +209,32 @@ def _compare_stmt(s: ast.CompareStatement) -> str:
 
 def _compare_entries(node: ast.Compare, top: int) -> Iterator[_Entry]:
     """A canary's `compare` block: its own `{` line, statements one level deeper, `}`."""
-    span = node.span
+    texts = [_compare_stmt(s) for s in node.statements]
+    yield from _nested_entries("compare", node.span, node.statements, texts, top)
+
+
+def _tls_entries(node: ast.Tls, top: int) -> Iterator[_Entry]:
+    """A primary's or canary's `tls` block, laid out like `compare`."""
+    texts = [_tls_stmt(s) for s in node.statements]
+    yield from _nested_entries("tls", node.span, node.statements, texts, top)
+
+
+def _nested_entries(
+    head: str,
+    span: Span,
+    statements: tuple[ast.CompareStatement, ...] | tuple[ast.TlsStatement, ...],
+    texts: list[str],
+    top: int,
+) -> Iterator[_Entry]:
+    """A block inside a block: its own `{` line, statements one level deeper, `}`."""
     first, end = (span.line, span.column), (span.end_line, span.end_column)
     yield _Entry(
-        depth=1, text="compare {", first=first, last=(span.line, _END), top=top, opening=True
+        depth=1, text=f"{head} {{", first=first, last=(span.line, _END), top=top, opening=True
     )
-    for s in node.statements:
+    for s, text in zip(statements, texts, strict=True):
         yield _Entry(
             depth=2,
-            text=_compare_stmt(s),
+            text=text,
             first=(s.span.line, s.span.column),
             last=(s.span.end_line, s.span.end_column),
             top=top,
@@ -231,7 +264,9 @@ def _entries(stmt: ast.TopLevel, top: int, comment_lines: set[int]) -> Iterator[
         yield _Entry(
             depth=0, text=f"{head} {{", first=start, last=(span.line, _END), top=top, opening=True
         )
-        statements = stmt.statements if isinstance(stmt, ast.MirrorRule | ast.Canary) else ()
+        statements = (
+            stmt.statements if isinstance(stmt, ast.MirrorRule | ast.Canary | ast.Primary) else ()
+        )
         for i, (text, s) in enumerate(inner):
             node = statements[i] if i < len(statements) else None
             if isinstance(node, ast.When):
@@ -239,6 +274,9 @@ def _entries(stmt: ast.TopLevel, top: int, comment_lines: set[int]) -> Iterator[
                 continue
             if isinstance(node, ast.Compare):
                 yield from _compare_entries(node, top)
+                continue
+            if isinstance(node, ast.Tls):
+                yield from _tls_entries(node, top)
                 continue
             yield _Entry(
                 depth=1,
@@ -251,7 +289,11 @@ def _entries(stmt: ast.TopLevel, top: int, comment_lines: set[int]) -> Iterator[
         yield _Entry(depth=0, text="}", first=close, last=end, top=top, closing=True)
 
     if isinstance(stmt, ast.Listen):
-        yield _Entry(depth=0, text=f"listen {stmt.address_raw}", first=start, last=end, top=top)
+        if stmt.braces:
+            inner = [(_tls_stmt(s), s.span) for s in stmt.statements]
+            yield from block(f"listen {stmt.address_raw}", inner)
+        else:
+            yield _Entry(depth=0, text=f"listen {stmt.address_raw}", first=start, last=end, top=top)
     elif isinstance(stmt, ast.Admin):
         text = "admin off" if stmt.address_raw is None else f"admin {stmt.address_raw}"
         yield _Entry(depth=0, text=text, first=start, last=end, top=top)

@@ -90,6 +90,7 @@ def test_rules_json_shows_both() -> None:
         "url": "http://127.0.0.1:1",
         "timeout_s": 60.0,
         "idle_timeout_s": 90.0,
+        "tls": None,
     }
 
 
