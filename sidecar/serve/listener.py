@@ -28,6 +28,7 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,6 +53,9 @@ ACCEPT_RETRY_DELAY_S = 0.1
 ACCEPT_ERROR_LOG_INTERVAL_S = 10.0
 # hypercorn's own read buffer limit per connection (asyncio.start_server's default).
 STREAM_LIMIT_BYTES = 2**16
+# A TLS client has this long to finish its handshake (hypercorn's and asyncio's default is
+# 60 s; a client that connects and stays silent should not hold a descriptor that long).
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -59,8 +63,17 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 class Listener:
     """One listening socket served by hypercorn's connection machinery."""
 
-    def __init__(self, app: Any, config: Any, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        app: Any,
+        config: Any,
+        sock: socket.socket,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """`ssl_context`: serve TLS on every accepted socket (its ALPN picks h2 or HTTP/1.1:
+        hypercorn's connection reads the protocol the handshake chose)."""
         self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")
+        self._ssl = ssl_context
         self._config = config
         self._sock = sock
         self._context = WorkerContext(None)
@@ -144,8 +157,19 @@ class Listener:
         reader = asyncio.StreamReader(limit=STREAM_LIMIT_BYTES, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
-        except OSError:
+            if self._ssl is None:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
+            else:  # returns once the handshake is done
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    sock=conn,
+                    ssl=self._ssl,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
+                )
+        except (OSError, TimeoutError) as exc:
+            # A failed handshake (plain HTTP on the TLS port, an unknown CA at the client).
+            if self._ssl is not None:
+                log.debug("TLS handshake with a client failed: %s", exc)
             conn.close()
             return
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)

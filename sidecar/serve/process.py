@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from sidecar.serve.runtime import Runtime
 
 from sidecar.serve.options import Options, apply_overrides
-from sidecar.serve.sockets import address_of, hypercorn_config
+from sidecar.serve.sockets import address_of, hypercorn_config, listen_context
 
 log = logging.getLogger("sidecar")
 
@@ -151,8 +151,9 @@ async def _serve(
                 Listener(admin_app, admin_cfg, admin_sock).serve(proxy_done.wait)
             )
         proxy_cfg = hypercorn_config(grace_s=opts.grace_s, proxy=True)
+        proxy_tls = listen_context(config)
         proxy_task = asyncio.create_task(
-            Listener(ProxyApp(runtime), proxy_cfg, proxy_sock).serve(stop.wait)
+            Listener(ProxyApp(runtime), proxy_cfg, proxy_sock, proxy_tls).serve(stop.wait)
         )
         # The sockets were listening before serve() began: connections made now wait in
         # the backlog, so the proxy is reachable and /readyz may say so.
@@ -267,9 +268,11 @@ async def _probe_primary(runtime: Runtime) -> None:
 def _log_start(runtime: Runtime, listen: str, admin: str | None) -> None:
     config = runtime.config
     assert config.primary is not None
+    scheme = "http" if config.listen_tls is None else "https (h2, http/1.1)"
     log.info(
-        "serving http://%s -> primary %s; admin %s; %d rules, %d canaries from %d files "
+        "serving %s://%s -> primary %s; admin %s; %d rules, %d canaries from %d files "
         "(sha256 %s); pid %d",
+        scheme,
         listen,
         config.primary.endpoint.url,
         f"http://{admin}" if admin else "off",

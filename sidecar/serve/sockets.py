@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any
 
+from sidecar.http.tls import server_context
 from sidecar.model.endpoint import split_address
 
 if TYPE_CHECKING:
-    pass
+    from sidecar.model.config import Config
 
 from sidecar.http.framing import MAX_HEADER_SECTION_BYTES
 from sidecar.serve.options import ServeError
@@ -57,6 +59,20 @@ def bind(addr: str, *, reuse_port: bool) -> socket.socket:
         sock.close()
         raise ServeError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
     return sock
+
+
+def listen_context(config: Config) -> ssl.SSLContext | None:
+    """The proxy listener's TLS context (`listen ADDR { cert key }`), None for plain HTTP.
+
+    Built once per process; a change needs a restart, like the address.
+    """
+    tls = config.listen_tls
+    if tls is None:
+        return None
+    try:
+        return server_context(cert=tls.cert, key=tls.key)
+    except (OSError, ValueError) as exc:  # the files changed since they were checked
+        raise ServeError(f"cannot load the listen certificate {tls.cert}: {exc}") from None
 
 
 def address_of(sock: socket.socket) -> str:
