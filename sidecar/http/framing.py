@@ -132,6 +132,8 @@ def inspect(
 ) -> int | Refusal:
     """The body framing (a Content-Length, NO_BODY or CHUNKED) or why the request is refused.
 
+    CHUNKED means a body of unknown length: chunked HTTP/1.1, or HTTP/2 without a length.
+
     `headers` are ASGI pairs (names lower-case). The target is checked too: origin-form,
     `*` for OPTIONS, or absolute-form (see `origin_form`).
     """
@@ -180,7 +182,9 @@ def inspect(
             return TE_NOT_CHUNKED
         return CHUNKED
     if length is None:
-        return NO_BODY
+        # HTTP/2 needs no length: the body ends with the stream (END_STREAM), so a request
+        # without one may still carry a body of unknown length, like a chunked one.
+        return CHUNKED if http_version == "2" else NO_BODY
     # h11 has validated the digits already on HTTP/1.1; HTTP/2 scopes come from h2.
     if not length.isdigit() or len(length) > 18:
         return INVALID_CL

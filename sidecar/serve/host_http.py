@@ -261,6 +261,20 @@ class H2Protocol(StockH2Protocol):
         await self.send(RawData(data=frame.serialize()))
 
     async def handle(self, event: Any) -> None:
+        if isinstance(event, RawData):
+            # hypercorn's, counting a body that disagrees with its content-length (h2 makes
+            # it a connection error: GOAWAY(PROTOCOL_ERROR), the HTTP/2 form of a 400) as
+            # refused, like an HTTP/1.1 framing error.
+            try:
+                events = self.connection.receive_data(event.data)
+            except h2.exceptions.ProtocolError as exc:
+                if isinstance(exc, h2.exceptions.InvalidBodyLengthError):
+                    REFUSALS.record(self.host, framing.INVALID_CL, self.client, str(exc))
+                await self._flush()
+                await self.send(Closed())
+            else:
+                await self._handle_events(events)
+            return
         await super().handle(event)
         if isinstance(event, Closed):
             watch = self._drain_watch

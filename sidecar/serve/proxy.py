@@ -223,7 +223,9 @@ class ProxyApp:
                 # The chunked framing was hop-by-hop: the primary gets a length when the body
                 # is already whole, else chunked again (h11 adds nothing by itself).
                 if upload is None:  # the body is `first`, whole
-                    out_headers.append((_CONTENT_LENGTH, str(len(first)).encode("ascii")))
+                    # (an HTTP/2 request without a length and without a body gets none)
+                    if first or scope["http_version"] != "2":
+                        out_headers.append((_CONTENT_LENGTH, str(len(first)).encode("ascii")))
                 else:
                     out_headers.append((b"transfer-encoding", b"chunked"))
         # The exchange's two clocks (sidecar/serve/stall.py), started by `_exchange`.
