@@ -120,7 +120,7 @@ async def test_alpn_prefers_h2_and_forwards_https(env: Env) -> None:
 async def test_http11_only_client_gets_http11(env: Env) -> None:
     chosen, _, _ = await _h2_over_tls(env, ["http/1.1"])
     assert chosen == "http/1.1"
-    host, port = host_port(env.url)
+    _, port = host_port(env.url)
 
     def get() -> tuple[int, str, dict[str, str]]:
         conn = http.client.HTTPSConnection(
