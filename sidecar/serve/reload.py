@@ -187,8 +187,8 @@ class Reloader:
         assert config is not None and table is not None
         if loaded.kept_addresses:
             log.warning(
-                "reload (%s): %s: changing listen or admin needs a restart; "
-                "the running addresses are kept",
+                "reload (%s): %s: changing listen (its address or certificate) or admin needs "
+                "a restart; the running ones are kept",
                 trigger,
                 "; ".join(loaded.kept_addresses),
             )
@@ -238,8 +238,15 @@ def _load(
             kept.append(f"admin {config.admin or 'off'} (still {running.admin or 'off'})")
         elif declared is not None and now[1] != declared[1]:
             kept.append(f"admin {now[1] or 'off'} in the rules (--admin keeps {running.admin})")
+        if config.listen_tls != running.listen_tls:
+            kept.append("the listen certificate (the one loaded at start is kept)")
         if kept:  # /rules then shows the addresses in use
-            config = replace(config, listen=running.listen, admin=running.admin)
+            config = replace(
+                config,
+                listen=running.listen,
+                admin=running.admin,
+                listen_tls=running.listen_tls,
+            )
         table = compile_table(config)
     except Exception as exc:
         return _Loaded(

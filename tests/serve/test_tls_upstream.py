@@ -111,3 +111,34 @@ async def test_primary_handshake_failure_is_a_502_with_a_log_line(tmp_path: Path
         assert "primary failed the TLS handshake" in log
         assert "CERTIFICATE_VERIFY_FAILED" in log
         assert primary.requests == []
+
+
+async def test_reload_after_the_ca_file_changed_builds_a_new_client(tmp_path: Path) -> None:
+    """The rules are the same text; the file they name now holds the right CA. The tls
+    block's files are hashed into the canary's spec, so the reload gives it a new pool."""
+    pki = Pki(tmp_path)
+    other = Pki(tmp_path, "other-ca")
+    trust = tmp_path / "trust.pem"
+    trust.write_bytes(other.ca_pem.read_bytes())
+    canary = TlsCanary(pki.server_context(*pki.leaf("c", "127.0.0.1")))
+    async with canary:
+        primary = TlsCanary(pki.server_context(*pki.leaf("p", "127.0.0.1")))
+        async with primary:
+            rules = (
+                f'primary {primary.url} {{ tls {{ ca "ca.pem" }} }}\n'
+                f'canary c {{ server {canary.url} tls {{ ca "trust.pem" }} }}\n'
+                "mirror all { to c }\n"
+            )
+            async with serve_proxy(tmp_path, rules) as proxy:
+                async with httpx.AsyncClient(timeout=10.0) as client:
+                    assert (await client.get(f"{proxy.url}/before")).status_code == 200
+                    await wait_until(
+                        lambda: "canary c: 'tls' error:" in proxy.log(), 5.0, "the tls error"
+                    )
+                    trust.write_bytes(pki.ca_pem.read_bytes())
+                    r = await client.post(f"{proxy.admin_url}/-/reload")
+                    assert r.status_code == 200, r.text
+                    assert (await client.get(f"{proxy.url}/after")).status_code == 200
+                    seen = await canary.wait_for(1)
+            assert seen.target == b"/after"
+            assert [r.target for r in canary.requests] == [b"/after"]
