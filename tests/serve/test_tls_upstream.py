@@ -129,16 +129,18 @@ async def test_reload_after_the_ca_file_changed_builds_a_new_client(tmp_path: Pa
                 f'canary c {{ server {canary.url} tls {{ ca "trust.pem" }} }}\n'
                 "mirror all { to c }\n"
             )
-            async with serve_proxy(tmp_path, rules) as proxy:
-                async with httpx.AsyncClient(timeout=10.0) as client:
-                    assert (await client.get(f"{proxy.url}/before")).status_code == 200
-                    await wait_until(
-                        lambda: "canary c: 'tls' error:" in proxy.log(), 5.0, "the tls error"
-                    )
-                    trust.write_bytes(pki.ca_pem.read_bytes())
-                    r = await client.post(f"{proxy.admin_url}/-/reload")
-                    assert r.status_code == 200, r.text
-                    assert (await client.get(f"{proxy.url}/after")).status_code == 200
-                    seen = await canary.wait_for(1)
+            async with (
+                serve_proxy(tmp_path, rules) as proxy,
+                httpx.AsyncClient(timeout=10.0) as client,
+            ):
+                assert (await client.get(f"{proxy.url}/before")).status_code == 200
+                await wait_until(
+                    lambda: "canary c: 'tls' error:" in proxy.log(), 5.0, "the tls error"
+                )
+                trust.write_bytes(pki.ca_pem.read_bytes())
+                r = await client.post(f"{proxy.admin_url}/-/reload")
+                assert r.status_code == 200, r.text
+                assert (await client.get(f"{proxy.url}/after")).status_code == 200
+                seen = await canary.wait_for(1)
             assert seen.target == b"/after"
             assert [r.target for r in canary.requests] == [b"/after"]
