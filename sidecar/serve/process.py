@@ -268,12 +268,13 @@ async def _probe_primary(runtime: Runtime) -> None:
 def _log_start(runtime: Runtime, listen: str, admin: str | None) -> None:
     config = runtime.config
     assert config.primary is not None
-    scheme = "http" if config.listen_tls is None else "https (h2, http/1.1)"
+    scheme, alpn = ("http", "") if config.listen_tls is None else ("https", " (h2, http/1.1)")
     log.info(
-        "serving %s://%s -> primary %s; admin %s; %d rules, %d canaries from %d files "
+        "serving %s://%s%s -> primary %s; admin %s; %d rules, %d canaries from %d files "
         "(sha256 %s); pid %d",
         scheme,
         listen,
+        alpn,
         config.primary.endpoint.url,
         f"http://{admin}" if admin else "off",
         len(config.rules),
