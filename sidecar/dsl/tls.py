@@ -14,6 +14,8 @@ import hashlib
 import os
 import re
 import ssl
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 from sidecar.diagnostics import Span
 from sidecar.dsl import ast
@@ -29,6 +31,8 @@ _CERT = re.compile(rb"-----BEGIN CERTIFICATE-----")
 _KEY = re.compile(rb"-----BEGIN (?:RSA |EC |DSA )?PRIVATE KEY-----")
 _ENCRYPTED_KEY = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED")
 _ANY_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+_S = TypeVar("_S", bound=ast.TlsStatement)
 
 _KEYWORD = {
     ast.TlsCa: "ca",
@@ -51,18 +55,13 @@ def check_tls(node: ast.Tls, urls: list[str], r: Report) -> TlsSpec | None:
             node.span,
             "this `tls` block has no effect: no server here is https://",
         )
-    seen: dict[str, Span] = {}
     ca: str | None = None
     verify = True
     cert_st: ast.TlsCert | None = None
     key_st: ast.TlsKey | None = None
     server_name: str | None = None
     digest = hashlib.sha256()
-    for st in node.statements:
-        keyword = _KEYWORD[type(st)]
-        if not r.once(keyword, st.span, seen.get(keyword)):
-            continue
-        seen[keyword] = st.span
+    for st in _once_each(node.statements, r):
         if isinstance(st, ast.TlsCa):
             data = _read(st.path, "certificate", r)
             if data is not None:
@@ -100,14 +99,9 @@ def check_tls(node: ast.Tls, urls: list[str], r: Report) -> TlsSpec | None:
 def check_listen_tls(node: ast.Listen, r: Report) -> ListenTlsSpec | None:
     """`listen ADDR { cert ... key ... }`: both are required (an empty block is plain HTTP)."""
     before = _errors(r)
-    seen: dict[str, Span] = {}
     cert_st: ast.TlsCert | None = None
     key_st: ast.TlsKey | None = None
-    for st in node.statements:
-        keyword = _KEYWORD[type(st)]
-        if not r.once(keyword, st.span, seen.get(keyword)):
-            continue
-        seen[keyword] = st.span
+    for st in _once_each(node.statements, r):
         if isinstance(st, ast.TlsCert):
             cert_st = st
         else:
@@ -118,6 +112,16 @@ def check_listen_tls(node: ast.Listen, r: Report) -> ListenTlsSpec | None:
     if pair is None or _errors(r) > before:
         return None
     return ListenTlsSpec(cert=pair[0], key=pair[1], digest=hashlib.sha256(pair[2]).hexdigest())
+
+
+def _once_each(statements: Sequence[_S], r: Report) -> Iterator[_S]:
+    """The statements, each keyword's first only; a repeat is reported instead."""
+    seen: dict[str, Span] = {}
+    for st in statements:
+        keyword = _KEYWORD[type(st)]
+        if r.once(keyword, st.span, seen.get(keyword)):
+            seen[keyword] = st.span
+            yield st
 
 
 # --- files -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.primary import PrimaryApp
-from tests.support.raw_http import H2Conn
+from tests.support.raw_http import H2Conn, curl
 from tests.support.serve import ServeProcess, metric, serve_proxy
 from tests.support.servers import RecordingCanary, serve_asgi, wait_until
 
@@ -75,6 +75,19 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
             yield Env(proxy, app, canary)
 
 
+def _post(h2c: H2Conn, path: str, authority: str, *headers: tuple[bytes, bytes]) -> int:
+    """Open a POST stream (its body still to send); returns the stream id."""
+    sid: int = h2c.conn.get_next_available_stream_id()
+    head = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", authority.encode()),
+        (b":path", path.encode()),
+    ]
+    h2c.conn.send_headers(sid, [*head, *headers])
+    return sid
+
+
 def _ended(stream_id: int) -> Any:
     return lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == stream_id
 
@@ -82,18 +95,13 @@ def _ended(stream_id: int) -> Any:
 async def test_h2c_request_reaches_primary_and_canary_as_http11(env: Env) -> None:
     body = b'{"item": 42}'
     async with H2Conn.open(env.proxy.url) as h2c:
-        sid = h2c.conn.get_next_available_stream_id()
-        h2c.conn.send_headers(
-            sid,
-            [
-                (b":method", b"POST"),
-                (b":scheme", b"http"),
-                (b":authority", b"Shop.test:8443"),
-                (b":path", b"/echo/items?x=1&y=%20"),
-                (b"content-type", b"application/json"),
-                (b"x-user-id", b"7"),
-                (b"content-length", str(len(body)).encode()),
-            ],
+        sid = _post(
+            h2c,
+            "/echo/items?x=1&y=%20",
+            "Shop.test:8443",
+            (b"content-type", b"application/json"),
+            (b"x-user-id", b"7"),
+            (b"content-length", str(len(body)).encode()),
         )
         h2c.conn.send_data(sid, body, end_stream=True)
         await h2c.flush()
@@ -141,17 +149,7 @@ async def test_content_length_disagreeing_with_data_is_refused_and_counted(
     before = await env.proxy.metrics()
     path = f"/echo/cl-{declared}"
     async with H2Conn.open(env.proxy.url) as h2c:
-        sid = h2c.conn.get_next_available_stream_id()
-        h2c.conn.send_headers(
-            sid,
-            [
-                (b":method", b"POST"),
-                (b":scheme", b"http"),
-                (b":authority", b"a"),
-                (b":path", path.encode()),
-                (b"content-length", str(declared).encode()),
-            ],
-        )
+        sid = _post(h2c, path, "a", (b"content-length", str(declared).encode()))
         h2c.conn.send_data(sid, sent, end_stream=True)
         await h2c.flush()
         got = await h2c.events_until(lambda e: isinstance(e, h2.events.ConnectionTerminated))
@@ -165,23 +163,9 @@ async def test_content_length_disagreeing_with_data_is_refused_and_counted(
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_curl_http2_prior_knowledge(env: Env) -> None:
-    out = await asyncio.to_thread(
-        subprocess.run,
-        [
-            "curl",
-            "-sS",
-            "--http2-prior-knowledge",
-            "-H",
-            "X-Via: curl",
-            "-w",
-            "\\n%{http_version}",
-            f"{env.proxy.url}/echo/curl",
-        ],
-        capture_output=True,
-        timeout=WAIT_S,
-        check=True,
+    body, version = await curl(
+        "--http2-prior-knowledge", "-H", "X-Via: curl", f"{env.proxy.url}/echo/curl"
     )
-    body, version = out.stdout.rsplit(b"\n", 1)
     assert version == b"2"
     headers = dict(json.loads(body)["headers"])
     assert headers["x-via"] == "curl" and headers["host"] == env.proxy.url.split("//")[1]

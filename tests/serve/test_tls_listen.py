@@ -13,7 +13,6 @@ import http.client
 import json
 import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.primary import PrimaryApp
-from tests.support.raw_http import H2Conn
+from tests.support.raw_http import H2Conn, curl
 from tests.support.serve import ServeProcess, serve_proxy
 from tests.support.servers import RecordingCanary, serve_asgi
 from tests.support.tls import Pki
@@ -173,22 +172,7 @@ async def test_plain_http_and_untrusted_clients_are_refused_and_the_proxy_goes_o
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_curl_negotiates_h2(env: Env) -> None:
     _, port = host_port(env.url)
-    out = await asyncio.to_thread(
-        subprocess.run,
-        [
-            "curl",
-            "-sS",
-            "--http2",
-            "--cacert",
-            str(env.pki.ca_pem),
-            "-w",
-            "\\n%{http_version}",
-            f"https://localhost:{port}/echo/curl-tls",
-        ],
-        capture_output=True,
-        timeout=WAIT_S,
-        check=True,
-    )
-    body, version = out.stdout.rsplit(b"\n", 1)
+    url = f"https://localhost:{port}/echo/curl-tls"
+    body, version = await curl("--http2", "--cacert", str(env.pki.ca_pem), url)
     assert version == b"2"
     assert dict(json.loads(body)["headers"])["x-forwarded-proto"] == "https"

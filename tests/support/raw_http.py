@@ -5,6 +5,8 @@
         sid = await h2c.request("GET", "/echo/x")
         frames = await h2c.events_until(lambda e: ...)       # h2 events, with a deadline
 
+    body, version = await curl("--http2-prior-knowledge", url)   # curl's body, "2" or "1.1"
+
 Every read has a deadline (READ_TIMEOUT_S); nothing sleeps for synchronisation.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -48,6 +51,16 @@ async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
     except ConnectionResetError:
         out += b"<RST>"
     return bytes(out)
+
+
+async def curl(*args: str, timeout: float = READ_TIMEOUT_S) -> tuple[bytes, bytes]:
+    """Run curl with `args` (the URL last); (the body, the HTTP version it spoke)."""
+    argv = ["curl", "-sS", "-w", "\\n%{http_version}", *args]
+    done = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, timeout=timeout, check=True
+    )
+    body, version = done.stdout.rsplit(b"\n", 1)
+    return body, version
 
 
 def status_line(reply: bytes) -> bytes:
