@@ -236,7 +236,9 @@ def test_to_json() -> None:
         "url": "http://127.0.0.1:8081",
         "timeout_s": 30.0,
         "idle_timeout_s": 60.0,
+        "tls": None,
     }
+    assert data["listen_tls"] is None
     assert data["canaries"] == [
         {
             "name": "a",
@@ -256,6 +258,7 @@ def test_to_json() -> None:
             ],
             "compare": None,
             "pause": None,
+            "tls": None,
         }
     ]
     assert data["diff_log"] is None
