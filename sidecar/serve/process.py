@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from sidecar.serve.reload import Reloader
     from sidecar.serve.runtime import Runtime
 
-from sidecar.serve.options import Options, apply_overrides
+from sidecar.serve.options import Options, ServeError, apply_overrides
 from sidecar.serve.sockets import address_of, hypercorn_config, listen_context
 
 log = logging.getLogger("sidecar")
@@ -138,6 +138,11 @@ async def _serve(
 
     listen_addr = address_of(proxy_sock)
     admin_addr = address_of(admin_sock) if admin_sock is not None else None
+    try:  # checked by `check` already; a file changed since then is said in one line
+        proxy_tls = listen_context(config)
+    except ServeError as exc:
+        log.error("%s", exc)
+        return 1
     runtime = Runtime(config, files=files, paths=opts.paths)
     await runtime.start()
     reloader, reload_tasks = _reloading(opts, runtime, stop, notify)
@@ -151,7 +156,6 @@ async def _serve(
                 Listener(admin_app, admin_cfg, admin_sock).serve(proxy_done.wait)
             )
         proxy_cfg = hypercorn_config(grace_s=opts.grace_s, proxy=True)
-        proxy_tls = listen_context(config)
         proxy_task = asyncio.create_task(
             Listener(ProxyApp(runtime), proxy_cfg, proxy_sock, proxy_tls).serve(stop.wait)
         )
