@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,15 +69,19 @@ def internal_error(file: str, exc: BaseException) -> Diagnostic:
 
 
 def expand(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[str | os.PathLike[str]], present: Collection[str] = ()
 ) -> tuple[list[str], list[Diagnostic], str | None]:
-    """The files of a configuration, diagnostics for empty directories, and any usage error."""
+    """The files of a configuration, diagnostics for empty directories, and any usage error.
+
+    A path in `present` is a file even when it is not on disk (an editor's unsaved buffer)."""
     files: list[str] = []
     diags: list[Diagnostic] = []
     seen: set[str] = set()
     for raw in paths:
         path = os.fspath(raw)
-        if not os.path.lexists(path):
+        if path in present:
+            candidates = [path]
+        elif not os.path.lexists(path):
             return files, diags, f"no such file or directory: {path}"
         if os.path.isdir(path):
             try:
@@ -92,7 +96,7 @@ def expand(
                     _error(path, "no-rule-files", f"no *{RULE_SUFFIX} files in directory {path}")
                 )
             candidates = [os.path.join(path, n) for n in names]
-        else:
+        else:  # a file, or a path whose reading reports why it is not one
             candidates = [path]
         for c in candidates:
             key = os.path.realpath(c)
@@ -129,21 +133,59 @@ def read_rule_file(name: str) -> tuple[str | None, bytes, Diagnostic | None]:
     return text, data, problem
 
 
-def load(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
-    """Load, parse and validate the configuration formed by `paths`. Never raises."""
-    files, diags, usage = expand(paths)
+class ParseCache:
+    """The last parse of each file name, reused while its text is unchanged.
+
+    An editor re-checks a whole directory after each keystroke in one of its files
+    (`sidecar lsp`): only the edited file is parsed again, the rest is validation.
+    It holds one entry per file name, the newest, and `retain` drops the others.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, ast.File | None, list[Diagnostic]]] = {}
+
+    def parse(self, text: str, name: str) -> tuple[ast.File | None, list[Diagnostic]]:
+        hit = self._entries.get(name)
+        if hit is not None and hit[0] == text:
+            return hit[1], list(hit[2])
+        tree, errors = parse(text, name)
+        self._entries[name] = (text, tree, errors)
+        return tree, list(errors)
+
+    def retain(self, names: Collection[str]) -> None:
+        """Forget every file not in `names` (closed, deleted or renamed)."""
+        for name in [n for n in self._entries if n not in names]:
+            del self._entries[name]
+
+
+def load(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    buffers: Mapping[str, str] | None = None,
+    cache: ParseCache | None = None,
+) -> LoadResult:
+    """Load, parse and validate the configuration formed by `paths`. Never raises.
+
+    `buffers` (file name -> text) are read instead of the files of those names, which
+    need not exist on disk: an editor's open documents. `cache` keeps the parse of files
+    whose text has not changed since the last load that used it."""
+    buffers = buffers or {}
+    files, diags, usage = expand(paths, present=buffers)
     if usage is not None:
         return LoadResult(
             config=None, diagnostics=sort(diags), sources={}, files=[], usage_error=usage
         )
     texts: list[tuple[str, str | None, bytes]] = []
     for name in files:
-        text, data, problem = read_rule_file(name)
+        if name in buffers:
+            text, data, problem = buffers[name], buffers[name].encode("utf-8", "surrogatepass"), None
+        else:
+            text, data, problem = read_rule_file(name)
         if problem is not None:
             diags.append(problem)
         texts.append((name, text, data))
     bad = {d.span.file for d in diags}
-    return _finish(texts, diags, files, bad)
+    return _finish(texts, diags, files, bad, cache)
 
 
 def loads(text: str, filename: str = "<string>") -> LoadResult:
@@ -156,6 +198,7 @@ def _finish(
     diags: list[Diagnostic],
     files: list[str],
     bad: set[str],
+    cache: ParseCache | None = None,
 ) -> LoadResult:
     parsed: list[ast.File] = []
     sources: dict[str, str] = {}
@@ -167,7 +210,7 @@ def _finish(
         if name in bad:
             continue
         try:
-            tree, errors = parse(text, name)
+            tree, errors = parse(text, name) if cache is None else cache.parse(text, name)
         except Exception as exc:  # the edge for parser bugs: report, do not crash
             tree, errors = None, [internal_error(name, exc)]
         diags.extend(errors)
