@@ -8,9 +8,11 @@ statement added to `grammar/mirror.lark` is completed and looked up at once.
 How: lark's interactive LALR parser is run over the text before the cursor
 (`parse_interactive`, the same Lark instance as `parse`); its `accepts()` is the
 set of terminals the parser takes there. If that text does not parse (an error
-earlier in the file), the text is parsed again from the start of the top-level
-statement around the cursor (the last line that begins, in column 1 and outside
-any block, with a keyword that starts a top-level statement). Which rule a
+earlier in the file), the text is parsed again, in panic mode (a token no state
+takes is skipped; one that an enclosing block takes ends the unfinished
+statements before it), from the start of the top-level statement around the cursor: the last line that begins, in column 1 and outside
+any block, with a keyword that starts a top-level statement, or the end of the
+last top-level block, whichever comes later. Which rule a
 keyword starts is read from lark's parse table: after the keyword, the rule's
 remaining terminals are fed to a copy of the parser's state stack, and the rule
 whose reduction the table then offers is the one.
@@ -23,13 +25,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lark import Token, UnexpectedInput
+from lark import Token, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.parsers.lalr_analysis import Shift
 
 from sidecar.dsl.grammar import BUILDER, LOCK, get_parser
 
 # The last tokens before the cursor kept for the caller's context (`to a, b, ` needs 5).
 MAX_CONTEXT_TOKENS = 16
+# Errors skipped in one statement before giving up (a pasted binary file is not a statement).
+MAX_RECOVERIES = 200
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -98,7 +102,8 @@ def _top_level_words() -> frozenset[str]:
 
 
 def _resync(text: str) -> int:
-    """The start of the last top-level statement in `text` (0 if none is found)."""
+    """Where the last top-level statement of `text` begins (0 if none is found): a line that
+    begins with a top-level keyword outside any block, or the end of a top-level block."""
     top = _top_level_words()
     depth = 0
     best = 0
@@ -126,22 +131,42 @@ def _resync(text: str) -> int:
             depth += 1
         elif c == "}":
             depth = max(0, depth - 1)
+            if depth == 0:
+                best = i + 1  # after a top-level block's `}` the parser is at the top level
         i += 1
     return best
 
 
-def _scan(text: str) -> Expected | None:
-    """Parse all of `text` interactively; None if it does not parse."""
+def _scan(text: str, *, tolerant: bool = False, keep: int = MAX_CONTEXT_TOKENS) -> Expected | None:
+    """Parse all of `text` interactively; None if it does not parse (unless `tolerant`).
+
+    The last `keep` tokens are kept in the result."""
     parser = get_parser()
     tokens: list[Token] = []
     with LOCK:
         BUILDER.begin(text, "<cursor>")
         try:
             interactive = parser.parse_interactive(text)
-            for tok in interactive.iter_parse():
-                tokens.append(tok)
-                if len(tokens) > MAX_CONTEXT_TOKENS:
-                    del tokens[0]
+            errors = 0
+            while True:
+                try:
+                    for tok in interactive.iter_parse():
+                        tokens.append(tok)
+                        if len(tokens) > keep:
+                            del tokens[0]
+                    break
+                except UnexpectedToken as exc:
+                    errors += 1
+                    if not tolerant or errors > MAX_RECOVERIES:
+                        return None
+                    _recover(interactive, exc.token)
+                except UnexpectedCharacters:
+                    errors += 1
+                    if not tolerant or errors > MAX_RECOVERIES:
+                        return None
+                    lexer = interactive.lexer_thread.state
+                    at = lexer.line_ctr.char_pos
+                    lexer.line_ctr.feed(text[at : at + 1])  # skip the character
             accepts: set[str] = interactive.accepts()  # type: ignore[no-untyped-call]
             stack = tuple(interactive.parser_state.state_stack)
         except (UnexpectedInput, RecursionError):
@@ -151,17 +176,41 @@ def _scan(text: str) -> Expected | None:
     return Expected(accepts=frozenset(accepts), tokens=tuple(tokens), stack=stack)
 
 
+def _recover(interactive: Any, token: Token) -> None:
+    """Panic mode: give up the statements in progress until one of the enclosing states
+    takes `token` (a keyword after an unfinished statement is the next statement), and
+    feed it there; if none does, the token is dropped."""
+    state = interactive.parser_state
+    stack, values = state.state_stack, state.value_stack
+    states = _table().states
+    for keep in range(len(stack) - 1, 0, -1):
+        if token.type in states[stack[keep - 1]]:
+            del stack[keep:]
+            del values[keep - 1 :]
+            try:
+                interactive.feed_token(token)
+            except UnexpectedInput:
+                pass
+            return
+
+
+def tokens(text: str) -> tuple[Token, ...]:
+    """Every token of `text` as the parser reads it, errors skipped (for a file that does
+    not parse: the names it defines are still worth offering)."""
+    scan = _scan(text, tolerant=True, keep=len(text))
+    return scan.tokens if scan is not None else ()
+
+
 def expected_at(text: str, offset: int) -> Expected | None:
     """What the parser takes at `offset` of `text` (the text after it is not read).
 
-    None when neither the text before `offset` nor its last top-level statement parses.
+    When the text before `offset` has an error, its last top-level statement is parsed
+    again with errors skipped; None only if even that fails.
     """
     before = text[:offset]
     scan = _scan(before)
     if scan is None:
-        start = _resync(before)
-        if start > 0:
-            scan = _scan(before[start:])
+        scan = _scan(before[_resync(before) :], tolerant=True)
     return scan
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from lsprotocol import types
 
 from sidecar.diagnostics import Span
-from sidecar.dsl import ast
+from sidecar.dsl import ast, cursor
 from sidecar.tools.lsp.positions import Lines, contains
 from sidecar.tools.lsp.project import Source
 
@@ -55,6 +55,16 @@ def occurrences(sources: Iterable[Source]) -> list[Occurrence]:
                             for n in inner.canaries
                         )
     return out
+
+
+def defined_while_broken(text: str) -> list[tuple[str, int]]:
+    """(name, line) of the `canary NAME` blocks of a text that does not parse."""
+    toks = cursor.tokens(text)
+    return [
+        (str(b), b.line or 1)
+        for a, b in zip(toks, toks[1:], strict=False)
+        if a.type == "CANARY" and b.type == "NAME"
+    ]
 
 
 def at(found: Iterable[Occurrence], file: str, line: int, column: int) -> Occurrence | None:

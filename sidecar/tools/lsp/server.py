@@ -159,15 +159,22 @@ def did_change_files(ls: MirrorServer, params: types.DidChangeWatchedFilesParams
 
 
 def _canaries(ls: MirrorServer, doc: Document) -> dict[str, assist.CanaryInfo]:
+    """The group's canaries; the document's own even while it does not parse."""
     out: dict[str, assist.CanaryInfo] = {}
-    texts = {s.name: s.text for s in ls.sources(doc)}
-    for o in navigation.occurrences(ls.sources(doc)):
+    sources = ls.sources(doc)
+    texts = {s.name: s.text for s in sources}
+    for o in navigation.occurrences(sources):
         if o.definition and o.block is not None and o.name not in out:
             text = texts.get(o.span.file) or ""
             lines = text.split("\n")[o.block.line - 1 : o.block.end_line]
             out[o.name] = assist.CanaryInfo(
                 name=o.name, where=f"{o.span.file}:{o.span.line}", block="\n".join(lines)
             )
+    if any(s.name == doc.name and s.tree is None for s in sources):
+        for name, line in navigation.defined_while_broken(doc.text):
+            if name not in out:
+                block = doc.text.split("\n")[line - 1]
+                out[name] = assist.CanaryInfo(name=name, where=f"{doc.name}:{line}", block=block)
     return out
 
 

@@ -58,13 +58,13 @@ async def diagnostics_until(
     client: LanguageClient,
     uri: str,
     done: Callable[[Sequence[types.Diagnostic]], bool],
-) -> Sequence[types.Diagnostic]:
+) -> list[types.Diagnostic]:
     """Wait (with a deadline) until the diagnostics published for `uri` satisfy `done`."""
 
-    async def wait() -> Sequence[types.Diagnostic]:
+    async def wait() -> list[types.Diagnostic]:
         while True:
             if uri in client.diagnostics and done(client.diagnostics[uri]):
-                return client.diagnostics[uri]
+                return list(client.diagnostics[uri])
             await client.wait_for_notification(types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
 
     return await asyncio.wait_for(wait(), DEADLINE_S)
@@ -72,3 +72,41 @@ async def diagnostics_until(
 
 def codes(diags: Sequence[types.Diagnostic]) -> list[str]:
     return sorted(str(d.code) for d in diags)
+
+
+def at(text: str, needle: str, delta: int = 0) -> types.Position:
+    """The position of the first `needle` in `text` (ASCII), moved `delta` characters."""
+    offset = text.index(needle) + delta
+    line = text.count("\n", 0, offset)
+    return types.Position(line=line, character=offset - (text.rfind("\n", 0, offset) + 1))
+
+
+def doc_id(uri: str) -> types.TextDocumentIdentifier:
+    return types.TextDocumentIdentifier(uri=uri)
+
+
+SERVER = "primary http://127.0.0.1:8081\n"
+CANARIES = """\
+canary v2 {
+    server http://127.0.0.1:9002
+    timeout 2s
+}
+
+canary v3 {
+    server http://127.0.0.1:9003
+}
+"""
+RULES = """\
+mirror api {
+    when path ^= "/api/"
+    to v2, v3
+}
+"""
+
+
+def write_rules(directory: Path) -> tuple[Path, Path, Path]:
+    """A three-file configuration that passes check."""
+    files = (directory / "00-server.mirror", directory / "10-canaries.mirror", directory / "20-rules.mirror")
+    for path, text in zip(files, (SERVER, CANARIES, RULES), strict=True):
+        path.write_text(text)
+    return files
