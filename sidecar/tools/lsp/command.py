@@ -26,6 +26,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _not_a_refusal(record: logging.LogRecord) -> bool:
+    from pygls.exceptions import JsonRpcInvalidParams
+
+    return not (record.exc_info and isinstance(record.exc_info[1], JsonRpcInvalidParams))
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         stream=sys.stderr,
@@ -34,5 +40,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from sidecar.tools.lsp.server import server  # pygls: not for `sidecar --help`
 
+    # A refused request (rename to an existing name...) is an answer to the editor, not a
+    # fault of the server: pygls would log each with a traceback.
+    logging.getLogger("pygls.protocol").addFilter(_not_a_refusal)
     server.start_io()
     return 0
