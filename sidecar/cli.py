@@ -26,7 +26,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("explain", "sidecar.tools.explain", "show how the rules route one request"),
     ("fmt", "sidecar.tools.fmt", "rewrite rule files in the canonical layout"),
     ("diffs", "sidecar.tools.diffs", "report diff records from files, stdin or admin URLs"),
-    ("lsp", "sidecar.tools.lsp.command", "a language server for .mirror files, for editors (stdio)"),
+    (
+        "lsp",
+        "sidecar.tools.lsp.command",
+        "a language server for .mirror files, for editors (stdio)",
+    ),
     (
         "demo",
         "sidecar.demo.command",

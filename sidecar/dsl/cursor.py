@@ -20,6 +20,7 @@ whose reduction the table then offers is the one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from dataclasses import dataclass
@@ -98,7 +99,9 @@ def _table() -> Any:
 def _top_level_words() -> frozenset[str]:
     """The keywords that begin a top-level statement: what the parser takes at the start."""
     scan = _scan("")
-    return frozenset(literals()[t] for t in scan.accepts if t in literals()) if scan else frozenset()
+    return (
+        frozenset(literals()[t] for t in scan.accepts if t in literals()) if scan else frozenset()
+    )
 
 
 def _resync(text: str) -> int:
@@ -164,7 +167,7 @@ def _scan(text: str, *, tolerant: bool = False, keep: int = MAX_CONTEXT_TOKENS) 
                     errors += 1
                     if not tolerant or errors > MAX_RECOVERIES:
                         return None
-                    lexer = interactive.lexer_thread.state
+                    lexer: Any = interactive.lexer_thread.state
                     at = lexer.line_ctr.char_pos
                     lexer.line_ctr.feed(text[at : at + 1])  # skip the character
             accepts: set[str] = interactive.accepts()  # type: ignore[no-untyped-call]
@@ -187,10 +190,8 @@ def _recover(interactive: Any, token: Token) -> None:
         if token.type in states[stack[keep - 1]]:
             del stack[keep:]
             del values[keep - 1 :]
-            try:
+            with contextlib.suppress(UnexpectedInput):  # then the token is dropped
                 interactive.feed_token(token)
-            except UnexpectedInput:
-                pass
             return
 
 

@@ -177,8 +177,13 @@ def load(
         )
     texts: list[tuple[str, str | None, bytes]] = []
     for name in files:
+        text: str | None
         if name in buffers:
-            text, data, problem = buffers[name], buffers[name].encode("utf-8", "surrogatepass"), None
+            text, data, problem = (
+                buffers[name],
+                buffers[name].encode("utf-8", "surrogatepass"),
+                None,
+            )
         else:
             text, data, problem = read_rule_file(name)
         if problem is not None:

@@ -103,7 +103,12 @@ def completions(
     for terminal in sorted(expected.accepts):
         if number and terminal in UNITS:
             for unit in UNITS[terminal]:
-                add(f"{number.group(1)}{unit}", types.CompletionItemKind.Unit, terminal.lower(), None)
+                add(
+                    f"{number.group(1)}{unit}",
+                    types.CompletionItemKind.Unit,
+                    terminal.lower(),
+                    None,
+                )
             continue
         literal = literals.get(terminal)
         if literal is None or not literal.strip("{}(),"):
@@ -152,9 +157,7 @@ def _block(info: CanaryInfo) -> str:
     return f"```mirror\n{info.block}\n```\n\n*Defined at {info.where}.*"
 
 
-def hover(
-    text: str, offset: int, canary: CanaryInfo | None, lines: Lines
-) -> types.Hover | None:
+def hover(text: str, offset: int, canary: CanaryInfo | None, lines: Lines) -> types.Hover | None:
     """The hover at `offset`: `canary` is the canary named there, if any."""
     if in_comment_or_string(text, offset):
         return None

@@ -8,6 +8,7 @@ is never taken for one.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -48,11 +49,11 @@ def occurrences(sources: Iterable[Source]) -> list[Occurrence]:
                             if isinstance(c, ast.CompareBaseline)
                         )
             elif isinstance(stmt, ast.MirrorRule):
-                for inner in stmt.statements:
-                    if isinstance(inner, ast.To):
+                for rule_stmt in stmt.statements:
+                    if isinstance(rule_stmt, ast.To):
                         out.extend(
                             Occurrence(name=n.value, span=n.span, definition=False)
-                            for n in inner.canaries
+                            for n in rule_stmt.canaries
                         )
     return out
 
@@ -62,16 +63,14 @@ def defined_while_broken(text: str) -> list[tuple[str, int]]:
     toks = cursor.tokens(text)
     return [
         (str(b), b.line or 1)
-        for a, b in zip(toks, toks[1:], strict=False)
+        for a, b in itertools.pairwise(toks)
         if a.type == "CANARY" and b.type == "NAME"
     ]
 
 
 def at(found: Iterable[Occurrence], file: str, line: int, column: int) -> Occurrence | None:
     """The occurrence under a 1-based position of `file`."""
-    return next(
-        (o for o in found if o.span.file == file and contains(o.span, line, column)), None
-    )
+    return next((o for o in found if o.span.file == file and contains(o.span, line, column)), None)
 
 
 def symbols(tree: ast.File, lines: Lines) -> list[types.DocumentSymbol]:
@@ -80,15 +79,39 @@ def symbols(tree: ast.File, lines: Lines) -> list[types.DocumentSymbol]:
     for stmt in tree.statements:
         if isinstance(stmt, ast.Canary):
             servers = [s.url for s in stmt.statements if isinstance(s, ast.Server)]
-            out.append(_symbol(stmt.name.value, types.SymbolKind.Class, stmt.span, stmt.name.span, ", ".join(servers), lines))
+            out.append(
+                _symbol(
+                    stmt.name.value,
+                    types.SymbolKind.Class,
+                    stmt.span,
+                    stmt.name.span,
+                    ", ".join(servers),
+                    lines,
+                )
+            )
         elif isinstance(stmt, ast.MirrorRule):
-            targets = [n.value for s in stmt.statements if isinstance(s, ast.To) for n in s.canaries]
+            targets = [
+                n.value for s in stmt.statements if isinstance(s, ast.To) for n in s.canaries
+            ]
             detail = f"to {', '.join(targets)}" if targets else ""
-            out.append(_symbol(stmt.name.value, types.SymbolKind.Function, stmt.span, stmt.name.span, detail, lines))
+            out.append(
+                _symbol(
+                    stmt.name.value,
+                    types.SymbolKind.Function,
+                    stmt.span,
+                    stmt.name.span,
+                    detail,
+                    lines,
+                )
+            )
         elif isinstance(stmt, ast.Exclude):
             out.append(_symbol("exclude", types.SymbolKind.Event, stmt.span, stmt.span, "", lines))
         elif isinstance(stmt, ast.Primary):
-            out.append(_symbol("primary", types.SymbolKind.Module, stmt.span, stmt.url_span, stmt.url, lines))
+            out.append(
+                _symbol(
+                    "primary", types.SymbolKind.Module, stmt.span, stmt.url_span, stmt.url, lines
+                )
+            )
     return out  # fmt: skip
 
 

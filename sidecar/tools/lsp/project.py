@@ -11,6 +11,7 @@ file it changed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,12 +99,10 @@ class Project:
         if not os.path.isabs(group):  # a group of one document (its URI)
             return [d.name for d in docs]
         names = {d.name for d in docs}
-        try:
+        with contextlib.suppress(OSError):  # a directory gone: its open documents still count
             names.update(
                 os.path.join(group, n) for n in os.listdir(group) if n.endswith(RULE_SUFFIX)
             )
-        except OSError:
-            pass  # the directory went away: the open documents are still checked
         return sorted(names, key=os.path.basename)
 
     def check(self, group: str) -> LoadResult:

@@ -14,12 +14,13 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
-from sidecar import __version__
 from sidecar.diagnostics import Diagnostic
 from sidecar.tools.fmt import format_text
 from sidecar.tools.lsp import assist, navigation
@@ -28,13 +29,24 @@ from sidecar.tools.lsp.positions import Lines
 from sidecar.tools.lsp.project import Document, Project, Source, uri_of
 
 log = logging.getLogger("sidecar.lsp")
+
+
+def _version() -> str:
+    try:
+        return package_version("sidecar")
+    except PackageNotFoundError:  # running from a checkout that is not installed
+        return "0"
+
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")  # the grammar's NAME terminal
 
 
 class MirrorServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__(
-            "sidecar-lsp", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental
+            "sidecar-lsp",
+            _version(),
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
         )
         self.project = Project()
         self.checker = Checker(self.publish)
@@ -260,7 +272,11 @@ def rename(ls: MirrorServer, params: types.RenameParams) -> types.WorkspaceEdit 
     broken = [s for s in sources if s.tree is None]
     if broken:
         first = broken[0]
-        where = f"{first.errors[0].span.file}:{first.errors[0].span.line}" if first.errors else first.name
+        where = (
+            f"{first.errors[0].span.file}:{first.errors[0].span.line}"
+            if first.errors
+            else first.name
+        )
         raise JsonRpcInvalidParams(
             f"not renamed: {where} has an error, so its uses of {found.name!r} cannot be found"
         )

@@ -106,7 +106,11 @@ mirror api {
 
 def write_rules(directory: Path) -> tuple[Path, Path, Path]:
     """A three-file configuration that passes check."""
-    files = (directory / "00-server.mirror", directory / "10-canaries.mirror", directory / "20-rules.mirror")
+    files = (
+        directory / "00-server.mirror",
+        directory / "10-canaries.mirror",
+        directory / "20-rules.mirror",
+    )
     for path, text in zip(files, (SERVER, CANARIES, RULES), strict=True):
         path.write_text(text)
     return files

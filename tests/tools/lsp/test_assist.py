@@ -30,23 +30,23 @@ canary v4 {
     rate 50
     compare {
         sample 5
-        baseline 
+        baseline·
     }
 }
 
 mirror api2 {
-    when path ^= "/a" and header "X" 
+    when path ^= "/a" and header "X"·
     sample 10
-    to v2, 
+    to v2,·
 }
 
 mirror m3 {
-    when method in (GET, 
-    to v2  # to 
+    when method in (GET,·
+    to v2  # to·
 }
 
-exclude when 
-"""
+exclude when·
+""".replace("·", " ")  # · marks a trailing space
 
 
 async def test_completion_in_each_context(client: LanguageClient, tmp_path: Path) -> None:

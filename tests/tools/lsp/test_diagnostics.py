@@ -85,7 +85,9 @@ async def test_closing_a_buffer_clears_it_and_rechecks_with_the_disk(
     from lsprotocol import types
 
     client.text_document_did_close(
-        types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=canaries_uri))
+        types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=canaries_uri)
+        )
     )
     assert await diagnostics_until(client, canaries_uri, lambda d: not d) == []
     assert await diagnostics_until(client, rules_uri, lambda d: not d) == []

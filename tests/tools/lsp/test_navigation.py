@@ -95,7 +95,9 @@ async def test_rename_a_canary_everywhere(client: LanguageClient, tmp_path: Path
         )
     with pytest.raises(JsonRpcException, match="not a canary name"):
         await client.text_document_rename_async(
-            types.RenameParams(text_document=doc_id(canaries_uri), position=position, new_name="a b")
+            types.RenameParams(
+                text_document=doc_id(canaries_uri), position=position, new_name="a b"
+            )
         )
     # A file of the directory that does not parse could hide uses: refused.
     (tmp_path / "30-broken.mirror").write_text("mirror x {\n    to v3\n")
@@ -108,9 +110,13 @@ async def test_rename_a_canary_everywhere(client: LanguageClient, tmp_path: Path
 def apply(text: str, edits: list[types.TextEdit]) -> str:
     """Apply single-line edits (bottom up)."""
     lines = text.split("\n")
-    for e in sorted(edits, key=lambda e: (e.range.start.line, e.range.start.character), reverse=True):
+    for e in sorted(
+        edits, key=lambda e: (e.range.start.line, e.range.start.character), reverse=True
+    ):
         line = lines[e.range.start.line]
-        lines[e.range.start.line] = line[: e.range.start.character] + e.new_text + line[e.range.end.character :]
+        lines[e.range.start.line] = (
+            line[: e.range.start.character] + e.new_text + line[e.range.end.character :]
+        )
     return "\n".join(lines)  # fmt: skip
 
 
@@ -127,7 +133,9 @@ async def test_document_symbols(client: LanguageClient, tmp_path: Path) -> None:
         types.DocumentSymbolParams(text_document=doc_id(uri))
     )
     assert result is not None
-    got = [(s.name, s.kind, s.range.start.line) for s in result if isinstance(s, types.DocumentSymbol)]
+    got = [
+        (s.name, s.kind, s.range.start.line) for s in result if isinstance(s, types.DocumentSymbol)
+    ]
     assert got == [
         ("primary", types.SymbolKind.Module, 0),
         ("v2", types.SymbolKind.Class, 1),
@@ -162,6 +170,9 @@ async def test_formatting_is_fmt_and_skips_broken_files(
     broken = "canary v2 {\n  server http://127.0.0.1:9002\n"
     c_uri = open_doc(client, tmp_path / "c.mirror", text=broken)
     await diagnostics_until(client, c_uri, lambda d: bool(d))
-    assert await client.text_document_formatting_async(
-        types.DocumentFormattingParams(text_document=doc_id(c_uri), options=options)
-    ) is None
+    assert (
+        await client.text_document_formatting_async(
+            types.DocumentFormattingParams(text_document=doc_id(c_uri), options=options)
+        )
+        is None
+    )

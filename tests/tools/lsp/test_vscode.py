@@ -23,7 +23,9 @@ def test_the_textmate_grammar_knows_every_keyword() -> None:
         assert alternatives is not None, key
         highlighted.update(alternatives.group(1).split("|"))
     words = {text for text in cursor.literals().values() if re.fullmatch(r"[a-z_]+", text)}
-    assert not sorted(words - highlighted), "keywords of grammar/mirror.lark the editor does not highlight"
+    assert not sorted(words - highlighted), (
+        "keywords of grammar/mirror.lark the editor does not highlight"
+    )
     assert not sorted(highlighted - words), "highlighted words that are not keywords any more"
 
 
