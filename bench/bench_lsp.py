@@ -30,9 +30,9 @@ from pygls.protocol import default_converter
 from pytest_lsp import LanguageClient, client_capabilities
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_check import generate  # noqa: E402
+from bench_check import generate
 
-from sidecar.tools.lsp.project import Project  # noqa: E402
+from sidecar.tools.lsp.project import Project
 
 
 def keystroke(text: str, i: int) -> str:
