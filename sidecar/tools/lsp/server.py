@@ -257,7 +257,7 @@ def prepare_rename(ls: MirrorServer, params: types.PrepareRenameParams) -> types
     return None if found is None else ls.lines(doc.text).range(found.span)
 
 
-@server.feature(types.TEXT_DOCUMENT_RENAME)
+@server.feature(types.TEXT_DOCUMENT_RENAME, types.RenameOptions(prepare_provider=True))
 def rename(ls: MirrorServer, params: types.RenameParams) -> types.WorkspaceEdit | None:
     doc = ls.document(params.text_document.uri)
     found = _occurrence(ls, doc, ls.lines(doc.text).offset(params.position))

@@ -23,7 +23,7 @@ async def client(lsp_client: LanguageClient, tmp_path: Path):  # type: ignore[no
         capabilities=client_capabilities("visual-studio-code"),
         root_uri=tmp_path.as_uri(),
     )
-    await lsp_client.initialize_session(params)
+    lsp_client.init_result = await lsp_client.initialize_session(params)  # type: ignore[attr-defined]
     yield
     await lsp_client.shutdown_session()
 

@@ -176,3 +176,17 @@ async def test_formatting_is_fmt_and_skips_broken_files(
         )
         is None
     )
+
+
+async def test_the_server_advertises_what_it_answers(client: LanguageClient) -> None:
+    """An editor asks only for what the server says it does (VS Code calls prepareRename
+    only with `prepareProvider`)."""
+    caps = client.init_result.capabilities  # type: ignore[attr-defined]
+    assert caps.completion_provider is not None and caps.hover_provider
+    assert caps.definition_provider and caps.references_provider
+    assert caps.document_symbol_provider and caps.document_formatting_provider
+    assert isinstance(caps.rename_provider, types.RenameOptions)
+    assert caps.rename_provider.prepare_provider
+    sync = caps.text_document_sync
+    assert isinstance(sync, types.TextDocumentSyncOptions)
+    assert sync.change == types.TextDocumentSyncKind.Incremental
