@@ -104,3 +104,33 @@ async def test_a_burst_of_changes_ends_with_the_last_text_checked(
     change_doc(client, uri, RULES.replace("v3", "v5"), 40)
     diags = await diagnostics_until(client, uri, lambda d: any('"v5"' in x.message for x in d))
     assert codes(diags) == ["unknown-canary"]
+
+
+async def test_incremental_changes_in_utf16_units(client: LanguageClient, tmp_path: Path) -> None:
+    """VS Code sends ranges in UTF-16 code units, and reads diagnostics in them: the
+    non-BMP character before the edit counts two."""
+    from lsprotocol import types
+
+    _server, _canaries, rules = write_rules(tmp_path)
+    line = '    when path == "/🚀" and method == GET'
+    rules.write_text(RULES.replace('    when path ^= "/api/"', line))
+    uri = open_doc(client, rules)
+    await diagnostics_until(client, uri, lambda d: not d)
+    column = line.index("GET") + 1  # in UTF-16 units
+    change = types.TextDocumentContentChangePartial(
+        range=types.Range(
+            start=types.Position(line=1, character=column),
+            end=types.Position(line=1, character=column + 3),
+        ),
+        text="get",
+    )
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[change],
+        )
+    )
+    diags = await diagnostics_until(client, uri, lambda d: bool(d))
+    assert codes(diags) == ["invalid-method"], diags
+    assert (diags[0].range.start.line, diags[0].range.start.character) == (1, column)
+    assert diags[0].range.end.character == column + 3
