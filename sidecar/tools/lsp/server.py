@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError
@@ -26,7 +27,7 @@ from sidecar.tools.fmt import format_text
 from sidecar.tools.lsp import assist, navigation
 from sidecar.tools.lsp.checker import Checker
 from sidecar.tools.lsp.positions import Lines
-from sidecar.tools.lsp.project import Document, Project, Source, uri_of
+from sidecar.tools.lsp.project import Document, Project, Source, path_of, uri_of
 
 log = logging.getLogger("sidecar.lsp")
 
@@ -162,9 +163,9 @@ def did_change_files(ls: MirrorServer, params: types.DidChangeWatchedFilesParams
     """A `.mirror` file changed on disk (a checkout, another editor): re-check its group."""
     groups = {d.group for d in ls.project.documents.values()}
     for change in params.changes:
-        for group in groups:
-            if change.uri.startswith(uri_of(group) + "/"):
-                ls.checker.touch(group)
+        path = path_of(change.uri)
+        if path is not None and os.path.dirname(path) in groups:
+            ls.checker.touch(os.path.dirname(path))
 
 
 # --- assistance ------------------------------------------------------------------------

@@ -134,3 +134,21 @@ async def test_incremental_changes_in_utf16_units(client: LanguageClient, tmp_pa
     assert codes(diags) == ["invalid-method"], diags
     assert (diags[0].range.start.line, diags[0].range.start.character) == (1, column)
     assert diags[0].range.end.character == column + 3
+
+
+async def test_a_closed_file_changed_on_disk_is_checked_again(
+    client: LanguageClient, tmp_path: Path
+) -> None:
+    from lsprotocol import types
+
+    _server, canaries, rules = write_rules(tmp_path)
+    rules_uri = open_doc(client, rules)
+    await diagnostics_until(client, rules_uri, lambda d: not d)
+    canaries.write_text(CANARIES.replace("canary v3", "canary v9"))  # a checkout, say
+    client.workspace_did_change_watched_files(
+        types.DidChangeWatchedFilesParams(
+            changes=[types.FileEvent(uri=canaries.as_uri(), type=types.FileChangeType.Changed)]
+        )
+    )
+    diags = await diagnostics_until(client, rules_uri, lambda d: bool(d))
+    assert codes(diags) == ["unknown-canary"]
