@@ -15,6 +15,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
@@ -171,12 +172,13 @@ def did_change_files(ls: MirrorServer, params: types.DidChangeWatchedFilesParams
 # --- assistance ------------------------------------------------------------------------
 
 
-def _canaries(ls: MirrorServer, doc: Document) -> dict[str, assist.CanaryInfo]:
+def _canaries(
+    doc: Document, sources: list[Source], every: list[navigation.Occurrence]
+) -> dict[str, assist.CanaryInfo]:
     """The group's canaries; the document's own even while it does not parse."""
     out: dict[str, assist.CanaryInfo] = {}
-    sources = ls.sources(doc)
     texts = {s.name: s.text for s in sources}
-    for o in navigation.occurrences(sources):
+    for o in every:
         if o.definition and o.block is not None and o.name not in out:
             text = texts.get(o.span.file) or ""
             lines = text.split("\n")[o.block.line - 1 : o.block.end_line]
@@ -196,28 +198,46 @@ def completion(ls: MirrorServer, params: types.CompletionParams) -> types.Comple
     doc = ls.document(params.text_document.uri)
     lines = ls.lines(doc.text)
     offset = lines.offset(params.position)
-    items = assist.completions(doc.text, offset, _canaries(ls, doc), lines)
+    sources = ls.sources(doc)
+    canaries = _canaries(doc, sources, navigation.occurrences(sources))
+    items = assist.completions(doc.text, offset, canaries, lines)
     return types.CompletionList(is_incomplete=False, items=items)
 
 
 @server.feature(types.TEXT_DOCUMENT_HOVER)
 def hover(ls: MirrorServer, params: types.HoverParams) -> types.Hover | None:
-    doc = ls.document(params.text_document.uri)
-    lines = ls.lines(doc.text)
-    offset = lines.offset(params.position)
-    found = _occurrence(ls, doc, offset)
-    canary = _canaries(ls, doc).get(found.name) if found is not None else None
-    return assist.hover(doc.text, offset, canary, lines)
+    at = _lookup(ls, params.text_document.uri, params.position)
+    lines = ls.lines(at.doc.text)
+    canary = None
+    if at.found is not None:
+        canary = _canaries(at.doc, at.sources, at.every).get(at.found.name)
+    return assist.hover(at.doc.text, lines.offset(params.position), canary, lines)
 
 
 # --- navigation ------------------------------------------------------------------------
 
 
-def _occurrence(ls: MirrorServer, doc: Document, offset: int) -> navigation.Occurrence | None:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Lookup:
+    """A position's document, its group's files now, every canary occurrence in them,
+    and the occurrence under the position (if any)."""
+
+    doc: Document
+    sources: list[Source]
+    every: list[navigation.Occurrence]
+    found: navigation.Occurrence | None
+
+
+def _lookup(ls: MirrorServer, uri: str, position: types.Position) -> _Lookup:
+    doc = ls.document(uri)
+    offset = ls.lines(doc.text).offset(position)
     before = doc.text[:offset]
     line = before.count("\n") + 1
     column = offset - (before.rfind("\n") + 1) + 1
-    return navigation.at(navigation.occurrences(ls.sources(doc)), doc.name, line, column)
+    sources = ls.sources(doc)
+    every = navigation.occurrences(sources)
+    found = navigation.at(every, doc.name, line, column)
+    return _Lookup(doc=doc, sources=sources, every=every, found=found)
 
 
 def _location(ls: MirrorServer, o: navigation.Occurrence) -> types.Location:
@@ -229,48 +249,43 @@ def _location(ls: MirrorServer, o: navigation.Occurrence) -> types.Location:
 
 @server.feature(types.TEXT_DOCUMENT_DEFINITION)
 def definition(ls: MirrorServer, params: types.DefinitionParams) -> list[types.Location]:
-    doc = ls.document(params.text_document.uri)
-    found = _occurrence(ls, doc, ls.lines(doc.text).offset(params.position))
-    if found is None:
+    at = _lookup(ls, params.text_document.uri, params.position)
+    if at.found is None:
         return []
-    every = navigation.occurrences(ls.sources(doc))
-    return [_location(ls, o) for o in every if o.definition and o.name == found.name]
+    name = at.found.name
+    return [_location(ls, o) for o in at.every if o.definition and o.name == name]
 
 
 @server.feature(types.TEXT_DOCUMENT_REFERENCES)
 def references(ls: MirrorServer, params: types.ReferenceParams) -> list[types.Location]:
-    doc = ls.document(params.text_document.uri)
-    found = _occurrence(ls, doc, ls.lines(doc.text).offset(params.position))
-    if found is None:
+    at = _lookup(ls, params.text_document.uri, params.position)
+    if at.found is None:
         return []
-    every = navigation.occurrences(ls.sources(doc))
+    declarations = params.context.include_declaration
     return [
         _location(ls, o)
-        for o in every
-        if o.name == found.name and (params.context.include_declaration or not o.definition)
+        for o in at.every
+        if o.name == at.found.name and (declarations or not o.definition)
     ]
 
 
 @server.feature(types.TEXT_DOCUMENT_PREPARE_RENAME)
 def prepare_rename(ls: MirrorServer, params: types.PrepareRenameParams) -> types.Range | None:
-    doc = ls.document(params.text_document.uri)
-    found = _occurrence(ls, doc, ls.lines(doc.text).offset(params.position))
-    return None if found is None else ls.lines(doc.text).range(found.span)
+    at = _lookup(ls, params.text_document.uri, params.position)
+    return None if at.found is None else ls.lines(at.doc.text).range(at.found.span)
 
 
 @server.feature(types.TEXT_DOCUMENT_RENAME, types.RenameOptions(prepare_provider=True))
 def rename(ls: MirrorServer, params: types.RenameParams) -> types.WorkspaceEdit | None:
-    doc = ls.document(params.text_document.uri)
-    found = _occurrence(ls, doc, ls.lines(doc.text).offset(params.position))
-    if found is None:
+    at = _lookup(ls, params.text_document.uri, params.position)
+    if at.found is None:
         return None
-    new = params.new_name
+    old, new = at.found.name, params.new_name
     if not _NAME.match(new):
         raise JsonRpcInvalidParams(
             f"{new!r} is not a canary name: a letter or _, then letters, digits, _ or -"
         )
-    sources = ls.sources(doc)
-    broken = [s for s in sources if s.tree is None]
+    broken = [s for s in at.sources if s.tree is None]
     if broken:
         first = broken[0]
         where = (
@@ -279,14 +294,13 @@ def rename(ls: MirrorServer, params: types.RenameParams) -> types.WorkspaceEdit 
             else first.name
         )
         raise JsonRpcInvalidParams(
-            f"not renamed: {where} has an error, so its uses of {found.name!r} cannot be found"
+            f"not renamed: {where} has an error, so its uses of {old!r} cannot be found"
         )
-    every = navigation.occurrences(sources)
-    if new != found.name and any(o.definition and o.name == new for o in every):
+    if new != old and any(o.definition and o.name == new for o in at.every):
         raise JsonRpcInvalidParams(f"not renamed: a canary named {new!r} already exists")
     changes: dict[str, list[types.TextEdit]] = {}
-    for o in every:
-        if o.name == found.name:
+    for o in at.every:
+        if o.name == old:
             loc = _location(ls, o)
             changes.setdefault(loc.uri, []).append(types.TextEdit(range=loc.range, new_text=new))
     return types.WorkspaceEdit(changes=changes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lsprotocol import types
 from pytest_lsp import LanguageClient
 
 from tests.tools.lsp.conftest import (
@@ -82,8 +83,6 @@ async def test_closing_a_buffer_clears_it_and_rechecks_with_the_disk(
     canaries_uri = open_doc(client, canaries, text=CANARIES.replace("canary v3", "canary v9"))
     await diagnostics_until(client, rules_uri, lambda d: codes(d) == ["unknown-canary"])
     await diagnostics_until(client, canaries_uri, lambda d: codes(d) == ["unused-canary"])
-    from lsprotocol import types
-
     client.text_document_did_close(
         types.DidCloseTextDocumentParams(
             text_document=types.TextDocumentIdentifier(uri=canaries_uri)
@@ -99,7 +98,7 @@ async def test_a_burst_of_changes_ends_with_the_last_text_checked(
     _server, _canaries, rules = write_rules(tmp_path)
     uri = open_doc(client, rules)
     await diagnostics_until(client, uri, lambda d: not d)
-    for version in range(2, 40):  # keystrokes: `v4` is typed and kept
+    for version in range(2, 40):  # keystrokes, faster than the checks
         change_doc(client, uri, RULES.replace("v3", "v4" if version % 2 else "v3"), version)
     change_doc(client, uri, RULES.replace("v3", "v5"), 40)
     diags = await diagnostics_until(client, uri, lambda d: any('"v5"' in x.message for x in d))
@@ -109,8 +108,6 @@ async def test_a_burst_of_changes_ends_with_the_last_text_checked(
 async def test_incremental_changes_in_utf16_units(client: LanguageClient, tmp_path: Path) -> None:
     """VS Code sends ranges in UTF-16 code units, and reads diagnostics in them: the
     non-BMP character before the edit counts two."""
-    from lsprotocol import types
-
     _server, _canaries, rules = write_rules(tmp_path)
     line = '    when path == "/🚀" and method == GET'
     rules.write_text(RULES.replace('    when path ^= "/api/"', line))
@@ -139,8 +136,6 @@ async def test_incremental_changes_in_utf16_units(client: LanguageClient, tmp_pa
 async def test_a_closed_file_changed_on_disk_is_checked_again(
     client: LanguageClient, tmp_path: Path
 ) -> None:
-    from lsprotocol import types
-
     _server, canaries, rules = write_rules(tmp_path)
     rules_uri = open_doc(client, rules)
     await diagnostics_until(client, rules_uri, lambda d: not d)
