@@ -35,6 +35,7 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _NAME_LIST = {"NAME", "COMMA", "LPAR", "IN", "EQ", "NE"}
 _PARTIAL_WORD = re.compile(r"[A-Za-z0-9_.%/-]*\Z")
 _PARTIAL_OPERATOR = re.compile(r"[=!^$*~]*\Z")
+_OPERATOR = re.compile(r"==|!=|\^=|\$=|\*=|!~|~")
 _NUMBER = re.compile(r"([0-9]+(?:\.[0-9]+)?)[A-Za-z/%]*\Z")
 
 # add(label, kind, detail, markdown documentation or None): one completion item.
@@ -163,7 +164,7 @@ def hover(text: str, offset: int, canary: CanaryInfo | None, lines: Lines) -> ty
         return None
     word = cursor.word_at(text, offset)
     if word is None:
-        return None
+        return _operator_hover(text, offset, lines)
     start, end = word
     span = types.Range(start=lines.at_offset(start), end=lines.at_offset(end))
     if canary is not None:
@@ -187,3 +188,22 @@ def hover(text: str, offset: int, canary: CanaryInfo | None, lines: Lines) -> ty
     return types.Hover(
         contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=value), range=span
     )
+
+
+def _operator_hover(text: str, offset: int, lines: Lines) -> types.Hover | None:
+    """The meaning of the test operator (`^=`, `!~`...) under the cursor."""
+    literals = cursor.literals()
+    by_text = {literals[name]: meaning for name, meaning in reference.OPERATORS.items()}
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = text.find("\n", offset)
+    line = text[line_start : len(text) if line_end < 0 else line_end]
+    for m in _OPERATOR.finditer(line):
+        start, end = line_start + m.start(), line_start + m.end()
+        if start <= offset <= end and m.group(0) in by_text:
+            value = f"`{m.group(0)}`: {by_text[m.group(0)]}"
+            span = types.Range(start=lines.at_offset(start), end=lines.at_offset(end))
+            return types.Hover(
+                contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=value),
+                range=span,
+            )
+    return None

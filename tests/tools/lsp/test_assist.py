@@ -125,3 +125,4 @@ async def test_hover(client: LanguageClient, tmp_path: Path) -> None:
     assert v3 is not None
     assert "canary v3 {\n    server http://127.0.0.1:9003\n}" in v3 and "10-canaries.mirror:" in v3
     assert await hover_text(client, rules_uri, at(rules_text, '"/api/"', 2)) is None  # a string
+    assert await hover_text(client, rules_uri, at(rules_text, "^=", 1)) == "`^=`: starts with"
