@@ -118,6 +118,11 @@ def _decode(name: str, data: bytes) -> tuple[str, Diagnostic | None]:
     return text.removeprefix(_BOM), None
 
 
+def _too_large(name: str, size: int) -> Diagnostic:
+    message = f"file is {size:,} bytes; rule files are limited to {MAX_FILE_BYTES:,} bytes"
+    return _error(name, "file-too-large", message)
+
+
 def read_rule_file(name: str) -> tuple[str | None, bytes, Diagnostic | None]:
     """(text, bytes, None), or with the diagnostic of an unreadable, too large or not
     UTF-8 file (then the text, if any, is only for the caret line). `check` and `fmt`."""
@@ -127,8 +132,7 @@ def read_rule_file(name: str) -> tuple[str | None, bytes, Diagnostic | None]:
         reason = exc.strerror or type(exc).__name__
         return None, b"", _error(name, "unreadable-file", f"cannot read {name}: {reason}")
     if len(data) > MAX_FILE_BYTES:
-        message = f"file is {len(data):,} bytes; rule files are limited to {MAX_FILE_BYTES:,} bytes"
-        return None, data, _error(name, "file-too-large", message)
+        return None, data, _too_large(name, len(data))
     text, problem = _decode(name, data)
     return text, data, problem
 
@@ -158,6 +162,14 @@ class ParseCache:
             del self._entries[name]
 
 
+def _buffer(name: str, text: str) -> tuple[str | None, bytes, Diagnostic | None]:
+    """An unsaved buffer as `read_rule_file` would read it, its size limit included."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_FILE_BYTES:
+        return None, data, _too_large(name, len(data))
+    return text, data, None
+
+
 def load(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -179,11 +191,7 @@ def load(
     for name in files:
         text: str | None
         if name in buffers:
-            text, data, problem = (
-                buffers[name],
-                buffers[name].encode("utf-8", "surrogatepass"),
-                None,
-            )
+            text, data, problem = _buffer(name, buffers[name])
         else:
             text, data, problem = read_rule_file(name)
         if problem is not None:

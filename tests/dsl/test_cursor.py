@@ -99,6 +99,12 @@ def test_load_reads_buffers_instead_of_files(tmp_path: Path) -> None:
     assert result.files == [buffer, new] and result.usage_error is None
 
 
+def test_a_buffer_has_the_size_limit_of_a_file() -> None:
+    big = "# " + "x" * (1 << 20) + "\n"
+    result = load(["big.mirror"], buffers={"big.mirror": big})
+    assert [d.code for d in result.diagnostics] == ["file-too-large"]
+
+
 def test_the_parse_cache_reparses_only_changed_texts() -> None:
     cache = ParseCache()
     first, _ = cache.parse("listen 127.0.0.1:1\n", "a")
