@@ -24,6 +24,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from sidecar.diagnostics import Diagnostic
+from sidecar.dsl.loader import MAX_FILE_BYTES
 from sidecar.tools.fmt import format_text
 from sidecar.tools.lsp import assist, navigation
 from sidecar.tools.lsp.checker import Checker
@@ -66,6 +67,9 @@ class MirrorServer(LanguageServer):
         doc = self.project.documents.get(uri)
         if doc is None:
             raise JsonRpcInvalidParams(f"the document {uri} is not open")
+        if len(doc.text) > MAX_FILE_BYTES:  # in characters: at least as many bytes
+            # A file `check` refuses (file-too-large, in its diagnostics) is not parsed per request.
+            raise JsonRpcInvalidParams(f"{doc.name} is larger than {MAX_FILE_BYTES:,} bytes")
         return doc
 
     def sync(self, uri: str, version: int | None) -> Document:

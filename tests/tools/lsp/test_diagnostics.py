@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from lsprotocol import types
 from pytest_lsp import LanguageClient
 
@@ -147,3 +148,21 @@ async def test_a_closed_file_changed_on_disk_is_checked_again(
     )
     diags = await diagnostics_until(client, rules_uri, lambda d: bool(d))
     assert codes(diags) == ["unknown-canary"]
+
+
+async def test_a_document_over_the_size_limit_is_refused_not_parsed(
+    client: LanguageClient, tmp_path: Path
+) -> None:
+    from pygls.exceptions import JsonRpcException
+
+    big = "# " + "x" * (1 << 20) + "\nlisten\n"
+    uri = open_doc(client, tmp_path / "big.mirror", text=big)
+    diags = await diagnostics_until(client, uri, lambda d: bool(d))
+    assert codes(diags) == ["file-too-large"]
+    with pytest.raises(JsonRpcException, match="larger than 1,048,576 bytes"):
+        await client.text_document_hover_async(
+            types.HoverParams(
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=types.Position(line=1, character=2),
+            )
+        )
