@@ -11,7 +11,10 @@ more than one check behind it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
+
+log = logging.getLogger("sidecar.lsp")
 
 # A keystroke every ~100 ms is fast typing; changes closer together than this are one check.
 COALESCE_S = 0.03
@@ -38,5 +41,8 @@ class Checker:
             pending, self._pending = list(self._pending), {}
             for group in pending:
                 self.checks += 1
-                self._check(group)
+                try:
+                    self._check(group)
+                except Exception:  # a bug in one check must not end the checks to come
+                    log.exception("checking %s failed", group)
             await asyncio.sleep(0)  # let the changes that came in during the checks be read

@@ -11,7 +11,6 @@ goes on.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -30,8 +29,6 @@ from sidecar.tools.lsp import assist, navigation
 from sidecar.tools.lsp.checker import Checker
 from sidecar.tools.lsp.positions import Lines
 from sidecar.tools.lsp.project import Document, Project, Source, path_of, uri_of
-
-log = logging.getLogger("sidecar.lsp")
 
 
 def _version() -> str:
@@ -84,11 +81,7 @@ class MirrorServer(LanguageServer):
 
     def publish(self, group: str) -> None:
         """Check a group and send each of its open documents its diagnostics."""
-        try:
-            result = self.project.check(group)
-        except Exception:  # the loader never raises; if it does, keep serving
-            log.exception("checking %s failed", group)
-            return
+        result = self.project.check(group)  # never raises (the checker logs it if it does)
         by_file: dict[str, list[Diagnostic]] = {}
         for d in result.diagnostics:
             by_file.setdefault(d.span.file, []).append(d)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from sidecar.tools.lsp.checker import Checker
 
 
@@ -32,5 +34,27 @@ async def test_a_burst_of_changes_is_one_check_of_the_newest_state() -> None:
         checker.touch("/rules")
         await asyncio.wait_for(done.wait(), 10)
         assert seen[-1] == ("/rules", 101)
+    finally:
+        task.cancel()
+
+
+async def test_a_failing_check_does_not_stop_the_checks(caplog: pytest.LogCaptureFixture) -> None:
+    done = asyncio.Event()
+    calls: list[str] = []
+
+    def check(group: str) -> None:
+        calls.append(group)
+        if group == "bad":
+            raise RuntimeError("a bug")
+        done.set()
+
+    checker = Checker(check)
+    task = asyncio.get_running_loop().create_task(checker.run())
+    try:
+        checker.touch("bad")
+        checker.touch("good")
+        await asyncio.wait_for(done.wait(), 10)
+        assert calls == ["bad", "good"]
+        assert "checking bad failed" in caplog.text
     finally:
         task.cancel()
