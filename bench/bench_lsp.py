@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -145,7 +146,7 @@ def main() -> None:
         size = sum(p.stat().st_size for p in files)
         edited = next(p for p in files if "rules" in p.name)
         print(
-            f"{args.rules} rules, {len(files)} files, {size:,} bytes; edited {edited.name} ({edited.stat().st_size:,} bytes)"
+            f"load average {os.getloadavg()[0]:.2f}; {args.rules} rules, {len(files)} files, {size:,} bytes; edited {edited.name} ({edited.stat().st_size:,} bytes)"
         )
         times, cpu = in_process(directory, edited, args.keystrokes)
         print(f"check after a keystroke (in process):  {ms(times)}; CPU {ms(cpu)}")
