@@ -5,17 +5,19 @@ operators and values may come next, and which statement does this keyword start?
 The answers come from the grammar itself, never from a list kept by hand, so a
 statement added to `grammar/mirror.lark` is completed and looked up at once.
 
-How: lark's interactive LALR parser is run over the text before the cursor
-(`parse_interactive`, the same Lark instance as `parse`); its `accepts()` is the
-set of terminals the parser takes there. If that text does not parse (an error
-earlier in the file), the text is parsed again, in panic mode (a token no state
-takes is skipped; one that an enclosing block takes ends the unfinished
-statements before it), from the start of the top-level statement around the cursor: the last line that begins, in column 1 and outside
-any block, with a keyword that starts a top-level statement, or the end of the
-last top-level block, whichever comes later. Which rule a
-keyword starts is read from lark's parse table: after the keyword, the rule's
-remaining terminals are fed to a copy of the parser's state stack, and the rule
-whose reduction the table then offers is the one.
+How: lark's interactive LALR parser (`parse_interactive`, the same Lark instance
+as `parse`) is run over the top-level statement around the cursor, from its
+start to the cursor: the parser is in the same state at the start of every
+top-level statement, so the rest of the file need not be read. That start is
+the last line that begins, outside any block, with a keyword that starts a
+top-level statement, or the end of the last top-level block, whichever comes
+later. The parser's `accepts()` is then the set of terminals it takes at the
+cursor. If the statement has an error before the cursor, it is parsed again in
+panic mode: a token no state takes is skipped, and one that an enclosing block
+takes ends the unfinished statements before it. Which rule a keyword starts is
+read from lark's parse table: after the keyword, each candidate rule's remaining
+terminals are fed to a copy of the parser's state stack, and the rule whose
+reduction the table then offers is the one.
 """
 
 from __future__ import annotations
@@ -104,39 +106,28 @@ def _top_level_words() -> frozenset[str]:
     )
 
 
+# What `_resync` looks at: comments and strings (skipped whole, so their braces do not
+# count), braces, and the word that begins a line.
+_SKIM = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\[^\n])*"?|[{}]|^[A-Za-z_][A-Za-z0-9_]*', re.MULTILINE)
+
+
 def _resync(text: str) -> int:
     """Where the last top-level statement of `text` begins (0 if none is found): a line that
     begins with a top-level keyword outside any block, or the end of a top-level block."""
     top = _top_level_words()
     depth = 0
     best = 0
-    i = 0
-    line_start = True
-    end = len(text)
-    while i < end:
-        c = text[i]
-        if line_start and depth == 0:
-            m = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[i : i + 40])
-            if m and m.group(0) in top:
-                best = i
-        line_start = False
-        if c == "\n":
-            line_start = True
-        elif c == "#":
-            nl = text.find("\n", i)
-            i = end if nl < 0 else nl
-            continue
-        elif c == '"':
-            i += 1
-            while i < end and text[i] not in '"\n':
-                i += 2 if text[i] == "\\" else 1
-        elif c == "{":
+    for m in _SKIM.finditer(text):
+        token = m.group()
+        first = token[0]
+        if first == "{":
             depth += 1
-        elif c == "}":
+        elif first == "}":
             depth = max(0, depth - 1)
             if depth == 0:
-                best = i + 1  # after a top-level block's `}` the parser is at the top level
-        i += 1
+                best = m.end()  # after a top-level block's `}` the parser is at the top level
+        elif first not in '#"' and depth == 0 and token in top:
+            best = m.start()
     return best
 
 
@@ -205,13 +196,17 @@ def tokens(text: str) -> tuple[Token, ...]:
 def expected_at(text: str, offset: int) -> Expected | None:
     """What the parser takes at `offset` of `text` (the text after it is not read).
 
-    When the text before `offset` has an error, its last top-level statement is parsed
-    again with errors skipped; None only if even that fails.
+    Only the top-level statement around `offset` is read; if it has an error before
+    `offset`, it is parsed again with errors skipped. None only if even that fails.
     """
+    # Only the statement around the cursor is parsed: the parser is at the top level, in
+    # the same state, at the start of every top-level statement, and a file's prefix can
+    # be 1 MiB (lark's interactive parse of 160 KB takes ~350 ms).
     before = text[:offset]
-    scan = _scan(before)
+    statement = before[_resync(before) :]
+    scan = _scan(statement)
     if scan is None:
-        scan = _scan(before[_resync(before) :], tolerant=True)
+        scan = _scan(statement, tolerant=True)
     return scan
 
 

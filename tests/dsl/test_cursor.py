@@ -119,3 +119,20 @@ def test_the_parse_cache_reparses_only_changed_texts() -> None:
     kept, _ = cache.parse("listen 127.0.0.1:1\n", "b")
     cache.retain(["a"])  # b is forgotten: the same text gives a new parse
     assert cache.parse("listen 127.0.0.1:1\n", "b")[0] is not kept
+
+
+def test_reading_only_the_statement_is_reading_the_whole_prefix() -> None:
+    """At every space and line start of the example rules, the statement-only parse accepts
+    what a parse of the whole text before it accepts."""
+    root = Path(__file__).resolve().parents[2]
+    text = "\n".join(p.read_text() for p in sorted((root / "rules").glob("*.mirror")))
+    offsets = [i + 1 for i, c in enumerate(text) if c in " \n"]
+    checked = 0
+    for offset in offsets[::3]:
+        whole = cursor._scan(text[:offset])
+        if whole is None:  # inside a comment or a string: not a token boundary
+            continue
+        found = cursor.expected_at(text, offset)
+        assert found is not None and found.accepts == whole.accepts, text[:offset][-60:]
+        checked += 1
+    assert checked > 100
