@@ -12,7 +12,8 @@ rules over ten files) in a temporary directory, then:
 2. over stdio, with a real LSP client (pytest-lsp's) and `sidecar lsp` in a subprocess:
    from sending a `didChange` to receiving the `publishDiagnostics` of that version,
    which includes the checker's 30 ms coalescing wait;
-3. a burst of `--burst` changes sent back to back: how many checks they cost.
+3. completion and hover requests in the edited file, round trip;
+4. a burst of `--burst` changes sent back to back: how many checks they cost.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def in_process(directory: Path, edited: Path, keystrokes: int) -> tuple[list[flo
 
 async def over_stdio(
     directory: Path, edited: Path, keystrokes: int, burst: int
-) -> tuple[list[float], int]:
+) -> tuple[list[float], list[float], int]:
     client = LanguageClient(converter_factory=default_converter)
     published: dict[int | None, float] = {}
     arrived = asyncio.Event()
@@ -102,6 +103,20 @@ async def over_stdio(
             change(client, uri, keystroke(text, i), version)
             await wait_for(published, arrived, version)
             latencies.append(published[version] - sent)
+        requests = []
+        lines = text.split("\n")
+        end = types.Position(line=len(lines) - 2, character=0)  # the last rule's `}` line
+        hover_at = types.Position(line=1, character=6)  # `when`
+        for _ in range(keystrokes):
+            doc = types.TextDocumentIdentifier(uri=uri)
+            t0 = time.perf_counter()
+            await client.text_document_completion_async(
+                types.CompletionParams(text_document=doc, position=end)
+            )
+            await client.text_document_hover_async(
+                types.HoverParams(text_document=doc, position=hover_at)
+            )
+            requests.append((time.perf_counter() - t0) / 2)
         before = len(published)
         first = keystrokes + 2
         for version in range(first, first + burst):
@@ -111,7 +126,7 @@ async def over_stdio(
         await client.shutdown_session()
     finally:
         await client.stop()
-    return latencies, checks
+    return latencies, requests, checks
 
 
 def change(client: LanguageClient, uri: str, text: str, version: int) -> None:
@@ -150,8 +165,11 @@ def main() -> None:
         )
         times, cpu = in_process(directory, edited, args.keystrokes)
         print(f"check after a keystroke (in process):  {ms(times)}; CPU {ms(cpu)}")
-        latencies, checks = asyncio.run(over_stdio(directory, edited, args.keystrokes, args.burst))
+        latencies, requests, checks = asyncio.run(
+            over_stdio(directory, edited, args.keystrokes, args.burst)
+        )
         print(f"didChange -> publishDiagnostics (stdio): {ms(latencies)}")
+        print(f"a completion or hover request (stdio, round trip): {ms(requests)}")
         print(f"a burst of {args.burst} changes sent back to back: {checks} checks published")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
