@@ -79,11 +79,11 @@ def expand(
     seen: set[str] = set()
     for raw in paths:
         path = os.fspath(raw)
-        if path in present:
+        if path in present:  # an editor's buffer, saved or not
             candidates = [path]
         elif not os.path.lexists(path):
             return files, diags, f"no such file or directory: {path}"
-        if os.path.isdir(path):
+        elif os.path.isdir(path):
             try:
                 names = sorted(n for n in os.listdir(path) if n.endswith(RULE_SUFFIX))
             except OSError as exc:
@@ -96,7 +96,7 @@ def expand(
                     _error(path, "no-rule-files", f"no *{RULE_SUFFIX} files in directory {path}")
                 )
             candidates = [os.path.join(path, n) for n in names]
-        else:  # a file, or a path whose reading reports why it is not one
+        else:
             candidates = [path]
         for c in candidates:
             key = os.path.realpath(c)
