@@ -31,6 +31,8 @@ UNITS: dict[str, tuple[str, ...]] = {
 }
 # Offered after `method ==` / `method in (`; any upper-case word is a valid method.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# Keywords that continue a statement rather than begin one (reference.Entry.where).
+_INSIDE_A_STATEMENT = ("predicate", "sample")
 # Tokens between a keyword and the NAME being typed that do not change what it names.
 _NAME_LIST = {"NAME", "COMMA", "LPAR", "IN", "EQ", "NE"}
 _PARTIAL_WORD = re.compile(r"[A-Za-z0-9_.%/-]*\Z")
@@ -68,8 +70,17 @@ def in_comment_or_string(text: str, offset: int) -> bool:
 
 
 def completions(
-    text: str, offset: int, canaries: dict[str, CanaryInfo], lines: Lines
+    text: str,
+    offset: int,
+    canaries: dict[str, CanaryInfo],
+    lines: Lines,
+    *,
+    after_space: bool = False,
 ) -> list[types.CompletionItem]:
+    """The items for the cursor at `offset`. `after_space`: the editor asked because a space
+    was typed; then the keywords that begin a block's statements are left out (after
+    `workers 8 ` the list would pop up at every space), the rest (canary names after `to`,
+    subjects after `when`, tests after a subject, `on`/`off`...) is offered."""
     if in_comment_or_string(text, offset):
         return []
     before = text[text.rfind("\n", 0, offset) + 1 : offset]
@@ -124,6 +135,8 @@ def completions(
             for r in cursor.rules_started_by(expected, literal)
             for e in reference.entries_for(r.rule, r.keyword)
         ]
+        if entries and after_space and all(e.where not in _INSIDE_A_STATEMENT for e in entries):
+            continue
         if entries:
             doc = "\n\n---\n\n".join(reference.hover_markdown(e) for e in entries)
             add(literal, types.CompletionItemKind.Keyword, entries[0].syntax, doc)

@@ -190,14 +190,16 @@ def _canaries(
     return out
 
 
-@server.feature(types.TEXT_DOCUMENT_COMPLETION)
+@server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[" "]))
 def completion(ls: MirrorServer, params: types.CompletionParams) -> types.CompletionList:
     doc = ls.document(params.text_document.uri)
     lines = ls.lines(doc.text)
     offset = lines.offset(params.position)
     sources = ls.sources(doc)
     canaries = _canaries(doc, sources, navigation.occurrences(sources))
-    items = assist.completions(doc.text, offset, canaries, lines)
+    context = params.context
+    after_space = context is not None and context.trigger_character == " "
+    items = assist.completions(doc.text, offset, canaries, lines, after_space=after_space)
     return types.CompletionList(is_incomplete=False, items=items)
 
 

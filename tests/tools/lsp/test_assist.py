@@ -10,9 +10,16 @@ from pytest_lsp import LanguageClient
 from tests.tools.lsp.conftest import at, doc_id, open_doc, write_rules
 
 
-async def labels(client: LanguageClient, uri: str, position: types.Position) -> list[str]:
+async def labels(
+    client: LanguageClient, uri: str, position: types.Position, *, space: bool = False
+) -> list[str]:
+    context = types.CompletionContext(
+        trigger_kind=types.CompletionTriggerKind.TriggerCharacter, trigger_character=" "
+    )
     result = await client.text_document_completion_async(
-        types.CompletionParams(text_document=doc_id(uri), position=position)
+        types.CompletionParams(
+            text_document=doc_id(uri), position=position, context=context if space else None
+        )
     )
     assert isinstance(result, types.CompletionList)
     return [item.label for item in result.items]
@@ -84,6 +91,13 @@ async def test_completion_in_each_context(client: LanguageClient, tmp_path: Path
     assert "^=" in after_path and "exists" not in after_path
     assert "POST" in await labels(client, uri, at(EDITED, "(GET, ", 6))
     assert "GET" not in await labels(client, uri, at(EDITED, "(GET, ", 6))
+    # Typing a space asks too: then what continues a statement, not what begins one.
+    assert await labels(client, uri, at(EDITED, "to v2, ", 7), space=True) == ["v3", "v4"]
+    assert "path" in await labels(client, uri, at(EDITED, "exclude when ", 13), space=True)
+    assert "^=" in await labels(client, uri, at(EDITED, '^= "/a"'), space=True)
+    after_server = await labels(client, uri, at(EDITED, "http://127.0.0.1:9004", 22), space=True)
+    assert after_server == ["weight"]
+    assert "by" in await labels(client, uri, at(EDITED, "sample 10", 10), space=True)
     # Nothing in a comment.
     assert await labels(client, uri, at(EDITED, "# to ", 5)) == []
 
