@@ -27,6 +27,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("fmt", "sidecar.tools.fmt", "rewrite rule files in the canonical layout"),
     ("diffs", "sidecar.tools.diffs", "report diff records from files, stdin or admin URLs"),
     (
+        "lsp",
+        "sidecar.tools.lsp.command",
+        "a language server for .mirror files, for editors (stdio)",
+    ),
+    (
         "demo",
         "sidecar.demo.command",
         "run a loopback demo: a primary, three canaries, the proxy, traffic",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,17 +69,21 @@ def internal_error(file: str, exc: BaseException) -> Diagnostic:
 
 
 def expand(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[str | os.PathLike[str]], present: Collection[str] = ()
 ) -> tuple[list[str], list[Diagnostic], str | None]:
-    """The files of a configuration, diagnostics for empty directories, and any usage error."""
+    """The files of a configuration, diagnostics for empty directories, and any usage error.
+
+    A path in `present` is a file even when it is not on disk (an editor's unsaved buffer)."""
     files: list[str] = []
     diags: list[Diagnostic] = []
     seen: set[str] = set()
     for raw in paths:
         path = os.fspath(raw)
-        if not os.path.lexists(path):
+        if path in present:  # an editor's buffer, saved or not
+            candidates = [path]
+        elif not os.path.lexists(path):
             return files, diags, f"no such file or directory: {path}"
-        if os.path.isdir(path):
+        elif os.path.isdir(path):
             try:
                 names = sorted(n for n in os.listdir(path) if n.endswith(RULE_SUFFIX))
             except OSError as exc:
@@ -114,6 +118,11 @@ def _decode(name: str, data: bytes) -> tuple[str, Diagnostic | None]:
     return text.removeprefix(_BOM), None
 
 
+def _too_large(name: str, size: int) -> Diagnostic:
+    message = f"file is {size:,} bytes; rule files are limited to {MAX_FILE_BYTES:,} bytes"
+    return _error(name, "file-too-large", message)
+
+
 def read_rule_file(name: str) -> tuple[str | None, bytes, Diagnostic | None]:
     """(text, bytes, None), or with the diagnostic of an unreadable, too large or not
     UTF-8 file (then the text, if any, is only for the caret line). `check` and `fmt`."""
@@ -123,27 +132,73 @@ def read_rule_file(name: str) -> tuple[str | None, bytes, Diagnostic | None]:
         reason = exc.strerror or type(exc).__name__
         return None, b"", _error(name, "unreadable-file", f"cannot read {name}: {reason}")
     if len(data) > MAX_FILE_BYTES:
-        message = f"file is {len(data):,} bytes; rule files are limited to {MAX_FILE_BYTES:,} bytes"
-        return None, data, _error(name, "file-too-large", message)
+        return None, data, _too_large(name, len(data))
     text, problem = _decode(name, data)
     return text, data, problem
 
 
-def load(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
-    """Load, parse and validate the configuration formed by `paths`. Never raises."""
-    files, diags, usage = expand(paths)
+class ParseCache:
+    """The last parse of each file name, reused while its text is unchanged.
+
+    An editor re-checks a whole directory after each keystroke in one of its files
+    (`sidecar lsp`): only the edited file is parsed again, the rest is validation.
+    It holds one entry per file name, the newest, and `retain` drops the others.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, ast.File | None, list[Diagnostic]]] = {}
+
+    def parse(self, text: str, name: str) -> tuple[ast.File | None, list[Diagnostic]]:
+        hit = self._entries.get(name)
+        if hit is not None and hit[0] == text:
+            return hit[1], list(hit[2])
+        tree, errors = parse(text, name)
+        self._entries[name] = (text, tree, errors)
+        return tree, list(errors)
+
+    def retain(self, names: Collection[str]) -> None:
+        """Forget every file not in `names` (closed, deleted or renamed)."""
+        for name in [n for n in self._entries if n not in names]:
+            del self._entries[name]
+
+
+def _buffer(name: str, text: str) -> tuple[str | None, bytes, Diagnostic | None]:
+    """An unsaved buffer as `read_rule_file` would read it, its size limit included."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_FILE_BYTES:
+        return None, data, _too_large(name, len(data))
+    return text, data, None
+
+
+def load(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    buffers: Mapping[str, str] | None = None,
+    cache: ParseCache | None = None,
+) -> LoadResult:
+    """Load, parse and validate the configuration formed by `paths`. Never raises.
+
+    `buffers` (file name -> text) are read instead of the files of those names, which
+    need not exist on disk: an editor's open documents. `cache` keeps the parse of files
+    whose text has not changed since the last load that used it."""
+    buffers = buffers or {}
+    files, diags, usage = expand(paths, present=buffers)
     if usage is not None:
         return LoadResult(
             config=None, diagnostics=sort(diags), sources={}, files=[], usage_error=usage
         )
     texts: list[tuple[str, str | None, bytes]] = []
     for name in files:
-        text, data, problem = read_rule_file(name)
+        text: str | None
+        if name in buffers:
+            text, data, problem = _buffer(name, buffers[name])
+        else:
+            text, data, problem = read_rule_file(name)
         if problem is not None:
             diags.append(problem)
         texts.append((name, text, data))
     bad = {d.span.file for d in diags}
-    return _finish(texts, diags, files, bad)
+    return _finish(texts, diags, files, bad, cache)
 
 
 def loads(text: str, filename: str = "<string>") -> LoadResult:
@@ -156,6 +211,7 @@ def _finish(
     diags: list[Diagnostic],
     files: list[str],
     bad: set[str],
+    cache: ParseCache | None = None,
 ) -> LoadResult:
     parsed: list[ast.File] = []
     sources: dict[str, str] = {}
@@ -167,7 +223,7 @@ def _finish(
         if name in bad:
             continue
         try:
-            tree, errors = parse(text, name)
+            tree, errors = parse(text, name) if cache is None else cache.parse(text, name)
         except Exception as exc:  # the edge for parser bugs: report, do not crash
             tree, errors = None, [internal_error(name, exc)]
         diags.extend(errors)
