@@ -63,8 +63,12 @@ async def test_completion_in_each_context(client: LanguageClient, tmp_path: Path
     top = await labels(client, uri, at(EDITED, "canary v4"))
     assert {"listen", "admin", "primary", "canary", "mirror", "exclude", "diff_log"} <= set(top)
     assert "server" not in top
-    # A primary block takes its two clocks; the word typed is replaced.
-    assert sorted(await labels(client, uri, at(EDITED, "ti", 2))) == ["idle_timeout", "timeout"]
+    # A primary block takes its two clocks and a tls block; the word typed is replaced.
+    assert sorted(await labels(client, uri, at(EDITED, "ti", 2))) == [
+        "idle_timeout",
+        "timeout",
+        "tls",
+    ]
     in_canary = await labels(client, uri, at(EDITED, "    timeout 25"))
     assert {"server", "workers", "queue", "timeout", "compare", "pause", "rate"} <= set(in_canary)
     assert "listen" not in in_canary and "status" not in in_canary
