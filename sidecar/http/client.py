@@ -40,6 +40,7 @@ from sidecar.http.connection import (
     RemoteProtocolError,
     WriteError,
     open_connection,
+    open_stream,
 )
 from sidecar.http.syntax import Origin
 from sidecar.http.tls import client_context
@@ -233,6 +234,13 @@ class ConnectionPool:
             self._slots.release()
             raise
         return Response(self, conn, head.status_code, head.reason, head.headers, head.http_version)
+
+    async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection of its own to the endpoint, outside the pool (not counted, never
+        reused): for a WebSocket session, which takes the connection over for its life."""
+        return await open_stream(
+            self.endpoint, timeout_s=self._connect_timeout_s, ssl_context=self._ssl
+        )
 
     async def aclose(self) -> None:
         """Close every connection, idle or busy, and wait until their sockets are closed."""

@@ -156,6 +156,23 @@ async def open_connection(
     return conn
 
 
+async def open_stream(
+    endpoint: Origin, *, timeout_s: float, ssl_context: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A plain byte stream to `endpoint`, for a protocol that takes the connection over
+    (a WebSocket session): opened as `open_connection` opens one, errors translated alike."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.open_connection(
+                endpoint.host,
+                endpoint.port,
+                ssl=ssl_context,
+                server_hostname=endpoint.host if ssl_context is not None else None,
+            )
+    except _FOREIGN as exc:
+        raise _translate(exc, "connect") from exc
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection; owned by at most one exchange at a time."""
 

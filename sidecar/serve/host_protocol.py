@@ -56,6 +56,8 @@ from hypercorn.asyncio import tcp_server
 from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper as StockProtocolWrapper
+from hypercorn.protocol import h2 as hypercorn_h2
+from hypercorn.protocol import h11 as hypercorn_h11
 from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
@@ -69,6 +71,7 @@ from sidecar.serve.host_http import (
     HostState,
     reason_phrase,
 )
+from sidecar.serve.host_ws import ws_stream
 
 __all__ = ["REFUSALS", "HostState", "connection", "install", "mark", "reason_phrase"]
 
@@ -112,6 +115,9 @@ def install() -> None:
         return
     hypercorn_run.TCPServer = connection  # type: ignore[attr-defined, assignment]
     tcp_server.TCPServer = connection  # type: ignore[assignment, misc]
+    # The WebSocket stream both protocols build (sidecar/serve/host_ws.py), chosen alike.
+    hypercorn_h11.WSStream = ws_stream  # type: ignore[attr-defined, assignment]
+    hypercorn_h2.WSStream = ws_stream  # type: ignore[attr-defined, assignment]
     _installed = True
 
 

@@ -1,12 +1,13 @@
 """The proxy's own series (prometheus-client): primary requests and duration, refused
-requests, rules info and reloads.
+requests, WebSocket sessions, rules info and reloads.
 
 They are registered on the first call of one of the functions below, which only `serve`
 makes, so a library process never exports them (a
 `sidecar_rules_last_reload_success_timestamp_seconds 0` there would say that rules failed
 to load, in a process that has none). The mirror series are `sidecar.shadow.metrics`.
 
-    primary_requests("2xx"), primary_duration(), refused_request(reason)
+    primary_requests("2xx"), primary_duration(), refused_request(reason),
+    websocket_sessions(code)
                                        the proxy's children (resolve once, keep them)
     set_rules_info(sha256, rules=, canaries=), record_reload(ok)
 """
@@ -72,6 +73,13 @@ class ProxyMetrics:
             " in /diffs).",
             registry=r,
         )
+        self.websockets = Counter(
+            "sidecar_websockets",
+            "WebSocket sessions relayed to the primary, by the code of the close frame the"
+            " client received (1006: none).",
+            ["code"],
+            registry=r,
+        )
         self._rules_labels: tuple[str, str, str] | None = None
 
     # --- primary and rules ---------------------------------------------------------------
@@ -85,6 +93,10 @@ class ProxyMetrics:
     def refused_request(self, reason: str) -> Any:
         """The counter child of one refusal reason (resolve once per reason, keep it)."""
         return self.refused.labels(reason)
+
+    def websocket_sessions(self, code: str) -> Any:
+        """The counter child of one close code (resolve once per code, keep it)."""
+        return self.websockets.labels(code)
 
     def set_rules_info(self, sha256: str, *, rules: int, canaries: int) -> None:
         labels = (sha256, str(rules), str(canaries))
@@ -131,6 +143,10 @@ def primary_duration() -> Any:
 
 def refused_request(reason: str) -> Any:
     return proxy_metrics().refused_request(reason)
+
+
+def websocket_sessions(code: str) -> Any:
+    return proxy_metrics().websocket_sessions(code)
 
 
 def set_rules_info(sha256: str, *, rules: int, canaries: int) -> None:

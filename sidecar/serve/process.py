@@ -156,8 +156,9 @@ async def _serve(
                 Listener(admin_app, admin_cfg, admin_sock).serve(proxy_done.wait)
             )
         proxy_cfg = hypercorn_config(grace_s=opts.grace_s, proxy=True)
+        proxy_app = ProxyApp(runtime)
         proxy_task = asyncio.create_task(
-            Listener(ProxyApp(runtime), proxy_cfg, proxy_sock, proxy_tls).serve(stop.wait)
+            Listener(proxy_app, proxy_cfg, proxy_sock, proxy_tls).serve(stop.wait)
         )
         # The sockets were listening before serve() began: connections made now wait in
         # the backlog, so the proxy is reachable and /readyz may say so.
@@ -169,6 +170,7 @@ async def _serve(
         probe.cancel()
         runtime.ready = False
         log.info("shutting down: finishing in-flight requests (grace %gs)", opts.grace_s)
+        proxy_app.websockets.going_away_in(opts.grace_s)  # 1001 when the grace ends
         await proxy_task
         cut = proxy_cfg.sidecar_host.cut
         if cut:

@@ -71,6 +71,7 @@ from sidecar.serve import metrics as serve_metrics
 from sidecar.serve.runtime import Runtime, Snapshot
 from sidecar.serve.stall import ExchangeClock
 from sidecar.serve.upload import Upload, UploadAborted
+from sidecar.serve.websocket import Sessions
 from sidecar.shadow.compare.primary import PrimaryCapture
 from sidecar.shadow.errors import TLS, classify
 from sidecar.shadow.tees import RequestTees
@@ -114,6 +115,7 @@ class ProxyApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.metrics = _Metrics()
+        self.websockets = Sessions()
         self._last_error_log = 0.0
         self._suppressed = 0
 
@@ -129,8 +131,18 @@ class ProxyApp:
         elif kind == "lifespan":
             await serve_lifespan(receive, send)
         elif kind == "websocket":
-            # Not proxied: hypercorn answers 403 to a close before accept.
-            await send({"type": "websocket.close", "code": 1000})
+            # Passed to the primary as a WebSocket session, never mirrored (serve/websocket.py).
+            snap = self.runtime.current
+            snap.active += 1
+            try:
+                headers: list[tuple[bytes, bytes]] = scope["headers"]
+                if snap.request_id is not None:
+                    headers, _ = self._request_id(headers, snap.request_id)
+                await self.websockets.relay(
+                    snap, scope, receive, send, headers, self.metrics.record
+                )
+            finally:
+                snap.active -= 1
 
     async def _http(self, snap: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

@@ -1,0 +1,544 @@
+"""WebSocket pass-through: a client's WebSocket session relayed to the primary (issue 17).
+
+How this works
+--------------
+The host (hypercorn, or any ASGI server) hands the proxy a `websocket` scope; `Sessions.relay`
+runs the whole session on that scope's task. WebSocket requests are never mirrored.
+
+1. Handshake. After the client's `websocket.connect`, a connection of its own is opened to
+   the primary (`ConnectionPool.open_stream`: TCP, or TLS for an https primary) and wsproto's
+   client side sends the upgrade request: the client's path and query, its `Host`, its headers
+   as for HTTP (hop-by-hop ones removed, `X-Forwarded-*` added, the request id when
+   configured) minus the `Sec-WebSocket-*` ones wsproto writes itself, and the client's
+   subprotocols. Extensions (permessage-deflate) are per hop: the host negotiates its own
+   with the client, the primary's side offers none. Connect and handshake together are
+   bounded by the primary's `timeout`.
+2. The primary accepts (101): the client is accepted with the primary's subprotocol and its
+   other end-to-end response headers (`Set-Cookie`...). The primary refuses (any other
+   status): the client gets that status, headers and body through ASGI's WebSocket denial
+   response extension; unreachable, a broken handshake: 502; no answer within `timeout`: 504
+   (plain text, as for HTTP). A host without that extension can only refuse (403).
+   Either way the status is counted in `sidecar_requests_total{code}` like any response.
+3. The session: two loops, one per direction, each strictly sequential, so messages keep
+   their order. Client to primary: every `websocket.receive` becomes one frame. Primary to
+   client: fragments are joined into whole messages (ASGI carries whole messages), bounded by
+   `MAX_MESSAGE_BYTES` as the host bounds the client's; the primary's pings are answered here,
+   the client's by the host. A write to the primary waiting longer than the primary's
+   `idle_timeout` (it stopped reading) fails the session. There is no idle limit otherwise:
+   a quiet WebSocket is normal.
+4. The end, and the code the client's close frame carries (counted in
+   `sidecar_websockets_total{code}`):
+   - the primary closes: its code and reason, passed on (a close without a code, 1005,
+     cannot be sent as such through ASGI: 1000);
+   - the client closes: its code and reason go to the primary, the host answers the client
+     with the client's own code (that is the code counted); a client gone without a close
+     frame is 1006, and the primary is told 1001 (going away);
+   - the primary's connection breaks (closed or reset without a close frame, a protocol
+     error, a stalled write): 1011 (Internal Error) with a reason naming it. 1014 (Bad
+     Gateway) would say more, but RFC 6455 clients that check codes against their own list
+     reject it as a protocol error (wsproto 1.3 does), so the client would see 1002 or 1006;
+   - a message from the primary over `MAX_MESSAGE_BYTES`: 1009 (Message Too Big) both ways;
+   - shutdown (SIGTERM): at the end of the grace, sessions still open get 1001 (Going Away)
+     both ways (`Sessions.going_away_in`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from sidecar.asgi import Receive, Scope, Send
+from sidecar.http.client import ClientError, ConnectError
+from sidecar.http.headers import forward_request_headers, response_headers
+from sidecar.serve import metrics as serve_metrics
+from sidecar.serve.runtime import Snapshot
+
+log = logging.getLogger("sidecar.websocket")
+
+# A message larger than this is refused (1009). The same bound as the host's on the client's
+# messages (hypercorn's websocket_max_message_size and uvicorn's ws_max_size are both
+# 16 MiB), so a message one side may send the other side may too; a session holds at most
+# one such message per direction in memory.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Bytes read from the primary at a time.
+READ_BYTES = 64 * 1024
+# After sending our close frame, how long to wait for the primary's (RFC 6455's closing
+# handshake); a primary that never answers is cut off then.
+CLOSE_WAIT_S = 1.0
+# At shutdown, sessions are told 1001 this long before the grace runs out (when the listener
+# cancels what is left), so the close frames are on the wire before the connections go.
+GOING_AWAY_LEAD_S = 0.25
+
+GOING_AWAY = 1001
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011  # the primary broke off (see the module docstring for why not 1014)
+ABNORMAL = 1006  # no close frame reached the client
+NO_STATUS = 1005
+
+# Request headers the handshake writes itself (wsproto) or that are per hop.
+_HANDSHAKE_HEADERS = frozenset(
+    {
+        b"host",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-protocol",
+        b"sec-websocket-extensions",
+        b"sec-websocket-accept",
+    }
+)
+_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+_DENIAL = "websocket.http.response"
+
+End = tuple[Literal["client", "primary", "failed", "too-big", "going-away"], int, str]
+
+
+class PrimaryFailed(Exception):
+    """The primary's connection broke mid-session; the message is the client's reason."""
+
+
+class Sessions:
+    """The live WebSocket sessions of one proxy app, and what they count."""
+
+    def __init__(self) -> None:
+        self._live: set[_Session] = set()
+        self._going_away: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._by_code: dict[str, Any] = {}
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    def going_away_in(self, grace_s: float) -> None:
+        """Shutdown began: sessions still open when `grace_s` ends get 1001 (Going Away)."""
+        if self._going_away is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._going_away = loop.call_later(max(0.0, grace_s - GOING_AWAY_LEAD_S), self._close_all)
+
+    def _close_all(self) -> None:
+        self._closing = True
+        for session in self._live:
+            session.going_away.set()
+
+    def count(self, code: int) -> None:
+        label = str(code)
+        child = self._by_code.get(label)
+        if child is None:
+            child = self._by_code[label] = serve_metrics.websocket_sessions(label)
+        child.inc()
+
+    async def relay(
+        self,
+        snap: Snapshot,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        record_status: Callable[[int, float], None],
+    ) -> None:
+        """Run one WebSocket session (`headers`: the client's, with the request id when
+        configured); `record_status(status, started)` counts the handshake's answer."""
+        started = time.perf_counter()
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return  # gone before the handshake
+        session = _Session(snap, scope, receive, send)
+        try:
+            status = await session.handshake(headers)
+        finally:
+            if session.writer is not None and not session.accepted:
+                session.close()
+        record_status(status, started)
+        if status != 101:
+            return
+        self._live.add(session)
+        try:
+            if self._closing:
+                session.going_away.set()
+            code = await session.run()
+        finally:
+            self._live.discard(session)
+            session.close()
+        self.count(code)
+
+
+class _Session:
+    """One client's session with the primary."""
+
+    def __init__(self, snap: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
+        self.snap = snap
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.going_away = asyncio.Event()
+        self.accepted = False
+        self._pending: list[Event] = []  # frames that arrived with the primary's 101
+        self._text: list[str] = []  # the fragments of the message being received
+        self._bytes: list[bytes | bytearray] = []
+        self._partial_size = 0
+
+    # --- the handshake -------------------------------------------------------------------
+
+    async def handshake(self, headers: list[tuple[bytes, bytes]]) -> int:
+        """Open the primary's session; returns the status the client got (101: accepted)."""
+        snap = self.snap
+        timeout_s = snap.primary_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                self.reader, self.writer = await snap.primary.open_stream()
+                await self._write(self.ws.send(self._request(headers)))
+                return await self._answer()
+        except TimeoutError:
+            self._log("primary did not answer the WebSocket handshake within %gs: 504", timeout_s)
+            return await self._refuse(504, b"Gateway Timeout: the primary did not answer in time\n")
+        except ClientError as exc:
+            what = "is unreachable" if isinstance(exc, ConnectError) else "failed"
+            self._log("primary %s (WebSocket handshake): %s: 502", what, exc)
+            return await self._refuse(502, f"Bad Gateway: the primary {what}\n".encode())
+        except UnicodeError as exc:  # a Host or target wsproto cannot write (not ASCII)
+            self._log("WebSocket request not forwarded: %s: 400", exc)
+            return await self._refuse(400, b"Bad Request: the Host or target is not ASCII\n")
+        except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
+            self._log("primary's WebSocket handshake failed: %s: 502", exc)
+            return await self._refuse(
+                502, b"Bad Gateway: the primary's WebSocket handshake failed\n"
+            )
+
+    def _request(self, headers: list[tuple[bytes, bytes]]) -> Request:
+        scope = self.scope
+        client = scope.get("client")
+        scheme = "https" if scope.get("scheme") == "wss" else "http"
+        host = b""
+        for name, value in headers:
+            if name.lower() == b"host":
+                host = value
+                break
+        if not host:
+            host = self.snap.primary.endpoint.authority.encode("ascii")
+        out = [
+            (n, v)
+            for n, v in forward_request_headers(
+                headers, client=client[0] if client else None, scheme=scheme
+            )
+            if n not in _HANDSHAKE_HEADERS
+        ]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query: bytes = scope.get("query_string", b"")
+        target = raw_path + b"?" + query if query else raw_path
+        return Request(
+            host=host.decode("latin-1"),
+            target=target.decode("latin-1"),
+            extra_headers=out,
+            subprotocols=list(scope.get("subprotocols") or ()),
+        )
+
+    async def _answer(self) -> int:
+        """Read the primary's answer to the upgrade and pass it on to the client."""
+        ws = self.ws
+        while True:
+            data = await self._read()
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    await self.send(
+                        {
+                            "type": "websocket.accept",
+                            "subprotocol": event.subprotocol,
+                            "headers": _accept_headers(event.extra_headers),
+                        }
+                    )
+                    self._pending = list(ws.events())
+                    self.accepted = True
+                    return 101
+                if isinstance(event, RejectConnection):
+                    return await self._pass_refusal(event)
+                if isinstance(event, CloseConnection):  # EOF before any answer
+                    raise PrimaryClosed()
+            if not data:
+                raise PrimaryClosed()
+
+    async def _pass_refusal(self, event: RejectConnection) -> int:
+        """The primary's refusal (status, headers, body) to the client, streamed."""
+        status = event.status_code
+        if _DENIAL not in self.scope.get("extensions", {}):
+            await self.send({"type": "websocket.close", "code": 1008})
+            return 403
+        await self.send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": response_headers(event.headers),
+            }
+        )
+        if not event.has_body:
+            await self.send({"type": "websocket.http.response.body", "body": b""})
+            return status
+        ws = self.ws
+        try:
+            while True:
+                for ev in ws.events():
+                    if isinstance(ev, RejectData):
+                        await self.send(
+                            {
+                                "type": "websocket.http.response.body",
+                                "body": bytes(ev.data),
+                                "more_body": not ev.body_finished,
+                            }
+                        )
+                        if ev.body_finished:
+                            return status
+                data = await self._read()
+                ws.receive_data(data or None)
+        except (OSError, RemoteProtocolError, TimeoutError) as exc:
+            # The head is out: end the body (short of its length, the client sees it cut).
+            self._log("primary's refusal (%d) broke off mid-body: %s", status, exc)
+            await self.send({"type": "websocket.http.response.body", "body": b""})
+            return status
+
+    async def _refuse(self, status: int, body: bytes) -> int:
+        """Our own answer to a handshake that failed (the client was not accepted)."""
+        self.close()
+        if _DENIAL not in self.scope.get("extensions", {}):
+            await self.send({"type": "websocket.close", "code": 1008})
+            return 403
+        head = [_TEXT_PLAIN, (b"content-length", str(len(body)).encode("ascii"))]
+        await self.send(
+            {"type": "websocket.http.response.start", "status": status, "headers": head}
+        )
+        await self.send({"type": "websocket.http.response.body", "body": body})
+        return status
+
+    # --- the session ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Relay until one side ends; returns the close code the client got."""
+        to_primary = asyncio.ensure_future(self._client_to_primary())
+        to_client = asyncio.ensure_future(self._primary_to_client())
+        going_away = asyncio.ensure_future(self.going_away.wait())
+        tasks = {to_primary, to_client, going_away}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        end: End
+        if to_client in done and not to_client.cancelled():
+            exc = to_client.exception()
+            if exc is None:
+                end = to_client.result()
+            elif isinstance(exc, _BROKEN):
+                end = ("failed", INTERNAL_ERROR, _reason(exc))
+            else:
+                raise exc
+        elif to_primary in done and not to_primary.cancelled():
+            exc = to_primary.exception()
+            if exc is None:
+                end = to_primary.result()
+            elif isinstance(exc, _BROKEN):
+                end = ("failed", INTERNAL_ERROR, _reason(exc))
+            else:
+                raise exc
+        else:
+            end = ("going-away", GOING_AWAY, "sidecar is shutting down")
+        return await self._finish(end)
+
+    async def _client_to_primary(self) -> End:
+        receive = self.receive
+        ws = self.ws
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                data = message.get("bytes")
+                event: Event = (
+                    BytesMessage(data=data)
+                    if data is not None
+                    else TextMessage(data=message["text"])
+                )
+                await self._write(ws.send(event), stall=True)
+            elif kind == "websocket.disconnect":
+                code = int(message.get("code", ABNORMAL))
+                return ("client", code, str(message.get("reason") or ""))
+
+    async def _primary_to_client(self) -> End:
+        ws = self.ws
+        pending, self._pending = self._pending, []
+        while True:
+            for event in pending:
+                end = await self._from_primary(event)
+                if end is not None:
+                    return end
+            data = await self._read()
+            if ws.state is ConnectionState.CLOSED and data:
+                continue  # bytes after the close: ignored
+            ws.receive_data(data or None)
+            pending = list(ws.events())
+            if not data and not pending:
+                raise PrimaryFailed("the primary closed the connection")
+
+    async def _from_primary(self, event: Event) -> End | None:
+        if isinstance(event, TextMessage | BytesMessage):
+            self._partial_size += len(event.data)
+            if self._partial_size > MAX_MESSAGE_BYTES:
+                return ("too-big", MESSAGE_TOO_BIG, "message from the primary too big")
+            if isinstance(event, TextMessage):
+                self._text.append(event.data)
+            else:
+                self._bytes.append(event.data)
+            if event.message_finished:
+                self._partial_size = 0
+                if isinstance(event, TextMessage):
+                    text, self._text = "".join(self._text), []
+                    await self.send({"type": "websocket.send", "text": text})
+                else:
+                    body, self._bytes = b"".join(self._bytes), []
+                    await self.send({"type": "websocket.send", "bytes": body})
+        elif isinstance(event, Ping):
+            await self._write(self.ws.send(event.response()), stall=True)
+        elif isinstance(event, CloseConnection):
+            if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                with contextlib.suppress(PrimaryFailed, OSError):  # answered; it closes next
+                    await self._write(self.ws.send(event.response()), stall=True)
+                return ("primary", int(event.code), event.reason or "")
+            # A local failure (a protocol error, 1002/1007...) or the connection lost (1006).
+            if event.code == ABNORMAL:
+                raise PrimaryFailed("the primary closed the connection")
+            raise PrimaryFailed(f"the primary broke the protocol: {event.reason}")
+        return None
+
+    async def _finish(self, end: End) -> int:
+        """Close both sides for `end`; returns the code the client's close frame carried."""
+        kind, code, reason = end
+        if kind == "primary":  # answered already (_from_primary): pass it on
+            client_code = 1000 if code == NO_STATUS else code
+            await self._close_client(client_code, reason)
+            return client_code
+        if kind == "client":
+            # The host answered the client already; tell the primary and wait for its reply.
+            primary_code = GOING_AWAY if code == ABNORMAL else code
+            await self._close_primary(primary_code, reason if code != ABNORMAL else "")
+            return code
+        if kind == "failed":
+            self._log("WebSocket session: %s: closing the client with 1011", reason)
+            await self._close_client(code, reason)
+            return code
+        # too-big, going-away: both sides
+        await self._close_primary(code, reason)
+        await self._close_client(code, reason)
+        return code
+
+    async def _close_client(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def _close_primary(self, code: int, reason: str) -> None:
+        """Our close frame to the primary, then its answer (bounded by CLOSE_WAIT_S)."""
+        ws = self.ws
+        if ws.state is not ConnectionState.OPEN:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                if code == NO_STATUS:  # wsproto sends a close without a code for the enum only
+                    event = CloseConnection(code=CloseReason.NO_STATUS_RCVD)
+                else:
+                    event = CloseConnection(code=code, reason=reason or None)
+                await self._write(ws.send(event))
+                while not _closed(ws):
+                    data = await self._read()
+                    ws.receive_data(data or None)
+                    for _ in ws.events():
+                        pass
+                    if not data:
+                        break
+
+    # --- the primary's connection --------------------------------------------------------
+
+    async def _read(self) -> bytes:
+        assert self.reader is not None
+        return await self.reader.read(READ_BYTES)
+
+    async def _write(self, data: bytes, *, stall: bool = False) -> None:
+        writer = self.writer
+        assert writer is not None
+        writer.write(data)
+        if stall:
+            try:
+                async with asyncio.timeout(self.snap.primary_idle_timeout_s):
+                    await writer.drain()
+            except TimeoutError:
+                raise PrimaryFailed(
+                    f"the primary stopped reading for {self.snap.primary_idle_timeout_s:g}s"
+                ) from None
+        else:
+            await writer.drain()
+
+    def close(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        transport = writer.transport
+        if transport.get_write_buffer_size() == 0:
+            transport.close()  # a FIN: nothing left to write
+        else:
+            transport.abort()  # unsent bytes to a primary that stopped reading: a reset
+
+    def _log(self, msg: str, *args: object) -> None:
+        log.warning(msg, *args)
+
+
+class PrimaryClosed(OSError):
+    """The primary closed the connection before answering the upgrade."""
+
+    def __str__(self) -> str:
+        return "the primary closed the connection before answering"
+
+
+# What ends a session as the primary's failure (1011).
+_BROKEN = (PrimaryFailed, OSError, TimeoutError, LocalProtocolError)
+
+
+def _closed(ws: WSConnection) -> bool:
+    return ws.state is ConnectionState.CLOSED
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, PrimaryFailed):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "the primary timed out"
+    return f"the primary's connection failed: {type(exc).__name__}"
+
+
+def _accept_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The primary's 101 headers the client gets: end-to-end ones only (the host writes the
+    upgrade's own)."""
+    return [
+        (n, v)
+        for n, v in response_headers(headers)
+        if not n.startswith(b"sec-websocket-") and n != b"content-length"
+    ]
