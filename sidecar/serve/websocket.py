@@ -138,6 +138,11 @@ class Sessions:
 
     def _close_all(self) -> None:
         self._closing = True
+        if self._live:
+            log.info(
+                "grace ending: closing %d WebSocket sessions with 1001 (going away)",
+                len(self._live),
+            )
         for session in self._live:
             session.going_away.set()
 
