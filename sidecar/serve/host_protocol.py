@@ -40,6 +40,8 @@ where one exists:
   opened after it is refused with RST_STREAM(REFUSED_STREAM), safe to retry, where
   hypercorn answers RST_STREAM(NO_ERROR) and sends no GOAWAY until idle (no upstream issue
   found).
+- A client's WebSocket close code and reason reach the app (hypercorn reports 1006):
+  sidecar/serve/host_ws.py, installed with the rest by `install()`.
 - When `graceful_timeout` (--grace) runs out, requests still running are counted in
   `HostState.cut` for server.py's log line, and an HTTP/1.1 client whose response had not
   started gets 503 with a text body instead of hypercorn's empty 500.

@@ -85,6 +85,9 @@ READ_BYTES = 64 * 1024
 # After sending our close frame, how long to wait for the primary's (RFC 6455's closing
 # handshake); a primary that never answers is cut off then.
 CLOSE_WAIT_S = 1.0
+# After our close frame to the client, how long we read on, waiting for its answer (a client
+# keeps sending until it has read our close; what it sends meanwhile is dropped).
+CLIENT_CLOSE_WAIT_S = 5.0
 # At shutdown, sessions are told 1001 this long before the grace runs out (when the listener
 # cancels what is left), so the close frames are on the wire before the connections go.
 GOING_AWAY_LEAD_S = 0.25
@@ -458,8 +461,16 @@ class _Session:
         return code
 
     async def _close_client(self, code: int, reason: str) -> None:
+        """Our close frame to the client, then its messages read (and dropped) until it has
+        answered: the host's queue to us is bounded, and hypercorn's reader, blocked on a
+        full one, would never read the client's close answer nor see it leave, holding
+        the connection open for good. Bounded by CLIENT_CLOSE_WAIT_S."""
         with contextlib.suppress(Exception):
             await self.send({"type": "websocket.close", "code": code, "reason": reason})
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLIENT_CLOSE_WAIT_S):
+                while (await self.receive())["type"] != "websocket.disconnect":
+                    pass
 
     async def _close_primary(self, code: int, reason: str) -> None:
         """Our close frame to the primary, then its answer (bounded by CLOSE_WAIT_S)."""

@@ -13,6 +13,7 @@ descriptors left behind after many sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -221,6 +222,36 @@ async def test_primary_dies_mid_session(tmp_path: Path, primary: WSPrimary) -> N
         assert "primary closed the connection" in rcvd.reason
         assert await websockets_total(proxy, "1011") == 1
         assert "closing the client with 1011" in proxy.log()
+
+
+async def test_primary_that_stops_reading_fails_the_session(
+    tmp_path: Path, primary: WSPrimary
+) -> None:
+    """A primary that stops reading while messages wait for it: 1011 after idle_timeout."""
+    text = f"primary {primary.url} {{ timeout 2s idle_timeout 500ms }}\n"
+    async with serve_proxy(tmp_path, text) as proxy:
+        baseline = open_fds(proxy.pid)
+        ws = await connect(ws_url(proxy, "/echo"))
+        await ws.send("stall")
+        chunk = b"s" * MIB
+
+        async def flood() -> None:  # bounded: 256 MiB at most, far past every buffer
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for _ in range(256):
+                    await ws.send(chunk)
+
+        sender = asyncio.create_task(flood())
+        try:
+            rcvd = await closed_by_server(ws)
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        assert rcvd is not None and rcvd.code == 1011
+        assert "stopped reading" in rcvd.reason
+        assert await websockets_total(proxy, "1011") == 1
+        # Both connections are released although the client was flooding when closed (the
+        # proxy reads on until the client's close answer; hypercorn would block otherwise).
+        await wait_until(lambda: open_fds(proxy.pid) <= baseline, what="descriptors released")
 
 
 async def test_client_gone_without_close_frame(tmp_path: Path, primary: WSPrimary) -> None:

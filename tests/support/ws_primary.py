@@ -19,6 +19,7 @@ Text commands (answered instead of echoed):
     "fragments N TEXT"    send TEXT as one message in N fragments
     "bytes N"             send one binary message of N bytes (b"x" * N)
     "headers"             send the upgrade request's headers as JSON
+    "stall"               stop reading (the connection stays open)
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ class WSPrimary(LoopbackServer):
                 writer.write(ws.send(CloseConnection(code=CloseReason.NO_STATUS_RCVD)))
             else:
                 writer.write(ws.send(CloseConnection(code=int(code_s), reason=reason)))
+        elif word == "stall":
+            await asyncio.Event().wait()  # never reads again (cancelled at the end)
         elif word == "die":
             writer.transport.abort()
             return False
