@@ -115,7 +115,7 @@ class ProxyApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.metrics = _Metrics()
-        self.websockets = Sessions()
+        self.websockets = Sessions(self._log_error)
         self._last_error_log = 0.0
         self._suppressed = 0
 
@@ -132,17 +132,13 @@ class ProxyApp:
             await serve_lifespan(receive, send)
         elif kind == "websocket":
             # Passed to the primary as a WebSocket session, never mirrored (serve/websocket.py).
+            # Not counted in `snap.active`: a session may last hours, and it uses none of
+            # what a reload retires (its connection is its own, not the primary pool's).
             snap = self.runtime.current
-            snap.active += 1
-            try:
-                headers: list[tuple[bytes, bytes]] = scope["headers"]
-                if snap.request_id is not None:
-                    headers, _ = self._request_id(headers, snap.request_id)
-                await self.websockets.relay(
-                    snap, scope, receive, send, headers, self.metrics.record
-                )
-            finally:
-                snap.active -= 1
+            headers: list[tuple[bytes, bytes]] = scope["headers"]
+            if snap.request_id is not None:
+                headers, _ = self._request_id(headers, snap.request_id)
+            await self.websockets.relay(snap, scope, receive, send, headers, self.metrics.record)
 
     async def _http(self, snap: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

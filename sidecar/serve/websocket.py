@@ -122,15 +122,13 @@ class PrimaryFailed(Exception):
 class Sessions:
     """The live WebSocket sessions of one proxy app, and what they count."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_error: Callable[..., None]) -> None:
+        """`log_error(msg, *args)`: the proxy's rate-limited warning log."""
+        self.log_error = log_error
         self._live: set[_Session] = set()
         self._going_away: asyncio.TimerHandle | None = None
         self._closing = False
         self._by_code: dict[str, Any] = {}
-
-    @property
-    def live(self) -> int:
-        return len(self._live)
 
     def going_away_in(self, grace_s: float) -> None:
         """Shutdown began: sessions still open when `grace_s` ends get 1001 (Going Away)."""
@@ -171,7 +169,7 @@ class Sessions:
         message = await receive()
         if message["type"] != "websocket.connect":
             return  # gone before the handshake
-        session = _Session(snap, scope, receive, send)
+        session = _Session(snap, scope, receive, send, self.log_error)
         try:
             status = await session.handshake(headers)
         finally:
@@ -194,7 +192,15 @@ class Sessions:
 class _Session:
     """One client's session with the primary."""
 
-    def __init__(self, snap: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        snap: Snapshot,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        log_error: Callable[..., None],
+    ) -> None:
+        self._log = log_error
         self.snap = snap
         self.scope = scope
         self.receive = receive
@@ -204,6 +210,7 @@ class _Session:
         self.writer: asyncio.StreamWriter | None = None
         self.going_away = asyncio.Event()
         self.accepted = False
+        self.refused = 0  # the status of the primary's refusal, once its head was sent
         self._pending: list[Event] = []  # frames that arrived with the primary's 101
         self._text: list[str] = []  # the fragments of the message being received
         self._bytes: list[bytes | bytearray] = []
@@ -220,21 +227,30 @@ class _Session:
                 self.reader, self.writer = await snap.primary.open_stream()
                 await self._write(self.ws.send(self._request(headers)))
                 return await self._answer()
-        except TimeoutError:
+        except (TimeoutError, ClientError, OSError, RemoteProtocolError) as exc:
+            if self.refused:  # the primary's refusal is out, cut off mid-body: end it there
+                self._log("primary's WebSocket refusal (%d) broke off: %r", self.refused, exc)
+                await self.send({"type": "websocket.http.response.body", "body": b""})
+                return self.refused
+            return await self._failed(exc)
+        except (UnicodeError, LocalProtocolError) as exc:
+            return await self._failed(exc)
+
+    async def _failed(self, exc: Exception) -> int:
+        """Our answer to a handshake that failed before the primary answered."""
+        if isinstance(exc, TimeoutError):
+            timeout_s = self.snap.primary_timeout_s
             self._log("primary did not answer the WebSocket handshake within %gs: 504", timeout_s)
             return await self._refuse(504, b"Gateway Timeout: the primary did not answer in time\n")
-        except ClientError as exc:
+        if isinstance(exc, ClientError):
             what = "is unreachable" if isinstance(exc, ConnectError) else "failed"
             self._log("primary %s (WebSocket handshake): %s: 502", what, exc)
             return await self._refuse(502, f"Bad Gateway: the primary {what}\n".encode())
-        except UnicodeError as exc:  # a Host or target wsproto cannot write (not ASCII)
+        if isinstance(exc, UnicodeError):  # a Host or target wsproto cannot write (not ASCII)
             self._log("WebSocket request not forwarded: %s: 400", exc)
             return await self._refuse(400, b"Bad Request: the Host or target is not ASCII\n")
-        except (OSError, RemoteProtocolError, LocalProtocolError) as exc:
-            self._log("primary's WebSocket handshake failed: %s: 502", exc)
-            return await self._refuse(
-                502, b"Bad Gateway: the primary's WebSocket handshake failed\n"
-            )
+        self._log("primary's WebSocket handshake failed: %s: 502", exc)
+        return await self._refuse(502, b"Bad Gateway: the primary's WebSocket handshake failed\n")
 
     def _request(self, headers: list[tuple[bytes, bytes]]) -> Request:
         scope = self.scope
@@ -306,26 +322,21 @@ class _Session:
             await self.send({"type": "websocket.http.response.body", "body": b""})
             return status
         ws = self.ws
-        try:
-            while True:
-                for ev in ws.events():
-                    if isinstance(ev, RejectData):
-                        await self.send(
-                            {
-                                "type": "websocket.http.response.body",
-                                "body": bytes(ev.data),
-                                "more_body": not ev.body_finished,
-                            }
-                        )
-                        if ev.body_finished:
-                            return status
-                data = await self._read()
-                ws.receive_data(data or None)
-        except (OSError, RemoteProtocolError, TimeoutError) as exc:
-            # The head is out: end the body (short of its length, the client sees it cut).
-            self._log("primary's refusal (%d) broke off mid-body: %s", status, exc)
-            await self.send({"type": "websocket.http.response.body", "body": b""})
-            return status
+        self.refused = status  # the head is out: an error from here on ends the body
+        while True:
+            for ev in ws.events():
+                if isinstance(ev, RejectData):
+                    await self.send(
+                        {
+                            "type": "websocket.http.response.body",
+                            "body": bytes(ev.data),
+                            "more_body": not ev.body_finished,
+                        }
+                    )
+                    if ev.body_finished:
+                        return status
+            data = await self._read()
+            ws.receive_data(data or None)
 
     async def _refuse(self, status: int, body: bytes) -> int:
         """Our own answer to a handshake that failed (the client was not accepted)."""
@@ -502,6 +513,8 @@ class _Session:
         writer = self.writer
         assert writer is not None
         writer.write(data)
+        if writer.transport.get_write_buffer_size() == 0:
+            return  # all in the kernel's buffer already: the common case, no timer needed
         if stall:
             try:
                 async with asyncio.timeout(self.snap.primary_idle_timeout_s):
@@ -522,9 +535,6 @@ class _Session:
             transport.close()  # a FIN: nothing left to write
         else:
             transport.abort()  # unsent bytes to a primary that stopped reading: a reset
-
-    def _log(self, msg: str, *args: object) -> None:
-        log.warning(msg, *args)
 
 
 class PrimaryClosed(OSError):
