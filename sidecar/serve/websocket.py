@@ -183,10 +183,11 @@ class Sessions:
             if self._closing:
                 session.going_away.set()
             code = await session.run()
+            self.count(code)  # before the wait below, which the end of a grace may cut short
+            await session.until_client_gone()
         finally:
             self._live.discard(session)
             session.close()
-        self.count(code)
 
 
 class _Session:
@@ -210,6 +211,7 @@ class _Session:
         self.writer: asyncio.StreamWriter | None = None
         self.going_away = asyncio.Event()
         self.accepted = False
+        self.client_gone = False  # the host said `websocket.disconnect`
         self.refused = 0  # the status of the primary's refusal, once its head was sent
         self._pending: list[Event] = []  # frames that arrived with the primary's 101
         self._text: list[str] = []  # the fragments of the message being received
@@ -401,6 +403,7 @@ class _Session:
                 )
                 await self._write(ws.send(event), stall=True)
             elif kind == "websocket.disconnect":
+                self.client_gone = True
                 code = int(message.get("code", ABNORMAL))
                 return ("client", code, str(message.get("reason") or ""))
 
@@ -472,12 +475,16 @@ class _Session:
         return code
 
     async def _close_client(self, code: int, reason: str) -> None:
-        """Our close frame to the client, then its messages read (and dropped) until it has
-        answered: the host's queue to us is bounded, and hypercorn's reader, blocked on a
-        full one, would never read the client's close answer nor see it leave, holding
-        the connection open for good. Bounded by CLIENT_CLOSE_WAIT_S."""
         with contextlib.suppress(Exception):
             await self.send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def until_client_gone(self) -> None:
+        """After our close frame to the client: its messages read (and dropped) until it
+        has answered. The host's queue to us is bounded, and hypercorn's reader, blocked on
+        a full one, would never read the client's close answer nor see it leave, holding
+        the connection open for good. Bounded by CLIENT_CLOSE_WAIT_S."""
+        if self.client_gone:
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLIENT_CLOSE_WAIT_S):
                 while (await self.receive())["type"] != "websocket.disconnect":
