@@ -239,7 +239,10 @@ class ConnectionPool:
         """A connection of its own to the endpoint, outside the pool (not counted, never
         reused): for a WebSocket session, which takes the connection over for its life."""
         return await open_stream(
-            self.endpoint, timeout_s=self._connect_timeout_s, ssl_context=self._ssl
+            self.endpoint,
+            timeout_s=self._connect_timeout_s,
+            ssl_context=self._ssl,
+            server_name=self._server_name,
         )
 
     async def aclose(self) -> None:

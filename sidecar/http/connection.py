@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from typing import Literal, cast
 
 from sidecar.http import http1
@@ -132,6 +132,32 @@ def _translate(exc: BaseException, phase: Literal["connect", "read", "write"]) -
     return ReadError(message)
 
 
+async def _connect(
+    endpoint: Origin,
+    factory: Callable[[], asyncio.BaseProtocol],
+    *,
+    timeout_s: float,
+    ssl_context: ssl.SSLContext | None,
+    server_name: str | None,
+) -> asyncio.BaseTransport:
+    """TCP to `endpoint` for the protocol `factory` makes (and with `ssl_context`, the TLS
+    handshake: SNI and the name checked are `server_name`, else the endpoint's host), within
+    `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            transport, _ = await loop.create_connection(
+                factory,
+                endpoint.host,
+                endpoint.port,
+                ssl=ssl_context,
+                server_hostname=(server_name or endpoint.host) if ssl_context is not None else None,
+            )
+    except _FOREIGN as exc:
+        raise _translate(exc, "connect") from exc
+    return transport
+
+
 async def open_connection(
     endpoint: Origin,
     *,
@@ -141,36 +167,39 @@ async def open_connection(
 ) -> Connection:
     """Connect (and with `ssl_context`, handshake: SNI and the name checked are
     `server_name`, else the endpoint's host) within `timeout_s`."""
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout_s):
-            _, conn = await loop.create_connection(
-                lambda: Connection(loop),
-                endpoint.host,
-                endpoint.port,
-                ssl=ssl_context,
-                server_hostname=(server_name or endpoint.host) if ssl_context is not None else None,
-            )
-    except _FOREIGN as exc:
-        raise _translate(exc, "connect") from exc
+    conn = Connection(asyncio.get_running_loop())
+    await _connect(
+        endpoint,
+        lambda: conn,
+        timeout_s=timeout_s,
+        ssl_context=ssl_context,
+        server_name=server_name,
+    )
     return conn
 
 
 async def open_stream(
-    endpoint: Origin, *, timeout_s: float, ssl_context: ssl.SSLContext | None
+    endpoint: Origin,
+    *,
+    timeout_s: float,
+    ssl_context: ssl.SSLContext | None,
+    server_name: str | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A plain byte stream to `endpoint`, for a protocol that takes the connection over
     (a WebSocket session): opened as `open_connection` opens one, errors translated alike."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await asyncio.open_connection(
-                endpoint.host,
-                endpoint.port,
-                ssl=ssl_context,
-                server_hostname=endpoint.host if ssl_context is not None else None,
-            )
-    except _FOREIGN as exc:
-        raise _translate(exc, "connect") from exc
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport = await _connect(
+        endpoint,
+        lambda: protocol,
+        timeout_s=timeout_s,
+        ssl_context=ssl_context,
+        server_name=server_name,
+    )
+    return reader, asyncio.StreamWriter(
+        cast(asyncio.WriteTransport, transport), protocol, reader, loop
+    )
 
 
 class Connection(asyncio.Protocol):

@@ -360,33 +360,22 @@ class _Session:
         to_primary = asyncio.ensure_future(self._client_to_primary())
         to_client = asyncio.ensure_future(self._primary_to_client())
         going_away = asyncio.ensure_future(self.going_away.wait())
-        tasks = {to_primary, to_client, going_away}
+        tasks: set[asyncio.Future[Any]] = {to_primary, to_client, going_away}
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        end: End
-        if to_client in done and not to_client.cancelled():
-            exc = to_client.exception()
-            if exc is None:
-                end = to_client.result()
-            elif isinstance(exc, _BROKEN):
-                end = ("failed", INTERNAL_ERROR, _reason(exc))
-            else:
-                raise exc
-        elif to_primary in done and not to_primary.cancelled():
-            exc = to_primary.exception()
-            if exc is None:
-                end = to_primary.result()
-            elif isinstance(exc, _BROKEN):
-                end = ("failed", INTERNAL_ERROR, _reason(exc))
-            else:
-                raise exc
-        else:
-            end = ("going-away", GOING_AWAY, "sidecar is shutting down")
-        return await self._finish(end)
+        for pump in (to_client, to_primary):  # the primary's end first: it has the reason
+            if pump in done and not pump.cancelled():
+                exc = pump.exception()
+                if exc is None:
+                    return await self._finish(pump.result())
+                if not isinstance(exc, _BROKEN):
+                    raise exc
+                return await self._finish(("failed", INTERNAL_ERROR, _reason(exc)))
+        return await self._finish(("going-away", GOING_AWAY, "sidecar is shutting down"))
 
     async def _client_to_primary(self) -> End:
         receive = self.receive
