@@ -120,6 +120,8 @@ async def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             async with serve_proxy(Path(tmp), rules) as proxy:
                 via = proxy.url.replace("http://", "ws://") + "/"
+                pid = proxy.pid
+                fds_start = open_fds(pid)
                 deadline = time.monotonic() + 10
                 while True:  # the primary process is ready when it accepts a session
                     try:
@@ -140,13 +142,18 @@ async def main() -> int:
                         f"({args.sessions} sessions x {args.messages} x 1 KiB, echoed)"
                     )
 
-                pid = proxy.pid
+                # The sessions above close asynchronously: wait until their descriptors are.
+                await wait_until(lambda: open_fds(pid) <= fds_start, 30, "rate sessions closed")
                 fds0, rss0 = open_fds(pid), rss(pid)
                 conns: list[ClientConnection] = []
                 try:
                     for _ in range(args.idle):
                         conns.append(await connect(via, compression=None))
-                    await wait_until(lambda: open_fds(pid) >= fds0 + 2 * args.idle, 30)
+                    await wait_until(
+                        lambda: open_fds(pid) >= fds0 + 2 * args.idle,
+                        30,
+                        f"{2 * args.idle} more descriptors (now {open_fds(pid) - fds0} more)",
+                    )
                     fds1, rss1 = open_fds(pid), rss(pid)
                 finally:
                     await asyncio.gather(*(ws.close() for ws in conns))
