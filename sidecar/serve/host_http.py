@@ -373,12 +373,18 @@ class H2Protocol(StockH2Protocol):
 
 
 def _h2_refusal(headers: list[tuple[bytes, bytes]]) -> framing.Refusal | None:
-    method = path = b""
+    method = path = protocol = b""
     for name, value in headers:
         if name == b":method":
             method = value
         elif name == b":path":
             path = value
+        elif name == b":protocol":
+            protocol = value
+    if method == b"CONNECT" and protocol == b"websocket":
+        # RFC 8441 (hypercorn offers it): a WebSocket over HTTP/2, relayed to the primary as
+        # over HTTP/1.1 (serve/websocket.py); checked as the GET it stands for, not a tunnel.
+        method = b"GET"
     framed = framing.inspect(
         method.decode("ascii", "replace"), path, "2", filter_pseudo_headers(headers)
     )

@@ -19,11 +19,13 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import h2.events
+import h2.settings
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -36,6 +38,7 @@ from wsproto.events import (
 )
 
 from tests.support.limited import open_fds
+from tests.support.raw_http import H2Conn
 from tests.support.serve import ServeProcess, free_port, metric, serve_proxy
 from tests.support.servers import RecordingCanary, wait_until
 from tests.support.ws_primary import REFUSAL_BODY, WSPrimary
@@ -278,6 +281,45 @@ async def test_message_over_the_bound_is_1009(tmp_path: Path, primary: WSPrimary
         assert rcvd is not None and rcvd.code == 1009
         await wait_until(lambda: any(c == 1009 for c, _ in primary.closes), what="1009 sent")
         assert await websockets_total(proxy, "1009") == 1
+
+
+async def test_websocket_over_http2(tmp_path: Path, primary: WSPrimary) -> None:
+    """RFC 8441 (extended CONNECT on an h2c connection): relayed to the primary as a
+    WebSocket over HTTP/1.1, messages and close codes as over HTTP/1.1."""
+    async with (
+        serve_proxy(tmp_path, rules(primary.url)) as proxy,
+        H2Conn.open(proxy.url) as h2c,
+    ):
+        settings = await h2c.events_until(lambda e: isinstance(e, h2.events.RemoteSettingsChanged))
+        changed = settings[-1].changed_settings
+        assert changed[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL].new_value == 1
+        sid = h2c.conn.get_next_available_stream_id()
+        h2c.conn.send_headers(
+            sid,
+            [
+                (b":method", b"CONNECT"),
+                (b":protocol", b"websocket"),
+                (b":scheme", b"http"),
+                (b":path", b"/echo?over=h2"),
+                (b":authority", b"proxy.test"),
+                (b"sec-websocket-version", b"13"),
+            ],
+        )
+        await h2c.flush()
+        await h2c.events_until(lambda e: isinstance(e, h2.events.ResponseReceived))
+        assert h2c.status(sid) == 200  # RFC 8441's accept
+        ws = Connection(ConnectionType.CLIENT)  # frames only: the handshake was HTTP/2's
+        h2c.conn.send_data(sid, ws.send(TextMessage(data="hello over h2")))
+        await h2c.flush()
+        got = await h2c.events_until(lambda e: isinstance(e, h2.events.DataReceived))
+        ws.receive_data(got[-1].data)
+        assert [e.data for e in ws.events() if isinstance(e, TextMessage)] == ["hello over h2"]
+        h2c.conn.send_data(sid, ws.send(CloseConnection(code=4003, reason="h2 bye")))
+        await h2c.flush()
+        await wait_until(lambda: (4003, "h2 bye") in primary.closes, what="the close over h2")
+    target, headers = primary.handshakes[0]
+    assert target == "/echo?over=h2"
+    assert (b"x-forwarded-host", b"proxy.test") in headers  # :authority became the Host
 
 
 # --- the handshake ------------------------------------------------------------------------------
