@@ -23,9 +23,9 @@ runs the whole session on that scope's task. WebSocket requests are never mirror
    their order. Client to primary: every `websocket.receive` becomes one frame. Primary to
    client: fragments are joined into whole messages (ASGI carries whole messages), bounded by
    `MAX_MESSAGE_BYTES` as the host bounds the client's; the primary's pings are answered here,
-   the client's by the host. A write to the primary waiting longer than the primary's
-   `idle_timeout` (it stopped reading) fails the session. There is no idle limit otherwise:
-   a quiet WebSocket is normal.
+   the client's by the host. A message waiting longer than the primary's `idle_timeout` to
+   be written (the primary or the client stopped reading) ends the session. There is no
+   idle limit otherwise: a quiet WebSocket is normal.
 4. The end, and the code the client's close frame carries (counted in
    `sidecar_websockets_total{code}`):
    - the primary closes: its code and reason, passed on (a close without a code, 1005,
@@ -37,6 +37,7 @@ runs the whole session on that scope's task. WebSocket requests are never mirror
      error, a stalled write): 1011 (Internal Error) with a reason naming it. 1014 (Bad
      Gateway) would say more, but RFC 6455 clients that check codes against their own list
      reject it as a protocol error (wsproto 1.3 does), so the client would see 1002 or 1006;
+   - the client stopped reading: no close frame can reach it (1006); the primary gets 1001;
    - a message from the primary over `MAX_MESSAGE_BYTES`: 1009 (Message Too Big) both ways;
    - shutdown (SIGTERM): at the end of the grace, sessions still open get 1001 (Going Away)
      both ways (`Sessions.going_away_in`).
@@ -67,7 +68,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from sidecar.asgi import Receive, Scope, Send
+from sidecar.asgi import Message, Receive, Scope, Send
 from sidecar.http.client import ClientError, ConnectError
 from sidecar.http.headers import forward_request_headers, response_headers
 from sidecar.serve import metrics as serve_metrics
@@ -112,7 +113,9 @@ _HANDSHAKE_HEADERS = frozenset(
 _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 _DENIAL = "websocket.http.response"
 
-End = tuple[Literal["client", "primary", "failed", "too-big", "going-away"], int, str]
+End = tuple[
+    Literal["client", "primary", "failed", "too-big", "going-away", "client-stalled"], int, str
+]
 
 
 class PrimaryFailed(Exception):
@@ -423,12 +426,18 @@ class _Session:
                 self._bytes.append(event.data)
             if event.message_finished:
                 self._partial_size = 0
+                message: Message
                 if isinstance(event, TextMessage):
                     text, self._text = "".join(self._text), []
-                    await self.send({"type": "websocket.send", "text": text})
+                    message = {"type": "websocket.send", "text": text}
                 else:
                     body, self._bytes = b"".join(self._bytes), []
-                    await self.send({"type": "websocket.send", "bytes": body})
+                    message = {"type": "websocket.send", "bytes": body}
+                try:
+                    async with asyncio.timeout(self.snap.primary_idle_timeout_s):
+                        await self.send(message)
+                except TimeoutError:
+                    return ("client-stalled", ABNORMAL, "the client stopped reading")
         elif isinstance(event, Ping):
             await self._write(self.ws.send(event.response()), stall=True)
         elif isinstance(event, CloseConnection):
@@ -453,6 +462,17 @@ class _Session:
             # The host answered the client already; tell the primary and wait for its reply.
             primary_code = GOING_AWAY if code == ABNORMAL else code
             await self._close_primary(primary_code, reason if code != ABNORMAL else "")
+            return code
+        if kind == "client-stalled":
+            # The host's send to the client is stuck: no close frame can reach it. The
+            # primary is told; the client's connection is left to the host.
+            self._log(
+                "WebSocket session: %s for %gs: closing the primary with 1001",
+                reason,
+                self.snap.primary_idle_timeout_s,
+            )
+            self.client_gone = True  # nothing more will be read from it here
+            await self._close_primary(GOING_AWAY, reason)
             return code
         if kind == "failed":
             self._log("WebSocket session: %s: closing the client with 1011", reason)

@@ -257,6 +257,29 @@ async def test_primary_that_stops_reading_fails_the_session(
         await wait_until(lambda: open_fds(proxy.pid) <= baseline, what="descriptors released")
 
 
+async def test_client_that_stops_reading_ends_the_session(
+    tmp_path: Path, primary: WSPrimary
+) -> None:
+    """Messages wait for a client that reads nothing: after idle_timeout the primary is told
+    1001 and its connection released; counted 1006 (no close frame reached the client)."""
+    text = f"primary {primary.url} {{ timeout 2s idle_timeout 500ms }}\n"
+    async with serve_proxy(tmp_path, text) as proxy:
+        baseline = open_fds(proxy.pid)
+        client = await RawClient.open(proxy, "/echo")
+        try:
+            client.send(TextMessage(data="flood 64 1048576"))  # 64 MiB, far past the buffers
+            await client.flush()
+            await wait_until(
+                lambda: (1001, "the client stopped reading") in primary.closes,
+                what="1001 to the primary",
+            )
+            await wait_until(lambda: primary.connections_open == 0, what="primary side closed")
+            assert await websockets_total(proxy, "1006") == 1
+        finally:
+            client.writer.transport.abort()
+        await wait_until(lambda: open_fds(proxy.pid) <= baseline, what="descriptors released")
+
+
 async def test_client_gone_without_close_frame(tmp_path: Path, primary: WSPrimary) -> None:
     """Counted 1006 (no close frame reached the client); the primary is told 1001."""
     async with serve_proxy(tmp_path, rules(primary.url)) as proxy:

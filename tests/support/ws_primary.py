@@ -18,6 +18,7 @@ Text commands (answered instead of echoed):
     "ping PAYLOAD"        send a ping; its pong is recorded in `pongs`
     "fragments N TEXT"    send TEXT as one message in N fragments
     "bytes N"             send one binary message of N bytes (b"x" * N)
+    "flood N SIZE"        send N binary messages of SIZE bytes (waiting for the writes)
     "headers"             send the upgrade request's headers as JSON
     "stall"               stop reading (the connection stays open)
 """
@@ -181,6 +182,11 @@ class WSPrimary(LoopbackServer):
             parts = [body[i : i + size] for i in range(0, len(body), size)]
             for i, part in enumerate(parts):
                 writer.write(ws.send(TextMessage(data=part, message_finished=i == len(parts) - 1)))
+        elif word == "flood":  # "flood N SIZE": N binary messages of SIZE bytes
+            n_s, _, size_s = rest.partition(" ")
+            for _ in range(int(n_s)):
+                writer.write(ws.send(BytesMessage(data=b"f" * int(size_s))))
+                await writer.drain()
         elif word == "bytes":
             writer.write(ws.send(BytesMessage(data=b"x" * int(rest))))
         elif word == "headers":
