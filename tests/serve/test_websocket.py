@@ -73,6 +73,14 @@ async def closed_by_server(ws: ClientConnection) -> websockets.frames.Close | No
     return info.value.rcvd
 
 
+async def wait_until_metric(proxy: ServeProcess, name: str, value: float, **labels: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECV_TIMEOUT_S
+    while metric(await proxy.metrics(), name, **labels) < value:
+        assert loop.time() < deadline, f"{name}{labels} never reached {value}"
+        await asyncio.sleep(0.02)
+
+
 async def websockets_total(proxy: ServeProcess, code: str) -> float:
     return metric(await proxy.metrics(), "sidecar_websockets_total", code=code)
 
@@ -343,6 +351,25 @@ async def test_websocket_over_http2(tmp_path: Path, primary: WSPrimary) -> None:
     target, headers = primary.handshakes[0]
     assert target == "/echo?over=h2"
     assert (b"x-forwarded-host", b"proxy.test") in headers  # :authority became the Host
+
+
+async def test_session_outlives_a_reload(tmp_path: Path, primary: WSPrimary) -> None:
+    """A reload (SIGHUP) leaves open sessions with their primary; new ones use the new one."""
+    async with WSPrimary() as other, serve_proxy(tmp_path, rules(primary.url)) as proxy:
+        (rules_file,) = tmp_path.glob("rules-*.mirror")
+        async with connect(ws_url(proxy, "/echo")) as ws:
+            await ws.send("before")
+            assert await recv(ws) == "before"
+            rules_file.write_text(rules(other.url))
+            proxy.proc.send_signal(signal.SIGHUP)
+            await wait_until_metric(proxy, "sidecar_rules_reloads_total", 1, result="ok")
+            await ws.send("after the reload")
+            assert await recv(ws) == "after the reload"
+            async with connect(ws_url(proxy, "/echo")) as ws2:
+                await ws2.send("new")
+                assert await recv(ws2) == "new"
+        assert len(primary.handshakes) == 1
+        assert len(other.handshakes) == 1
 
 
 # --- the handshake ------------------------------------------------------------------------------
