@@ -3,7 +3,9 @@
 How this works
 --------------
 The host (hypercorn, or any ASGI server) hands the proxy a `websocket` scope; `Sessions.relay`
-runs the whole session on that scope's task. WebSocket requests are never mirrored.
+runs the whole session on that scope's task. WebSocket requests are never mirrored. This
+module is the client's (ASGI) side; the primary's, wsproto's client on a connection of its
+own, is `sidecar.serve.websocket_primary`.
 
 1. Handshake. After the client's `websocket.connect`, a connection of its own is opened to
    the primary (`ConnectionPool.open_stream`: TCP, or TLS for an https primary) and wsproto's
@@ -52,27 +54,27 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Event,
     Ping,
     RejectConnection,
-    RejectData,
-    Request,
     TextMessage,
 )
-from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from sidecar.asgi import Message, Receive, Scope, Send
 from sidecar.http.client import ClientError, ConnectError
-from sidecar.http.headers import forward_request_headers, response_headers
+from sidecar.http.headers import response_headers
 from sidecar.serve import metrics as serve_metrics
 from sidecar.serve.runtime import Snapshot
+from sidecar.serve.websocket_primary import (
+    NO_STATUS,
+    PrimaryFailed,
+    PrimarySide,
+    upgrade_request,
+)
 
 log = logging.getLogger("sidecar.websocket")
 
@@ -81,11 +83,6 @@ log = logging.getLogger("sidecar.websocket")
 # 16 MiB), so a message one side may send the other side may too; a session holds at most
 # one such message per direction in memory.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# Bytes read from the primary at a time.
-READ_BYTES = 64 * 1024
-# After sending our close frame, how long to wait for the primary's (RFC 6455's closing
-# handshake); a primary that never answers is cut off then.
-CLOSE_WAIT_S = 1.0
 # After our close frame to the client, how long we read on, waiting for its answer (a client
 # keeps sending until it has read our close; what it sends meanwhile is dropped).
 CLIENT_CLOSE_WAIT_S = 5.0
@@ -97,29 +94,13 @@ GOING_AWAY = 1001
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011  # the primary broke off (see the module docstring for why not 1014)
 ABNORMAL = 1006  # no close frame reached the client
-NO_STATUS = 1005
 
-# Request headers the handshake writes itself (wsproto) or that are per hop.
-_HANDSHAKE_HEADERS = frozenset(
-    {
-        b"host",
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-protocol",
-        b"sec-websocket-extensions",
-        b"sec-websocket-accept",
-    }
-)
 _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 _DENIAL = "websocket.http.response"
 
 End = tuple[
     Literal["client", "primary", "failed", "too-big", "going-away", "client-stalled"], int, str
 ]
-
-
-class PrimaryFailed(Exception):
-    """The primary's connection broke mid-session; the message is the client's reason."""
 
 
 class Sessions:
@@ -173,11 +154,12 @@ class Sessions:
         if message["type"] != "websocket.connect":
             return  # gone before the handshake
         session = _Session(snap, scope, receive, send, self.log_error)
+        status = 0
         try:
             status = await session.handshake(headers)
         finally:
-            if session.writer is not None and not session.accepted:
-                session.close()
+            if status != 101:
+                session.primary.close()
         record_status(status, started)
         if status != 101:
             return
@@ -190,11 +172,11 @@ class Sessions:
             await session.until_client_gone()
         finally:
             self._live.discard(session)
-            session.close()
+            session.primary.close()
 
 
 class _Session:
-    """One client's session with the primary."""
+    """One client's session with the primary: the ASGI side, relaying to `PrimarySide`."""
 
     def __init__(
         self,
@@ -209,14 +191,10 @@ class _Session:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.primary = PrimarySide(snap.primary, snap.primary_idle_timeout_s)
         self.going_away = asyncio.Event()
-        self.accepted = False
         self.client_gone = False  # the host said `websocket.disconnect`
         self.refused = 0  # the status of the primary's refusal, once its head was sent
-        self._pending: list[Event] = []  # frames that arrived with the primary's 101
         self._text: list[str] = []  # the fragments of the message being received
         self._bytes: list[bytes | bytearray] = []
         self._partial_size = 0
@@ -226,12 +204,20 @@ class _Session:
     async def handshake(self, headers: list[tuple[bytes, bytes]]) -> int:
         """Open the primary's session; returns the status the client got (101: accepted)."""
         snap = self.snap
-        timeout_s = snap.primary_timeout_s
         try:
-            async with asyncio.timeout(timeout_s):
-                self.reader, self.writer = await snap.primary.open_stream()
-                await self._write(self.ws.send(self._request(headers)))
-                return await self._answer()
+            async with asyncio.timeout(snap.primary_timeout_s):
+                request = upgrade_request(self.scope, headers, snap.primary.endpoint.authority)
+                answer = await self.primary.upgrade(request)
+                if isinstance(answer, RejectConnection):
+                    return await self._pass_refusal(answer)
+                await self.send(
+                    {
+                        "type": "websocket.accept",
+                        "subprotocol": answer.subprotocol,
+                        "headers": _accept_headers(answer.extra_headers),
+                    }
+                )
+                return 101
         except (TimeoutError, ClientError, OSError, RemoteProtocolError) as exc:
             if self.refused:  # the primary's refusal is out, cut off mid-body: end it there
                 self._log("primary's WebSocket refusal (%d) broke off: %r", self.refused, exc)
@@ -257,59 +243,6 @@ class _Session:
         self._log("primary's WebSocket handshake failed: %s: 502", exc)
         return await self._refuse(502, b"Bad Gateway: the primary's WebSocket handshake failed\n")
 
-    def _request(self, headers: list[tuple[bytes, bytes]]) -> Request:
-        scope = self.scope
-        client = scope.get("client")
-        scheme = "https" if scope.get("scheme") == "wss" else "http"
-        host = b""
-        for name, value in headers:
-            if name.lower() == b"host":
-                host = value
-                break
-        if not host:
-            host = self.snap.primary.endpoint.authority.encode("ascii")
-        out = [
-            (n, v)
-            for n, v in forward_request_headers(
-                headers, client=client[0] if client else None, scheme=scheme
-            )
-            if n not in _HANDSHAKE_HEADERS
-        ]
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        query: bytes = scope.get("query_string", b"")
-        target = raw_path + b"?" + query if query else raw_path
-        return Request(
-            host=host.decode("latin-1"),
-            target=target.decode("latin-1"),
-            extra_headers=out,
-            subprotocols=list(scope.get("subprotocols") or ()),
-        )
-
-    async def _answer(self) -> int:
-        """Read the primary's answer to the upgrade and pass it on to the client."""
-        ws = self.ws
-        while True:
-            data = await self._read()
-            ws.receive_data(data or None)
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    await self.send(
-                        {
-                            "type": "websocket.accept",
-                            "subprotocol": event.subprotocol,
-                            "headers": _accept_headers(event.extra_headers),
-                        }
-                    )
-                    self._pending = list(ws.events())
-                    self.accepted = True
-                    return 101
-                if isinstance(event, RejectConnection):
-                    return await self._pass_refusal(event)
-                if isinstance(event, CloseConnection):  # EOF before any answer
-                    raise PrimaryClosed()
-            if not data:
-                raise PrimaryClosed()
-
     async def _pass_refusal(self, event: RejectConnection) -> int:
         """The primary's refusal (status, headers, body) to the client, streamed."""
         status = event.status_code
@@ -326,26 +259,16 @@ class _Session:
         if not event.has_body:
             await self.send({"type": "websocket.http.response.body", "body": b""})
             return status
-        ws = self.ws
         self.refused = status  # the head is out: an error from here on ends the body
-        while True:
-            for ev in ws.events():
-                if isinstance(ev, RejectData):
-                    await self.send(
-                        {
-                            "type": "websocket.http.response.body",
-                            "body": bytes(ev.data),
-                            "more_body": not ev.body_finished,
-                        }
-                    )
-                    if ev.body_finished:
-                        return status
-            data = await self._read()
-            ws.receive_data(data or None)
+        async for chunk, last in self.primary.refusal_body():
+            await self.send(
+                {"type": "websocket.http.response.body", "body": chunk, "more_body": not last}
+            )
+        return status
 
     async def _refuse(self, status: int, body: bytes) -> int:
         """Our own answer to a handshake that failed (the client was not accepted)."""
-        self.close()
+        self.primary.close()
         if _DENIAL not in self.scope.get("extensions", {}):
             await self.send({"type": "websocket.close", "code": 1008})
             return 403
@@ -382,38 +305,27 @@ class _Session:
 
     async def _client_to_primary(self) -> End:
         receive = self.receive
-        ws = self.ws
+        primary = self.primary
         while True:
             message = await receive()
             kind = message["type"]
             if kind == "websocket.receive":
                 data = message.get("bytes")
-                event: Event = (
-                    BytesMessage(data=data)
-                    if data is not None
-                    else TextMessage(data=message["text"])
-                )
-                await self._write(ws.send(event), stall=True)
+                if data is not None:
+                    await primary.send(BytesMessage(data=data))
+                else:
+                    await primary.send(TextMessage(data=message["text"]))
             elif kind == "websocket.disconnect":
                 self.client_gone = True
                 code = int(message.get("code", ABNORMAL))
                 return ("client", code, str(message.get("reason") or ""))
 
     async def _primary_to_client(self) -> End:
-        ws = self.ws
-        pending, self._pending = self._pending, []
         while True:
-            for event in pending:
+            for event in await self.primary.events():
                 end = await self._from_primary(event)
                 if end is not None:
                     return end
-            data = await self._read()
-            if ws.state is ConnectionState.CLOSED and data:
-                continue  # bytes after the close: ignored
-            ws.receive_data(data or None)
-            pending = list(ws.events())
-            if not data and not pending:
-                raise PrimaryFailed("the primary closed the connection")
 
     async def _from_primary(self, event: Event) -> End | None:
         if isinstance(event, TextMessage | BytesMessage):
@@ -439,11 +351,11 @@ class _Session:
                 except TimeoutError:
                     return ("client-stalled", ABNORMAL, "the client stopped reading")
         elif isinstance(event, Ping):
-            await self._write(self.ws.send(event.response()), stall=True)
+            await self.primary.send(event.response())
         elif isinstance(event, CloseConnection):
-            if self.ws.state is ConnectionState.REMOTE_CLOSING:
+            if self.primary.remote_closing:
                 with contextlib.suppress(PrimaryFailed, OSError):  # answered; it closes next
-                    await self._write(self.ws.send(event.response()), stall=True)
+                    await self.primary.send(event.response())
                 return ("primary", int(event.code), event.reason or "")
             # A local failure (a protocol error, 1002/1007...) or the connection lost (1006).
             if event.code == ABNORMAL:
@@ -461,7 +373,7 @@ class _Session:
         if kind == "client":
             # The host answered the client already; tell the primary and wait for its reply.
             primary_code = GOING_AWAY if code == ABNORMAL else code
-            await self._close_primary(primary_code, reason if code != ABNORMAL else "")
+            await self.primary.close_handshake(primary_code, reason if code != ABNORMAL else "")
             return code
         if kind == "client-stalled":
             # The host's send to the client is stuck: no close frame can reach it. The
@@ -472,14 +384,14 @@ class _Session:
                 self.snap.primary_idle_timeout_s,
             )
             self.client_gone = True  # nothing more will be read from it here
-            await self._close_primary(GOING_AWAY, reason)
+            await self.primary.close_handshake(GOING_AWAY, reason)
             return code
         if kind == "failed":
             self._log("WebSocket session: %s: closing the client with 1011", reason)
             await self._close_client(code, reason)
             return code
         # too-big, going-away: both sides
-        await self._close_primary(code, reason)
+        await self.primary.close_handshake(code, reason)
         await self._close_client(code, reason)
         return code
 
@@ -499,73 +411,9 @@ class _Session:
                 while (await self.receive())["type"] != "websocket.disconnect":
                     pass
 
-    async def _close_primary(self, code: int, reason: str) -> None:
-        """Our close frame to the primary, then its answer (bounded by CLOSE_WAIT_S)."""
-        ws = self.ws
-        if ws.state is not ConnectionState.OPEN:
-            return
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                if code == NO_STATUS:  # wsproto sends a close without a code for the enum only
-                    event = CloseConnection(code=CloseReason.NO_STATUS_RCVD)
-                else:
-                    event = CloseConnection(code=code, reason=reason or None)
-                await self._write(ws.send(event))
-                while not _closed(ws):
-                    data = await self._read()
-                    ws.receive_data(data or None)
-                    for _ in ws.events():
-                        pass
-                    if not data:
-                        break
-
-    # --- the primary's connection --------------------------------------------------------
-
-    async def _read(self) -> bytes:
-        assert self.reader is not None
-        return await self.reader.read(READ_BYTES)
-
-    async def _write(self, data: bytes, *, stall: bool = False) -> None:
-        writer = self.writer
-        assert writer is not None
-        writer.write(data)
-        if writer.transport.get_write_buffer_size() == 0:
-            return  # all in the kernel's buffer already: the common case, no timer needed
-        if stall:
-            try:
-                async with asyncio.timeout(self.snap.primary_idle_timeout_s):
-                    await writer.drain()
-            except TimeoutError:
-                raise PrimaryFailed(
-                    f"the primary stopped reading for {self.snap.primary_idle_timeout_s:g}s"
-                ) from None
-        else:
-            await writer.drain()
-
-    def close(self) -> None:
-        writer, self.writer = self.writer, None
-        if writer is None:
-            return
-        transport = writer.transport
-        if transport.get_write_buffer_size() == 0:
-            transport.close()  # a FIN: nothing left to write
-        else:
-            transport.abort()  # unsent bytes to a primary that stopped reading: a reset
-
-
-class PrimaryClosed(OSError):
-    """The primary closed the connection before answering the upgrade."""
-
-    def __str__(self) -> str:
-        return "the primary closed the connection before answering"
-
 
 # What ends a session as the primary's failure (1011).
 _BROKEN = (PrimaryFailed, OSError, TimeoutError, LocalProtocolError)
-
-
-def _closed(ws: WSConnection) -> bool:
-    return ws.state is ConnectionState.CLOSED
 
 
 def _reason(exc: BaseException) -> str:
