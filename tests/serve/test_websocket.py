@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from tests.support.limited import open_fds
 from tests.support.raw_http import H2Conn
 from tests.support.serve import ServeProcess, free_port, metric, serve_proxy
 from tests.support.servers import RecordingCanary, wait_until
+from tests.support.tls import Pki
 from tests.support.ws_primary import REFUSAL_BODY, WSPrimary
 
 RECV_TIMEOUT_S = 10.0  # generous for CI; a passing test never waits this long
@@ -370,6 +372,36 @@ async def test_session_outlives_a_reload(tmp_path: Path, primary: WSPrimary) -> 
                 assert await recv(ws2) == "new"
         assert len(primary.handshakes) == 1
         assert len(other.handshakes) == 1
+
+
+async def test_wss_client_to_an_https_primary(tmp_path: Path) -> None:
+    """TLS on both hops: a wss client to `listen { cert key }`, the primary over https with
+    the primary block's `tls { ca server_name }` (SNI and the name checked are that name)."""
+    pki = Pki(tmp_path)
+    pki.leaf("proxy", "127.0.0.1")
+    primary_chain, primary_key = pki.leaf("primary", "primary.test")
+    async with WSPrimary(pki.server_context(primary_chain, primary_key)) as primary:
+        text = (
+            'listen 127.0.0.1:1 { cert "proxy.pem" key "proxy.key" }\n'
+            f'primary {primary.url} {{ timeout 2s tls {{ ca "ca.pem" server_name "primary.test" }} }}\n'
+        )
+        client_tls = ssl.create_default_context(cafile=str(pki.ca_pem))
+        async with serve_proxy(tmp_path, text) as proxy:
+            url = proxy.url.replace("http://", "wss://") + "/echo"
+            async with connect(url, ssl=client_tls) as ws:
+                await ws.send("over tls")
+                assert await recv(ws) == "over tls"
+                await ws.send("headers")
+                seen = json.loads(await recv(ws))
+            assert seen["x-forwarded-proto"] == "https"  # the client's scheme was wss
+            assert "primary.test" in primary.server_names
+        # Without the CA the primary's certificate is not trusted: a 502, logged.
+        text = f"primary {primary.url} {{ timeout 2s }}\n"
+        async with serve_proxy(tmp_path, text) as proxy:
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await connect(ws_url(proxy, "/echo"))
+            assert info.value.response.status_code == 502
+            assert "CERTIFICATE_VERIFY_FAILED" in proxy.log()
 
 
 # --- the handshake ------------------------------------------------------------------------------

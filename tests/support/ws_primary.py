@@ -2,6 +2,7 @@
 WebSocket pass-through tests.
 
     async with WSPrimary() as primary:         # ws on 127.0.0.1:<free port>, primary.url
+    async with WSPrimary(ssl_context) as p:    # over TLS: https://..., p.server_names (SNI)
         primary.handshakes                       # recorded (target, headers) of each upgrade
         primary.closes                           # (code, reason) of every close frame received
         primary.pongs                            # payloads of the pongs received
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from typing import Any
 
 from wsproto import ConnectionType, WSConnection
@@ -51,13 +53,31 @@ REFUSAL_BODY = b"refused by the primary"
 
 
 class WSPrimary(LoopbackServer):
-    def __init__(self) -> None:
+    def __init__(self, context: ssl.SSLContext | None = None) -> None:
+        """`context`: serve TLS with it (the URL is then https://); SNI names are recorded
+        in `server_names`."""
         super().__init__()
+        self.context = context
+        self.server_names: list[str | None] = []
+        if context is not None:
+            context.sni_callback = self._sni
         self.handshakes: list[tuple[str, list[tuple[bytes, bytes]]]] = []
         self.closes: list[tuple[int, str]] = []
         self.pongs: list[bytes] = []
         self.connections_open = 0
         self.connections_total = 0
+
+    def _sni(self, _obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        self.server_names.append(name)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.context)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def __aenter__(self) -> WSPrimary:
         await self._listen()
