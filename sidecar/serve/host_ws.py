@@ -73,8 +73,12 @@ class WSStream(StockWSStream):
             elif isinstance(event, Ping):
                 await self._send_wsproto_event(event.response())
             elif isinstance(event, CloseConnection):
-                if self.connection.state == ConnectionState.REMOTE_CLOSING:
-                    # The client closed first: its frame is the session's end.
+                state = self.connection.state
+                if state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
+                    # The client's close frame: its own (REMOTE_CLOSING), or its answer to
+                    # ours (CLOSED: hypercorn closed first, a message over the size bound).
+                    # Not a frame that failed to parse (the state is still OPEN then).
                     self.client_close = (int(event.code), event.reason or "")
+                if state == ConnectionState.REMOTE_CLOSING:
                     await self._send_wsproto_event(event.response())
                 await self.send(StreamClosed(stream_id=self.stream_id))

@@ -309,10 +309,20 @@ async def test_message_over_the_bound_is_1009(tmp_path: Path, primary: WSPrimary
         serve_proxy(tmp_path, rules(primary.url)) as proxy,
         connect(ws_url(proxy, "/echo"), max_size=None) as ws,
     ):
-        await ws.send(f"bytes {MAX_MESSAGE_BYTES + 1}")
+        await ws.send(f"bytes {MAX_MESSAGE_BYTES + 1}")  # from the primary: sidecar's bound
         rcvd = await closed_by_server(ws)
         assert rcvd is not None and rcvd.code == 1009
         await wait_until(lambda: any(c == 1009 for c, _ in primary.closes), what="1009 sent")
+        assert await websockets_total(proxy, "1009") == 1
+    async with (
+        serve_proxy(tmp_path, rules(primary.url)) as proxy,
+        connect(ws_url(proxy, "/echo"), max_size=None) as ws,
+    ):
+        await ws.send(b"c" * (MAX_MESSAGE_BYTES + 1))  # from the client: the server's bound
+        rcvd = await closed_by_server(ws)
+        assert rcvd is not None and rcvd.code == 1009
+        await wait_until(lambda: len(primary.closes) == 2, what="the primary told")
+        assert primary.closes[1][0] == 1009
         assert await websockets_total(proxy, "1009") == 1
 
 
