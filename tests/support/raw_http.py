@@ -77,6 +77,7 @@ class H2Conn:
             h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
         self.events: list[Any] = []  # every event received, in order
+        self._unseen: list[Any] = []  # received after a match, not yet looked at by a call
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -113,25 +114,38 @@ class H2Conn:
     async def events_until(
         self, done: Callable[[Any], bool], timeout: float = READ_TIMEOUT_S
     ) -> list[Any]:
-        """Read until an event satisfies `done` (returned list ends with it) or EOF."""
+        """Read until an event satisfies `done` (the returned list ends with it) or EOF.
+
+        A batch of frames is recorded whole (status() and body() see all of it); the
+        events after a match are kept for the next call to look at before it reads."""
         got: list[Any] = []
 
+        def take(events: list[Any]) -> bool:
+            for n, event in enumerate(events):
+                got.append(event)
+                if done(event):
+                    self._unseen = events[n + 1 :] + self._unseen
+                    return True
+            return False
+
         async def run() -> None:
+            pending, self._unseen = self._unseen, []
+            if take(pending):
+                return
             while True:
                 data = await self.reader.read(65536)
                 if not data:
                     return
-                for event in self.conn.receive_data(data):
-                    got.append(event)
+                batch = self.conn.receive_data(data)
+                for event in batch:
                     self.events.append(event)
                     if isinstance(event, h2.events.DataReceived):
                         self.conn.acknowledge_received_data(
                             event.flow_controlled_length, event.stream_id
                         )
-                    if done(event):
-                        await self.flush()
-                        return
                 await self.flush()
+                if take(batch):
+                    return
 
         await asyncio.wait_for(run(), timeout)
         return got
