@@ -413,7 +413,17 @@ class RequestId:
     span: Span
 
 
-TopLevel = Listen | Admin | Primary | Canary | MirrorRule | Exclude | DiffLog | RequestId
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostServer:
+    """`server uvicorn`: the HTTP server that hosts the proxy listener (the name as written)."""
+
+    name: Name
+    span: Span
+
+
+TopLevel = (
+    Listen | Admin | Primary | Canary | MirrorRule | Exclude | DiffLog | RequestId | HostServer
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

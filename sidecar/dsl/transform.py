@@ -171,6 +171,9 @@ class AstBuilder:
     def request_id(self, c: list[Token]) -> ast.RequestId:  # "request_id" STRING
         return ast.RequestId(header=self._str(c[1]), span=self._span(c[0], c[1]))
 
+    def host_server(self, c: list[Token]) -> ast.HostServer:  # "server" NAME
+        return ast.HostServer(name=self._name(c[1]), span=self._span(c[0], c[1]))
+
     # --- tls blocks ------------------------------------------------------------------
 
     def tls(self, c: list[Child]) -> ast.Tls:  # "tls" "{" _tls_stmt* "}"

@@ -41,6 +41,7 @@ CODES: dict[str, str] = {
     "missing-server": "a canary block has no `server`",
     "missing-to": "a mirror rule has no `to`",
     "invalid-address": "a listen/admin address is not host:port or [v6]:port with a valid IP address or host name and a port in 1..65535",
+    "unknown-server": "`server` at the top level names neither `hypercorn` nor `uvicorn`",
     "invalid-url": "a primary or server URL is not http(s)://host[:port] without path, query or credentials",
     "invalid-header-name": "a header name is not an RFC 7230 token",
     "invalid-header-value": "a header value contains control characters",
@@ -106,6 +107,7 @@ class _Validator:
         self.diff_log: ast.DiffLog | None = None
         self.diff_log_path: str | None = None
         self.request_id: ast.RequestId | None = None
+        self.server: ast.HostServer | None = None
 
     def run(
         self, files: Sequence[ast.File], sources: Sequence[cfg.SourceFile], sha256: str
@@ -130,6 +132,7 @@ class _Validator:
             sha256=sha256,
             diff_log=self.diff_log_path,
             request_id=self.request_id.header.value.lower() if self.request_id else None,
+            server=self.server.name.value if self.server else cfg.DEFAULT_SERVER,
         )
         return config, self.r.sorted()
 
@@ -174,6 +177,17 @@ class _Validator:
                 self.diff_log_path = check_diff_log(stmt, r)
         elif isinstance(stmt, ast.RequestId):
             self._request_id(stmt)
+        elif isinstance(stmt, ast.HostServer):
+            name = stmt.name
+            known = name.value in cfg.SERVERS
+            problem = (
+                None
+                if known
+                else f"unknown server {name.value!r}: expected " + " or ".join(cfg.SERVERS)
+            )
+            ok = r.check("unknown-server", name.span, problem)
+            if r.once("server", stmt.span, (self.server.span if self.server else None)) and ok:
+                self.server = stmt
         else:
             self._expr(stmt.expr)
             self.excludes.append(cfg.ExcludeSpec(when=_normalise(stmt.expr), span=stmt.span))

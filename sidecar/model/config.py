@@ -23,6 +23,9 @@ from sidecar.model.tls import TlsSpec as TlsSpec
 DEFAULT_RULES = "rules/"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN = "127.0.0.1:9901"
+# The HTTP servers that can host the proxy listener (`server NAME`, `serve --server`).
+SERVERS = ("hypercorn", "uvicorn")
+DEFAULT_SERVER = "hypercorn"
 # The primary's two clocks: until the response head arrives, and the longest pause in
 # either body once it streams (nginx's proxy_read_timeout and send_timeout are 60 s too).
 DEFAULT_PRIMARY_TIMEOUT_S = 60.0
@@ -176,3 +179,4 @@ class Config:
     sha256: str = ""  # over all sources, in order: sidecar_rules_info{hash}
     diff_log: str | None = None  # "stderr", or an absolute path; None: records stay in /diffs
     request_id: str | None = None  # the request id header, lower-case; None: no request ids
+    server: str = DEFAULT_SERVER  # one of SERVERS: the proxy listener's HTTP server

@@ -366,6 +366,7 @@ class RoutingTable:
             },
             "diff_log": cfg.diff_log,
             "request_id": cfg.request_id,
+            "server": cfg.server,
             "canaries": [_canary_json(c) for c in cfg.canaries],
             "rules": [
                 {

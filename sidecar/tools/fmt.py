@@ -318,6 +318,9 @@ def _entries(stmt: ast.TopLevel, top: int, comment_lines: set[int]) -> Iterator[
     elif isinstance(stmt, ast.RequestId):
         text = f"request_id {quote(stmt.header.value)}"
         yield _Entry(depth=0, text=text, first=start, last=end, top=top)
+    elif isinstance(stmt, ast.HostServer):
+        text = f"server {stmt.name.value}"
+        yield _Entry(depth=0, text=text, first=start, last=end, top=top)
     else:
         yield from _split_entries("exclude when", stmt.expr, span, 0, top, comment_lines)
 
