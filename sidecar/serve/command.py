@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         workers=args.workers,
         watch=args.watch,
+        server=args.server,
     )
     try:
         loaded = load_config(opts)

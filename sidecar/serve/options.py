@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sidecar.model.config import DEFAULT_RULES, Config, PrimarySpec
+from sidecar.model.config import DEFAULT_RULES, SERVERS, Config, PrimarySpec
 from sidecar.model.endpoint import Endpoint, address_problem
 
 log = logging.getLogger("sidecar")
@@ -43,6 +43,7 @@ class Options:
     grace_s: float
     workers: int
     watch: bool = False
+    server: str | None = None  # `--server`: wins over the files' `server` statement
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        help="the HTTP server hosting the proxy listener (overrides the files' `server`; "
+        "default hypercorn): uvicorn for HTTP/1.1 throughput, hypercorn for HTTP/2 "
+        "(docs/cli.md)",
+    )
+    parser.add_argument(
         "--watch",
         action="store_true",
         help="reload when a rule file changes (polled twice a second); SIGHUP and "
@@ -104,9 +112,12 @@ def load_config(opts: Options, *, quiet: bool = False) -> tuple[Config, int] | N
 
 
 def apply_overrides(config: Config, opts: Options) -> Config:
-    """Flags win over files: `--listen`, `--admin` (even over `admin off`), `--primary` URL."""
+    """Flags win over files: `--listen`, `--admin` (even over `admin off`), `--primary` URL,
+    `--server`."""
 
     changes: dict[str, Any] = {}
+    if opts.server is not None:
+        changes["server"] = opts.server
     if opts.listen is not None:
         _check_flag_address("--listen", opts.listen)
         changes["listen"] = opts.listen

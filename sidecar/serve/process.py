@@ -43,14 +43,23 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import ssl
     from multiprocessing.connection import Connection
 
     from sidecar.model.config import Config
+    from sidecar.serve.host_http import HostState
+    from sidecar.serve.listener import Listener
     from sidecar.serve.reload import Reloader
     from sidecar.serve.runtime import Runtime
 
 from sidecar.serve.options import Options, ServeError, apply_overrides
-from sidecar.serve.sockets import address_of, hypercorn_config, listen_context
+from sidecar.serve.sockets import (
+    KEEP_ALIVE_MAX_REQUESTS,
+    KEEP_ALIVE_TIMEOUT_S,
+    address_of,
+    hypercorn_config,
+    listen_context,
+)
 
 log = logging.getLogger("sidecar")
 
@@ -155,11 +164,11 @@ async def _serve(
             admin_task = asyncio.create_task(
                 Listener(admin_app, admin_cfg, admin_sock).serve(proxy_done.wait)
             )
-        proxy_cfg = hypercorn_config(grace_s=opts.grace_s, proxy=True)
         proxy_app = ProxyApp(runtime)
-        proxy_task = asyncio.create_task(
-            Listener(proxy_app, proxy_cfg, proxy_sock, proxy_tls).serve(stop.wait)
+        proxy_listener, proxy_host = _proxy_listener(
+            config.server, proxy_app, proxy_sock, opts.grace_s, proxy_tls
         )
+        proxy_task = asyncio.create_task(proxy_listener.serve(stop.wait))
         # The sockets were listening before serve() began: connections made now wait in
         # the backlog, so the proxy is reachable and /readyz may say so.
         runtime.ready = True
@@ -172,7 +181,7 @@ async def _serve(
         log.info("shutting down: finishing in-flight requests (grace %gs)", opts.grace_s)
         proxy_app.websockets.going_away_in(opts.grace_s)  # 1001 when the grace ends
         await proxy_task
-        cut = proxy_cfg.sidecar_host.cut
+        cut = proxy_host.cut
         if cut:
             log.warning(
                 "grace of %gs ran out: %d requests cut off (503, or a response ended early)",
@@ -189,6 +198,33 @@ async def _serve(
         await runtime.close()
     log.info("stopped")
     return 0
+
+
+def _proxy_listener(
+    server: str, app: Any, sock: socket.socket, grace_s: float, tls: ssl.SSLContext | None
+) -> tuple[Listener, HostState]:
+    """The proxy's listener on `server` (`--server`/`server`) and its connection layer's
+    state (refusals counted, requests cut off when the grace runs out). `tls`: the
+    `listen { cert key }` context; uvicorn serves it over HTTP/1.1 only."""
+    from sidecar.serve.listener import Listener  # the serving stack (see _serve)
+
+    if server == "uvicorn":
+        from sidecar.serve.host_http import HostState
+        from sidecar.serve.host_uvicorn_listener import UvicornListener
+
+        host = HostState(count_refusals=True)
+        listener = UvicornListener(
+            app,
+            sock,
+            grace_s=grace_s,
+            keep_alive_s=KEEP_ALIVE_TIMEOUT_S,
+            max_requests=KEEP_ALIVE_MAX_REQUESTS,
+            host=host,
+            ssl_context=tls,
+        )
+        return listener, host
+    proxy_cfg = hypercorn_config(grace_s=grace_s, proxy=True)
+    return Listener(app, proxy_cfg, sock, tls), proxy_cfg.sidecar_host
 
 
 def tune_gc() -> None:
@@ -274,13 +310,19 @@ async def _probe_primary(runtime: Runtime) -> None:
 def _log_start(runtime: Runtime, listen: str, admin: str | None) -> None:
     config = runtime.config
     assert config.primary is not None
-    scheme, alpn = ("http", "") if config.listen_tls is None else ("https", " (h2, http/1.1)")
+    if config.listen_tls is None:
+        scheme, alpn = "http", ""
+    elif config.server == "uvicorn":  # uvicorn speaks HTTP/1.1 only, over TLS too
+        scheme, alpn = "https", " (http/1.1 only)"
+    else:
+        scheme, alpn = "https", " (h2, http/1.1)"
     log.info(
-        "serving %s://%s%s -> primary %s; admin %s; %d rules, %d canaries from %d files "
-        "(sha256 %s); pid %d",
+        "serving %s://%s%s on %s -> primary %s; admin %s; %d rules, %d canaries from %d "
+        "files (sha256 %s); pid %d",
         scheme,
         listen,
         alpn,
+        config.server,
         config.primary.endpoint.url,
         f"http://{admin}" if admin else "off",
         len(config.rules),

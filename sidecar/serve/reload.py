@@ -187,8 +187,8 @@ class Reloader:
         assert config is not None and table is not None
         if loaded.kept_addresses:
             log.warning(
-                "reload (%s): %s: changing listen (its address or certificate) or admin needs "
-                "a restart; the running ones are kept",
+                "reload (%s): %s: changing listen (its address or certificate), admin or "
+                "server needs a restart; the running ones are kept",
                 trigger,
                 "; ".join(loaded.kept_addresses),
             )
@@ -240,12 +240,15 @@ def _load(
             kept.append(f"admin {now[1] or 'off'} in the rules (--admin keeps {running.admin})")
         if config.listen_tls != running.listen_tls:
             kept.append("the listen certificate (the one loaded at start is kept)")
-        if kept:  # /rules then shows the addresses in use
+        if config.server != running.server:
+            kept.append(f"server {config.server} (still {running.server})")
+        if kept:  # /rules then shows the addresses (and the server) in use
             config = replace(
                 config,
                 listen=running.listen,
                 admin=running.admin,
                 listen_tls=running.listen_tls,
+                server=running.server,
             )
         table = compile_table(config)
     except Exception as exc:

@@ -1,0 +1,128 @@
+"""Serve the proxy with uvicorn's connection handling on our own accept loop (`--server uvicorn`).
+
+uvicorn's own `Server` hands the listening socket to `loop.create_server`: under uvloop
+that is libuv's accept path, one connection per loop iteration (see
+sidecar/serve/listener.py, which measured it for hypercorn; uvicorn on uvloop starves the
+same way). So the same batched accept loop is used: `UvicornListener` is `Listener` with
+uvicorn's protocol (sidecar/serve/host_uvicorn.py) per accepted connection instead of
+hypercorn's `TCPServer`. uvicorn's `Config` only carries the settings its protocols read
+(httptools, wsproto for WebSocket pass-through, no lifespan, no access log, no `Date` or
+`Server` header, no proxy-header rewriting: the proxy forwards the client's headers).
+
+Shutdown, as `Listener.serve`: when `shutdown_trigger` returns, stop accepting, tell every
+connection (`shutdown()`: idle ones close, busy ones answer with `Connection: close`), wait
+up to `grace_s` for requests and connections, cancel the requests still running (their
+clients get 503 if nothing was sent; counted in `HostState.cut`), close the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from uvicorn.config import Config as UvicornConfig
+from uvicorn.server import ServerState
+
+from sidecar.serve.host_http import HostState
+from sidecar.serve.host_uvicorn import protocol_class
+from sidecar.serve.listener import ACCEPT_ERROR_LOG_INTERVAL_S, Listener
+
+log = logging.getLogger("sidecar.listener")
+
+# While draining, how often to look whether the last connections have closed (uvicorn's
+# own server polls every 100 ms; lingering connections close by their own timers).
+DRAIN_POLL_S = 0.05
+
+
+class UvicornListener(Listener):
+    """One listening socket served by uvicorn's httptools protocol."""
+
+    def __init__(
+        self,
+        app: Any,
+        sock: socket.socket,
+        *,
+        grace_s: float,
+        keep_alive_s: float,
+        max_requests: int,
+        host: HostState,
+    ) -> None:
+        # Not Listener.__init__: that one builds hypercorn's app wrapper and context.
+        self._sock = sock
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._accepting = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._last_error_log = -ACCEPT_ERROR_LOG_INTERVAL_S
+        self._refused_since_log = 0
+        self.host = host
+        self._grace_s = grace_s
+        config = UvicornConfig(
+            app,
+            http="httptools",
+            ws="wsproto",
+            loop="none",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
+        )
+        config.load()
+        self._state = ServerState()
+        protocol = protocol_class(host, max_requests=max_requests)
+        loop = self._loop
+        self._factory: Callable[[], asyncio.Protocol] = lambda: protocol(
+            config=config, server_state=self._state, app_state={}, _loop=loop
+        )
+
+    @property
+    def connections(self) -> int:
+        return len(self._state.connections)
+
+    async def serve(self, shutdown_trigger: Callable[[], Awaitable[Any]]) -> int:
+        """Accept and serve until `shutdown_trigger()` returns, then drain; returns the
+        number of requests cancelled when the grace ran out."""
+        self._sock.setblocking(False)
+        self._start_accepting()
+        try:
+            await shutdown_trigger()
+        finally:
+            self._stop_accepting()
+            self._sock.close()
+            for conn in list(self._state.connections):
+                conn.shutdown()
+        return await self._drain(self._grace_s)
+
+    async def _serve_connection(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._factory, sock=conn)
+        except OSError:
+            conn.close()
+
+    async def _drain(self, grace_s: float) -> int:
+        state = self._state
+        loop = self._loop
+        deadline = loop.time() + grace_s
+        while state.connections or state.tasks:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if state.tasks:
+                await asyncio.wait(set(state.tasks), timeout=remaining)
+            else:
+                await asyncio.sleep(min(DRAIN_POLL_S, remaining))
+        cut_before = self.host.cut
+        pending = set(state.tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        for conn in list(state.connections):
+            conn.transport.close()
+        return self.host.cut - cut_before
