@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.serve import HOSTS, use_host
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,3 +22,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def regen_goldens(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--regen-goldens"))
+
+
+@pytest.fixture(scope="module", params=HOSTS)
+def host(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each HTTP server `serve --server` offers, in turn: every `sidecar serve` that
+    tests.support.serve starts meanwhile gets `--server` with it. A module opts in with
+    `pytestmark = pytest.mark.usefixtures("host")`; its module-scoped fixtures that start
+    a proxy request `host` as well."""
+    name: str = request.param
+    previous = use_host(name)
+    yield name
+    use_host(previous)

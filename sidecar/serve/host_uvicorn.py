@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -88,6 +89,30 @@ def refusal_for_parser_error(message: str, *, in_body: bool) -> framing.Refusal:
         if text in message:
             return refusal
     return framing.BAD_CHUNK if in_body else framing.BAD_REQUEST_LINE
+
+
+# The end of a request head, with either line end (bare LF allowed, RFC 9112 section 2.2).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def crlf_head(data: bytes, before: bytes = b"") -> bytes:
+    """`data` (in a request head) with the head's bare LF line ends made CRLF.
+
+    llhttp refuses a bare LF, which RFC 9112 lets a server accept and hypercorn's h11 does;
+    the head is re-serialised with CRLF before forwarding either way. `before`: the last
+    bytes of this head already received (a CR there pairs with an LF starting `data`; an
+    LF there may end the head with one starting `data`). Only the first head is rewritten:
+    the body after it is left as it is (a later pipelined head with bare LF is refused).
+    """
+    if data.count(b"\n") == data.count(b"\r\n") and not (before and data[:1] == b"\n"):
+        return data  # the common case: no bare LF at all
+    joined = before + data
+    end = _HEAD_END.search(joined)
+    cut = len(joined) if end is None else end.end()
+    head = _BARE_LF.sub(b"\r\n", joined[:cut])
+    # The substitution only looks back: `before`'s own rewrite is a prefix of `head`.
+    return head[len(_BARE_LF.sub(b"\r\n", before)) :] + joined[cut:]
 
 
 class _Refused(Exception):
@@ -177,11 +202,15 @@ class UvicornProtocol(HttpToolsProtocol):
         self.logger = log
         self.access_log = False
         self._in_head = False
+        self._between = True  # no request begun since the last one ended: a head is next
+        self._head_tail = b""  # the last bytes of a head still incomplete (for crlf_head)
         self._head_started_here = False
         self._head_bytes = 0
         self._requests = 0
         self._refused = False
         self._pending: _Refused | None = None  # raised in a parser callback
+        self._open = 0  # requests whose response is not complete yet (pipelining)
+        self._deferred: framing.Refusal | None = None  # answered after those responses
         self._upgraded = False  # a non-WebSocket Upgrade: llhttp parses no more
         self._lingering = False
         self._linger_deadline = 0.0
@@ -213,6 +242,8 @@ class UvicornProtocol(HttpToolsProtocol):
             return  # a refusal or a closing upgrade: nothing more is parsed
         self._unset_keepalive_if_required()
         self._head_started_here = False
+        if self._in_head or self._between:
+            data = crlf_head(data, self._head_tail)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -233,6 +264,7 @@ class UvicornProtocol(HttpToolsProtocol):
             in_body = not self._in_head and self.cycle is not None and self.cycle.more_body
             self._refuse(refusal_for_parser_error(str(exc), in_body=in_body), str(exc))
             return
+        self._head_tail = data[-3:] if self._in_head else b""
         if self._in_head:
             if not self._head_started_here:
                 self._head_bytes += len(data)
@@ -242,11 +274,11 @@ class UvicornProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
+        self._between = False
         self._head_started_here = True
         self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
         http_version = self.parser.get_http_version()
         method = self.parser.get_method().decode("ascii")
         scope = self.scope
@@ -254,11 +286,13 @@ class UvicornProtocol(HttpToolsProtocol):
         if http_version != "1.1":
             scope["http_version"] = http_version
         if self.parser.should_upgrade() and self._should_upgrade():
+            self._in_head = False
             return
         framed = framing.inspect(method, self.url, http_version, self.headers)
         if isinstance(framed, framing.Refusal):
             self._pending = _Refused(framed, framed.reason)
             raise self._pending  # httptools raises HttpParserCallbackError from feed_data
+        self._in_head = False
         # As hypercorn builds them: an absolute-form target keeps its authority in
         # raw_path (the proxy uses it as Host, see framing.origin_form).
         raw_path, _, query = self.url.partition(b"?")
@@ -289,11 +323,16 @@ class UvicornProtocol(HttpToolsProtocol):
             on_response=self.on_response_complete,
         )
         cycle.host = self.host
+        self._open += 1
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, self.app)
         else:  # pipelined: queued until the one before is answered
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, self.app))
+
+    def on_message_complete(self) -> None:
+        self._between = True
+        super().on_message_complete()
 
     def _unsupported_upgrade_warning(self) -> None:
         return None  # an h2c upgrade offer is declined by serving HTTP/1.1: nothing to log
@@ -301,27 +340,45 @@ class UvicornProtocol(HttpToolsProtocol):
     # --- refusing and closing ---------------------------------------------------------------
 
     def _refuse(self, refusal: framing.Refusal, detail: str) -> None:
-        """Answer `refusal` (unless a response is under way) and close, lingering."""
-        self._refused = True
+        """Answer `refusal` after the responses to earlier pipelined requests (none when
+        the refused request's own response has begun), then close, lingering."""
+        self._refused = True  # nothing more is parsed
         REFUSALS.record(self.host, refusal, self.client, detail)
         cycle = self.cycle
-        busy = cycle is not None and not cycle.response_complete
-        if cycle is not None and busy:
-            # A body that broke mid-way: the app sees the client gone, nothing more is sent.
-            answer = not cycle.response_started
+        in_body = not (self._in_head or self._between)
+        if in_body and cycle is not None and not cycle.response_complete:
+            # The latest request's body broke mid-way: its app sees the client gone.
             cycle.disconnected = True
             cycle.message_event.set()
-        else:
-            answer = True
-        if answer:
-            body = refusal.body()
-            head = [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", b"%d" % len(body)),
-                (b"connection", b"close"),
-            ]
-            self.transport.write(_response_bytes(refusal.status, head, body))
+            self._open -= 1  # it will not complete (a disconnected cycle sends nothing)
+            for entry in list(self.pipeline):
+                if entry[0] is cycle:
+                    self.pipeline.remove(entry)
+            if cycle.response_started:
+                self._linger()
+                return
+        if self._open > 0:
+            self._deferred = refusal  # after the earlier responses (on_response_complete)
+            return
+        self._answer(refusal)
+
+    def _answer(self, refusal: framing.Refusal) -> None:
+        body = refusal.body()
+        head = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        ]
+        self.transport.write(_response_bytes(refusal.status, head, body))
         self._linger()
+
+    def on_response_complete(self) -> None:
+        self._open -= 1
+        super().on_response_complete()
+        deferred = self._deferred
+        if deferred is not None and self._open == 0 and not self.transport.is_closing():
+            self._deferred = None
+            self._answer(deferred)
 
     def close_after_response(self) -> None:
         """A cycle closes the connection: linger while the request's body is unread."""

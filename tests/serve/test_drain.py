@@ -39,6 +39,7 @@ def _arrived(app: PrimaryApp, marker: bytes) -> bool:
     return any(marker in raw_path for _, raw_path in app.requests)
 
 
+@pytest.mark.usefixtures("host")
 async def test_http11_response_after_sigterm_carries_connection_close(
     tmp_path: Path, primary: tuple[PrimaryApp, str]
 ) -> None:
@@ -101,6 +102,7 @@ async def test_http2_goaway_at_sigterm_then_refused_stream(
         assert await proxy.wait_exit() == 0
 
 
+@pytest.mark.usefixtures("host")
 async def test_grace_running_out_answers_503_and_logs_the_cut_count(
     tmp_path: Path, primary: tuple[PrimaryApp, str]
 ) -> None:

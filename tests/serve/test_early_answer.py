@@ -42,7 +42,7 @@ class Env:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+async def env(tmp_path_factory: pytest.TempPathFactory, host: str) -> AsyncIterator[Env]:
     async with ScriptedPrimary() as primary, RecordingCanary() as canary:
         rules = (
             f"primary {primary.url} {{ timeout 5s }}\n"
@@ -229,6 +229,7 @@ async def test_early_answers_leave_no_socket_and_sigterm_does_not_wait_for_the_g
         assert "timed out" not in proxy.log(), proxy.log()
 
 
+@pytest.mark.usefixtures("host")
 async def test_450_early_answers_under_a_128_descriptor_limit(tmp_path: Path) -> None:
     """Each early answer used to leak its client connection for good: at 128 descriptors,
     450 of them exhausted the process. Two thirds are chunked uploads (closed at once), a

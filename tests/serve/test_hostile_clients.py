@@ -72,7 +72,7 @@ class Env:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+async def env(tmp_path_factory: pytest.TempPathFactory, host: str) -> AsyncIterator[Env]:
     recorder = Recorder()
     async with (
         RecordingCanary() as canary,

@@ -67,6 +67,7 @@ def rules_for(
 # --- forwarding ------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("host")
 async def test_request_forwarded_unchanged_except_hop_by_hop_and_forwarded(
     tmp_path: Path, primary: tuple[PrimaryApp, str]
 ) -> None:
@@ -126,6 +127,7 @@ async def test_forwarded_proto_and_host_kept_when_present(
     assert sum(1 for n, _ in headers if n == "x-forwarded-proto") == 1
 
 
+@pytest.mark.usefixtures("host")
 async def test_response_status_headers_and_body_exact(
     tmp_path: Path, primary: tuple[PrimaryApp, str]
 ) -> None:
@@ -206,6 +208,7 @@ BAD_REQUESTS = {
 }
 
 
+@pytest.mark.usefixtures("host")
 async def test_malformed_requests_refused_never_forwarded_nor_mirrored(
     tmp_path: Path, primary: tuple[PrimaryApp, str]
 ) -> None:
@@ -226,6 +229,7 @@ async def test_malformed_requests_refused_never_forwarded_nor_mirrored(
     assert metric(text, "sidecar_mirror_requests_total", outcome="dispatched") == 1
 
 
+@pytest.mark.usefixtures("host")
 async def test_absolute_form_goes_to_the_primary_only(
     tmp_path: Path, primary: tuple[PrimaryApp, str]
 ) -> None:
@@ -247,6 +251,7 @@ async def test_absolute_form_goes_to_the_primary_only(
 # --- mirroring ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("host")
 async def test_mirrored_upload_byte_identical_content_length_and_chunked(
     tmp_path: Path, primary: tuple[PrimaryApp, str]
 ) -> None:
@@ -396,6 +401,7 @@ def _download(url: str, size: int) -> int:
         return total
 
 
+@pytest.mark.usefixtures("host")
 @pytest.mark.parametrize("direction", ["upload", "download"])
 async def test_streaming_keeps_memory_bounded(
     tmp_path: Path, primary: tuple[PrimaryApp, str], direction: str
@@ -423,6 +429,7 @@ async def test_streaming_keeps_memory_bounded(
         assert canary.requests == []
 
 
+@pytest.mark.usefixtures("host")
 async def test_client_abort_mid_upload_drops_tees_as_aborted(
     tmp_path: Path, primary: tuple[PrimaryApp, str]
 ) -> None:

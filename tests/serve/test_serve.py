@@ -90,6 +90,7 @@ def test_usage_errors_exit_2_like_check(tmp_path: Path, args: list[str]) -> None
     assert served.stderr.startswith("sidecar serve: ") and "Traceback" not in served.stderr
 
 
+@pytest.mark.usefixtures("host")
 async def test_flags_override_files_and_start_line(tmp_path: Path, primary_url: str) -> None:
     # The file's primary is dead and its admin is off: --primary replaces only the URL (the
     # 1s timeout stays, as the 504 shows) and --admin wins over `admin off`.
@@ -143,6 +144,7 @@ async def test_closed_primary_port_502_with_reason_and_a_start_up_warning(tmp_pa
     assert len(lines) == 1 and "WARNING" in lines[0], proxy.log()
 
 
+@pytest.mark.usefixtures("host")
 async def test_sigterm_finishes_in_flight_request_then_exits_0(tmp_path: Path) -> None:
     app = PrimaryApp()
     async with serve_asgi(app) as primary_url:
@@ -160,6 +162,7 @@ async def test_sigterm_finishes_in_flight_request_then_exits_0(tmp_path: Path) -
         assert "shutting down" in proxy.log()
 
 
+@pytest.mark.usefixtures("host")
 async def test_sigterm_past_grace_exits_0_without_a_traceback(tmp_path: Path) -> None:
     """A request still running when --grace runs out is cut off; the exit stays clean."""
     app = PrimaryApp()
@@ -178,6 +181,7 @@ async def test_sigterm_past_grace_exits_0_without_a_traceback(tmp_path: Path) ->
         assert "Traceback" not in proxy.log(), proxy.log()
 
 
+@pytest.mark.usefixtures("host")
 async def test_workers_2_serve_and_metrics_count_across_processes(
     tmp_path: Path, primary_url: str
 ) -> None:

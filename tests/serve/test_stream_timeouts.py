@@ -27,7 +27,7 @@ UPLOAD_CHUNKS = 12  # 12 x 100 ms: four times the timeout
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServeProcess]:
+async def proxy(tmp_path_factory: pytest.TempPathFactory, host: str) -> AsyncIterator[ServeProcess]:
     async with ScriptedPrimary(interval_s=PACE_S) as primary:
         rules = f"primary {primary.url} {{\n    timeout 300ms\n    idle_timeout 300ms\n}}\n"
         async with serve_proxy(tmp_path_factory.mktemp("streams"), rules) as served:

@@ -5,6 +5,11 @@
         await proxy.metrics()             # /metrics text
         code = await proxy.stop()         # SIGTERM, wait, return the exit status
 
+Under the `host` fixture (tests/conftest.py: a module runs once per HTTP server,
+`pytestmark = pytest.mark.usefixtures("host")`) every process started here gets
+`--server NAME`; module-scoped fixtures that start one must request `host` too, so that
+they are started once per server.
+
 The subprocess's stderr goes to a file (`proxy.log()`), never a pipe that could fill up.
 Readiness is polled on /readyz (with a deadline, failing fast with the log when the process
 exits); no sleeps as synchronisation.
@@ -28,6 +33,16 @@ import httpx
 START_TIMEOUT_S = 20.0  # generous: a cold interpreter plus imports on a slow CI machine
 STOP_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.02
+# The HTTP servers `serve --server` can host the proxy on (sidecar.model.config.SERVERS).
+HOSTS = ("hypercorn", "uvicorn")
+_host: str | None = None  # the `host` fixture's: passed as --server by serve_proxy
+
+
+def use_host(name: str | None) -> str | None:
+    """Make serve_proxy pass `--server name` (None: no flag); returns the previous one."""
+    global _host
+    previous, _host = _host, name
+    return previous
 
 
 def free_port() -> int:
@@ -106,6 +121,8 @@ async def serve_proxy(
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
+    if _host is not None and "--server" not in args:
+        args = (*args, "--server", _host)
     rules_file = tmp_path / f"rules-{free_port()}.mirror"
     rules_file.write_text(rules)
     listen = f"127.0.0.1:{free_port()}"
