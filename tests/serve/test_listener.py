@@ -155,18 +155,30 @@ _UVLOOP_SERVER = textwrap.dedent(
     """
 )
 
+# The same with `--server uvicorn`'s listener (sidecar.serve.host_uvicorn_listener).
+_UVICORN_SERVER = _UVLOOP_SERVER.replace(
+    "await Listener(app, c, sock).serve(asyncio.Event().wait)",
+    "await UvicornListener(app, sock, grace_s=1, keep_alive_s=75, max_requests=10**6, "
+    "host=HostState(count_refusals=False)).serve(asyncio.Event().wait)",
+).replace(
+    "from sidecar.serve.listener import Listener",
+    "from sidecar.serve.host_http import HostState\n"
+    "from sidecar.serve.host_uvicorn_listener import UvicornListener",
+)
 BUSY_CLIENTS = 40
 NEW_CLIENTS = 150
 
 
-async def test_new_connections_are_not_starved_by_busy_ones(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["hypercorn", "uvicorn"])
+async def test_new_connections_are_not_starved_by_busy_ones(tmp_path: Path, server: str) -> None:
     """While 40 keep-alive clients keep the loop busy, 150 new connections all get their
     first answer within a couple of loop iterations (each iteration, the busy clients
     complete ~40 requests). uvloop's own accept path takes a few connections per
-    iteration, so there the busy clients complete hundreds of requests first."""
+    iteration, so there the busy clients complete hundreds of requests first (uvicorn's
+    own `Server` too: measured ~1,100)."""
     port = free_port()
     script = tmp_path / "server.py"
-    script.write_text(_UVLOOP_SERVER)
+    script.write_text(_UVLOOP_SERVER if server == "hypercorn" else _UVICORN_SERVER)
     proc = subprocess.Popen(
         [sys.executable, str(script), str(port)],
         cwd=Path(__file__).resolve().parents[2],

@@ -1,0 +1,187 @@
+"""`serve --server uvicorn` (sidecar/serve/host_uvicorn.py): choosing the server (flag,
+statement, reload), what llhttp refuses mapped to the proxy's refusals against a real
+process, bare LF heads, and HTTP/2 and h2c, which only hypercorn serves. The behaviour
+both servers share is tested by the modules run under the `host` fixture."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from sidecar.serve.host_uvicorn import crlf_head
+from tests.serve.test_strict_parsing import REFUSED_BODIES, REFUSED_HEADS
+from tests.support.primary import PrimaryApp
+from tests.support.raw_http import exchange, status_line
+from tests.support.serve import ServeProcess, metric, serve_proxy, sidecar_command
+from tests.support.servers import serve_asgi, wait_until
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+# What llhttp reports for some of the heads h11's readers refuse: the same status, the
+# label of llhttp's error (docs/proxy.md lists the differences).
+UVICORN_LABELS = {
+    "header_no_colon": "bad_header",
+    "two_lengths": "conflicting_length",
+}
+
+
+# --- crlf_head, as a function ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "before", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\nb\nc", b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\nb\nc"),
+        (b"GET / HTTP/1.1\nHost: a\n\nb\nc", b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\nb\nc"),
+        (b"GET / HTTP/1.1\r\nHost: a\n\r\nb\n", b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\nb\n"),
+        (b"\n", b"a\r", b"\n"),  # the LF of a CRLF split across two reads
+        (b"\nbody\n", b"a\r\n", b"\r\nbody\n"),  # the head ends across two reads
+        (b"\nbody\n", b"a\n", b"\r\nbody\n"),
+        (b"Host: a\n", b"", b"Host: a\r\n"),  # no end yet: all of it is head
+    ],
+)
+async def test_crlf_head_rewrites_only_the_heads_bare_lf(
+    data: bytes, before: bytes, expected: bytes
+) -> None:
+    assert crlf_head(data, before) == expected
+
+
+# --- against a real serve --------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    proxy: ServeProcess
+    primary: PrimaryApp
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    app = PrimaryApp()
+    async with serve_asgi(app) as url:
+        rules = f"primary {url} {{ timeout 5s }}\nserver uvicorn\n"
+        async with serve_proxy(tmp_path_factory.mktemp("uvicorn"), rules) as proxy:
+            yield Env(proxy, app)
+            assert "Traceback" not in proxy.log(), proxy.log()
+
+
+async def test_statement_chooses_uvicorn_shown_at_start_and_in_rules(env: Env) -> None:
+    assert " on uvicorn -> primary " in env.proxy.log()
+    async with httpx.AsyncClient(timeout=5) as client:
+        rules = (await client.get(f"{env.proxy.admin_url}/rules")).json()
+        r = await client.get(f"{env.proxy.url}/echo/hello")
+    assert rules["server"] == "uvicorn"
+    assert r.status_code == 200 and '"/echo/hello"' in r.text
+    # The primary's Date and Server (hypercorn's), once each: uvicorn adds none of its own.
+    assert len(r.headers.get_list("date")) == 1
+    assert r.headers.get_list("server") == ["hypercorn-h11"]
+
+
+async def test_flag_wins_over_the_statement(tmp_path: Path, env: Env) -> None:
+    rules = f"primary {env.proxy.url}\nserver uvicorn\n"
+    async with serve_proxy(tmp_path, rules, "--server", "hypercorn") as proxy:
+        assert " on hypercorn -> primary " in proxy.log()
+
+
+async def test_unknown_server_flag_is_a_usage_error(tmp_path: Path) -> None:
+    rules = tmp_path / "r.mirror"
+    rules.write_text("primary http://127.0.0.1:9\n")
+    done = subprocess.run(
+        sidecar_command("serve", str(rules), "--server", "nginx"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "invalid choice: 'nginx'" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_reload_that_changes_the_server_keeps_the_running_one(tmp_path: Path) -> None:
+    async with (
+        serve_asgi(PrimaryApp()) as url,
+        serve_proxy(tmp_path, f"primary {url}\nserver uvicorn\n") as proxy,
+        httpx.AsyncClient(timeout=5) as client,
+    ):
+        rules_file = next(tmp_path.glob("rules-*.mirror"))
+        rules_file.write_text(f"primary {url}\nserver hypercorn\n")
+        proxy.proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: "reloaded (SIGHUP)" in proxy.log(), what="the reload")
+        assert "server hypercorn (still uvicorn)" in proxy.log()
+        rules = (await client.get(f"{proxy.admin_url}/rules")).json()
+        assert rules["server"] == "uvicorn"
+
+
+@pytest.mark.parametrize("case", sorted({**REFUSED_HEADS, **REFUSED_BODIES}))
+async def test_what_llhttp_refuses_is_answered_counted_and_not_forwarded(
+    env: Env, case: str
+) -> None:
+    if case in REFUSED_HEADS:
+        head, label = REFUSED_HEADS[case]
+        data = head.replace(b"GET / ", b"GET /echo/u-%s " % case.encode())
+    else:
+        data = b"POST /echo/u-body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        data += REFUSED_BODIES[case]
+        label = "bad_chunk"
+    label = UVICORN_LABELS.get(case, label)
+    before = await env.proxy.metrics()
+    reply = await exchange(env.proxy.url, data)
+    assert status_line(reply).startswith(b"HTTP/1.1 4"), reply[:300]
+    assert b"connection: close" in reply.lower()
+    after = await env.proxy.metrics()
+    name = "sidecar_refused_requests_total"
+    assert metric(after, name, reason=label) - metric(before, name, reason=label) == 1
+    assert [p for _, p in env.primary.requests if p.startswith(b"/echo/u-")] == []
+
+
+async def test_a_bare_lf_head_split_into_single_bytes_is_served(env: Env) -> None:
+    data = b"GET /echo/lf HTTP/1.1\nHost: a\nConnection: close\n\n"
+    reader, writer = await asyncio.open_connection(*env.proxy.url[7:].split(":"))
+    try:
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert status_line(reply) == b"HTTP/1.1 200 OK", reply[:300]
+    assert b'"/echo/lf"' in reply
+
+
+async def test_http2_prior_knowledge_is_refused_as_a_version(env: Env) -> None:
+    before = await env.proxy.metrics()
+    reply = await exchange(env.proxy.url, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert status_line(reply) == b"HTTP/1.1 400 Bad Request", reply[:300]
+    after = await env.proxy.metrics()
+    name = "sidecar_refused_requests_total"
+    assert metric(after, name, reason="bad_version") - metric(before, name, reason="bad_version")
+
+
+async def test_h2c_upgrade_is_served_over_http11_then_closed(env: Env) -> None:
+    data = (
+        b"GET /echo/h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        b"GET /echo/after HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    reply = await exchange(env.proxy.url, data)
+    assert status_line(reply) == b"HTTP/1.1 200 OK", reply[:300]
+    assert reply.count(b"HTTP/1.1 ") == 1 and b"connection: close" in reply.lower()
+    assert b"Unsupported upgrade" not in env.proxy.log().encode()
+
+
+async def test_rules_json_names_the_default_server(tmp_path: Path) -> None:
+    async with (
+        serve_asgi(PrimaryApp()) as url,
+        serve_proxy(tmp_path, f"primary {url}\n") as p,
+        httpx.AsyncClient(timeout=5) as client,
+    ):
+        text = (await client.get(f"{p.admin_url}/rules")).text
+    assert json.loads(text)["server"] == "hypercorn"
