@@ -2,8 +2,10 @@
 
 uvicorn's own `Server` hands the listening socket to `loop.create_server`: under uvloop
 that is libuv's accept path, one connection per loop iteration (see
-sidecar/serve/listener.py, which measured it for hypercorn; uvicorn on uvloop starves the
-same way). So the same batched accept loop is used: `UvicornListener` is `Listener` with
+sidecar/serve/listener.py, which measured it for hypercorn). uvicorn on uvloop starves
+the same way: in tests/serve/test_listener.py's starvation test (40 busy keep-alive
+clients, 150 new connections), uvicorn's own `Server` let the busy clients complete ~6,600
+requests before the last new connection got its first answer; this listener ~180. So the same batched accept loop is used: `UvicornListener` is `Listener` with
 uvicorn's protocol (sidecar/serve/host_uvicorn.py) per accepted connection instead of
 hypercorn's `TCPServer`. uvicorn's `Config` only carries the settings its protocols read
 (httptools, wsproto for WebSocket pass-through, no lifespan, no access log, no `Date` or

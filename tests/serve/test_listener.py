@@ -175,7 +175,7 @@ async def test_new_connections_are_not_starved_by_busy_ones(tmp_path: Path, serv
     first answer within a couple of loop iterations (each iteration, the busy clients
     complete ~40 requests). uvloop's own accept path takes a few connections per
     iteration, so there the busy clients complete hundreds of requests first (uvicorn's
-    own `Server` too: measured ~1,100)."""
+    own `Server` on uvloop, measured: ~6,600 busy requests first; ~180 with ours)."""
     port = free_port()
     script = tmp_path / "server.py"
     script.write_text(_UVLOOP_SERVER if server == "hypercorn" else _UVICORN_SERVER)
