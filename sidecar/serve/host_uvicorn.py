@@ -33,10 +33,13 @@ they change, to match the hypercorn layer (sidecar/serve/host_protocol.py):
   parsing after an upgrade request; uvicorn would log a WARNING per request and leave the
   connection stuck).
 - At most `KEEP_ALIVE_MAX_REQUESTS` requests per connection, the last one answered with
-  `Connection: close`; idle connections close after `KEEP_ALIVE_TIMEOUT_S`.
-
-uvicorn's status lines carry the standard reason phrase already; its `Date` and `Server`
-headers are not added (the primary's pass through, as with hypercorn).
+  `Connection: close`. A connection is idle from its start and after each response until
+  a request head is complete, and closes after `KEEP_ALIVE_TIMEOUT_S` of that, as under
+  hypercorn (uvicorn arms its timer only after a response and stops it at any byte, so a
+  client that connects and sends nothing, or a byte a minute, held its descriptor forever).
+- Status lines carry a reason phrase for every code, the class's name where Python has
+  none (uvicorn sends `HTTP/1.1 599 ` with none); its `Date` and `Server` headers are not
+  added (the primary's pass through, as with hypercorn).
 """
 
 from __future__ import annotations
@@ -178,6 +181,15 @@ class _Cycle(RequestResponseCycle):
         self.transport.close()
 
 
+def _name_every_status() -> None:
+    """uvicorn's status lines for codes Python does not name carry no phrase (`HTTP/1.1
+    599 `), which h2load counts as failed: give them their class's name, as the hypercorn
+    layer does. uvicorn's table is module-global: this runs in the serving process only."""
+    for status, line in STATUS_LINE.items():
+        if line.endswith(b" \r\n"):
+            STATUS_LINE[status] = b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))
+
+
 def _nothing() -> None:
     return None
 
@@ -221,6 +233,15 @@ class UvicornProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._cycle_transport = _CycleTransport(transport, self.close_after_response)
+        # Idle from the start, as under hypercorn: a client that never completes a request
+        # head is closed after the keep-alive timeout (uvicorn arms it after a response).
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger_timer is not None:
@@ -240,7 +261,8 @@ class UvicornProtocol(HttpToolsProtocol):
             return
         if self._refused or self._upgraded:
             return  # a refusal or a closing upgrade: nothing more is parsed
-        self._unset_keepalive_if_required()
+        # The idle timer keeps running while a head trickles in (stopped when one is
+        # complete, in on_headers_complete): a byte now and then does not hold a connection.
         self._head_started_here = False
         if self._in_head or self._between:
             data = crlf_head(data, self._head_tail)
@@ -293,6 +315,7 @@ class UvicornProtocol(HttpToolsProtocol):
             self._pending = _Refused(framed, framed.reason)
             raise self._pending  # httptools raises HttpParserCallbackError from feed_data
         self._in_head = False
+        self._unset_keepalive_if_required()  # a request runs: not idle
         # As hypercorn builds them: an absolute-form target keeps its authority in
         # raw_path (the proxy uses it as Host, see framing.origin_form).
         raw_path, _, query = self.url.partition(b"?")
@@ -427,6 +450,7 @@ class UvicornProtocol(HttpToolsProtocol):
 
 def protocol_class(host: HostState, *, max_requests: int) -> type[UvicornProtocol]:
     """A UvicornProtocol class bound to one listener's `host` state."""
+    _name_every_status()
     return type(
         "ListenerUvicornProtocol",
         (UvicornProtocol,),

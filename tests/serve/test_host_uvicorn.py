@@ -185,3 +185,47 @@ async def test_rules_json_names_the_default_server(tmp_path: Path) -> None:
     ):
         text = (await client.get(f"{p.admin_url}/rules")).text
     assert json.loads(text)["server"] == "hypercorn"
+
+
+async def test_every_status_line_has_a_reason_phrase() -> None:
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+    from sidecar.serve.host_http import HostState
+    from sidecar.serve.host_uvicorn import protocol_class
+
+    protocol_class(HostState(count_refusals=False), max_requests=1)
+    assert STATUS_LINE[200] == b"HTTP/1.1 200 OK\r\n"
+    assert STATUS_LINE[299] == b"HTTP/1.1 299 Successful\r\n"
+    assert STATUS_LINE[599] == b"HTTP/1.1 599 Server Error\r\n"
+
+
+async def test_a_client_that_sends_nothing_is_closed_after_the_idle_timeout() -> None:
+    """uvicorn arms its keep-alive timer only after a response: a silent client used to
+    hold its connection forever. A 0.2 s timeout on an in-process listener."""
+    import socket as socket_module
+
+    from sidecar.serve.host_http import HostState
+    from sidecar.serve.host_uvicorn_listener import UvicornListener
+
+    sock = socket_module.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    port = sock.getsockname()[1]
+    listener = UvicornListener(
+        PrimaryApp(),
+        sock,
+        grace_s=1,
+        keep_alive_s=0.2,
+        max_requests=100,
+        host=HostState(count_refusals=False),
+    )
+    stop = asyncio.Event()
+    served = asyncio.create_task(listener.serve(stop.wait))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /echo/x HTTP/1.1\r\n")  # a head that never completes
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
+        writer.close()
+    finally:
+        stop.set()
+        assert await served == 0
