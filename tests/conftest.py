@@ -34,3 +34,15 @@ def host(request: pytest.FixtureRequest) -> Iterator[str]:
     previous = use_host(name)
     yield name
     use_host(previous)
+
+
+@pytest.fixture(autouse=True)
+def _host_only_where_asked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that does not ask for `host` gets serve's default server, even while the
+    module-scoped `host` of its neighbours is active."""
+    if "host" in request.fixturenames:
+        yield
+        return
+    previous = use_host(None)
+    yield
+    use_host(previous)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.config import Config as UvicornConfig
@@ -30,7 +30,7 @@ from uvicorn.server import ServerState
 
 from sidecar.serve.host_http import HostState
 from sidecar.serve.host_uvicorn import protocol_class
-from sidecar.serve.listener import ACCEPT_ERROR_LOG_INTERVAL_S, Listener
+from sidecar.serve.listener import Listener
 
 log = logging.getLogger("sidecar.listener")
 
@@ -53,13 +53,7 @@ class UvicornListener(Listener):
         host: HostState,
     ) -> None:
         # Not Listener.__init__: that one builds hypercorn's app wrapper and context.
-        self._sock = sock
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.get_running_loop()
-        self._accepting = False
-        self._retry: asyncio.TimerHandle | None = None
-        self._last_error_log = -ACCEPT_ERROR_LOG_INTERVAL_S
-        self._refused_since_log = 0
+        self._init_accepting(sock)
         self.host = host
         self._grace_s = grace_s
         config = UvicornConfig(
@@ -87,19 +81,10 @@ class UvicornListener(Listener):
     def connections(self) -> int:
         return len(self._state.connections)
 
-    async def serve(self, shutdown_trigger: Callable[[], Awaitable[Any]]) -> int:
-        """Accept and serve until `shutdown_trigger()` returns, then drain; returns the
-        number of requests cancelled when the grace ran out."""
-        self._sock.setblocking(False)
-        self._start_accepting()
-        try:
-            await shutdown_trigger()
-        finally:
-            self._stop_accepting()
-            self._sock.close()
-            for conn in list(self._state.connections):
-                conn.shutdown()
-        return await self._drain(self._grace_s)
+    async def _terminate(self) -> None:
+        """Idle connections close; busy ones answer with `Connection: close`."""
+        for conn in list(self._state.connections):
+            conn.shutdown()
 
     async def _serve_connection(self, conn: socket.socket) -> None:
         try:
@@ -108,6 +93,8 @@ class UvicornListener(Listener):
             conn.close()
 
     async def _drain(self, grace_s: float) -> int:
+        """Wait up to `grace_s` for requests and connections; returns how many requests
+        were cancelled when it ran out."""
         state = self._state
         loop = self._loop
         deadline = loop.time() + grace_s

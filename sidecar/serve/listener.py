@@ -75,8 +75,13 @@ class Listener:
         self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")
         self._ssl = ssl_context
         self._config = config
-        self._sock = sock
         self._context = WorkerContext(None)
+        self._grace_s: float = config.graceful_timeout
+        self._init_accepting(sock)
+
+    def _init_accepting(self, sock: socket.socket) -> None:
+        """The accept loop's state (shared with host_uvicorn_listener's subclass)."""
+        self._sock = sock
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self._accepting = False
@@ -99,8 +104,12 @@ class Listener:
         finally:
             self._stop_accepting()
             self._sock.close()
-            await self._context.terminated.set()
-        return await self._drain(self._config.graceful_timeout)
+            await self._terminate()
+        return await self._drain(self._grace_s)
+
+    async def _terminate(self) -> None:
+        """Tell every connection the worker is terminating (hypercorn's context)."""
+        await self._context.terminated.set()
 
     # --- accepting ---------------------------------------------------------------------
 
