@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -227,5 +228,63 @@ async def test_a_client_that_sends_nothing_is_closed_after_the_idle_timeout() ->
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
         writer.close()
     finally:
+        stop.set()
+        assert await served == 0
+
+
+async def _ws_echo(scope: dict[str, object], receive: Any, send: Any) -> None:
+    """An ASGI WebSocket echo, standing in for the proxy's WebSocket handler."""
+    assert scope["type"] == "websocket"
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": "echo " + message["text"]})
+
+
+async def test_websocket_upgrade_is_handed_to_an_asgi_websocket_app() -> None:
+    """uvicorn's wsproto protocol takes over the upgraded connection from ours."""
+    import socket as socket_module
+
+    import wsproto
+    import wsproto.events as ws_events
+
+    from sidecar.serve.host_http import HostState
+    from sidecar.serve.host_uvicorn_listener import UvicornListener
+
+    sock = socket_module.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    port = sock.getsockname()[1]
+    listener = UvicornListener(
+        _ws_echo,
+        sock,
+        grace_s=1,
+        keep_alive_s=5,
+        max_requests=100,
+        host=HostState(count_refusals=False),
+    )
+    stop = asyncio.Event()
+    served = asyncio.create_task(listener.serve(stop.wait))
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(client.send(ws_events.Request(host="a", target="/ws")))
+        got: list[object] = []
+
+        async def until(kind: type) -> None:
+            async with asyncio.timeout(5):
+                while not any(isinstance(e, kind) for e in got):
+                    client.receive_data(await reader.read(4096))
+                    got.extend(client.events())
+
+        await until(ws_events.AcceptConnection)
+        writer.write(client.send(ws_events.TextMessage(data="hi")))
+        await until(ws_events.TextMessage)
+        assert [e.data for e in got if isinstance(e, ws_events.TextMessage)] == ["echo hi"]
+    finally:
+        writer.close()
         stop.set()
         assert await served == 0
