@@ -51,7 +51,7 @@ def _other_fds(proxy: ServeProcess, primary_port: int) -> int:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+async def env(tmp_path_factory: pytest.TempPathFactory, host: str) -> AsyncIterator[Env]:
     async with (
         FaultServer("answer", by_path=True, interval_s=0.1) as primary,
         RecordingCanary() as canary,
