@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,9 @@ from sidecar.serve.listener import Listener
 
 log = logging.getLogger("sidecar.listener")
 
+# A TLS client has this long to finish its handshake (asyncio's default is 60 s: a client
+# that connects and stays silent should not hold a descriptor that long).
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
 # While draining, how often to look whether the last connections have closed (uvicorn's
 # own server polls every 100 ms; lingering connections close by their own timers).
 DRAIN_POLL_S = 0.05
@@ -51,11 +55,17 @@ class UvicornListener(Listener):
         keep_alive_s: float,
         max_requests: int,
         host: HostState,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: serve TLS on every accepted socket, HTTP/1.1 only: its ALPN
+        offer is set to `http/1.1` (a client that picked h2 would not be understood)."""
         # Not Listener.__init__: that one builds hypercorn's app wrapper and context.
         self._init_accepting(sock)
         self.host = host
         self._grace_s = grace_s
+        self._ssl = ssl_context
+        if ssl_context is not None:
+            ssl_context.set_alpn_protocols(["http/1.1"])
         config = UvicornConfig(
             app,
             http="httptools",
@@ -88,8 +98,19 @@ class UvicornListener(Listener):
 
     async def _serve_connection(self, conn: socket.socket) -> None:
         try:
-            await self._loop.connect_accepted_socket(self._factory, sock=conn)
-        except OSError:
+            if self._ssl is None:
+                await self._loop.connect_accepted_socket(self._factory, sock=conn)
+            else:  # returns once the handshake is done
+                await self._loop.connect_accepted_socket(
+                    self._factory,
+                    sock=conn,
+                    ssl=self._ssl,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
+                )
+        except (OSError, TimeoutError) as exc:
+            # A failed handshake (plain HTTP on the TLS port, an unknown CA at the client).
+            if self._ssl is not None:
+                log.debug("TLS handshake with a client failed: %s", exc)
             conn.close()
 
     async def _drain(self, grace_s: float) -> int:

@@ -288,3 +288,58 @@ async def test_websocket_upgrade_is_handed_to_an_asgi_websocket_app() -> None:
         writer.close()
         stop.set()
         assert await served == 0
+
+
+async def test_tls_is_served_over_http11_whatever_the_client_offers(tmp_path: Path) -> None:
+    """`listen ADDR { cert key }` under uvicorn: the handshake picks http/1.1 even for a
+    client that offers h2 first."""
+    import socket as socket_module
+    import ssl
+
+    from sidecar.serve.host_http import HostState
+    from sidecar.serve.host_uvicorn_listener import UvicornListener
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server_ctx.set_alpn_protocols(["h2", "http/1.1"])  # as hypercorn's listener offers
+    sock = socket_module.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    port = sock.getsockname()[1]
+    listener = UvicornListener(
+        PrimaryApp(),
+        sock,
+        grace_s=1,
+        keep_alive_s=5,
+        max_requests=100,
+        host=HostState(count_refusals=False),
+        ssl_context=server_ctx,
+    )
+    stop = asyncio.Event()
+    served = asyncio.create_task(listener.serve(stop.wait))
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    client_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="127.0.0.1"
+        )
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+        writer.write(b"GET /echo/tls HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        reply = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert status_line(reply) == b"HTTP/1.1 200 OK", reply[:300]
+        assert b'"/echo/tls"' in reply
+    finally:
+        stop.set()
+        assert await served == 0
