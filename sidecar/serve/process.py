@@ -4,7 +4,9 @@ One process (the default): load and validate the rules (diagnostics exactly as `
 prints them; any error exits 1, a usage error 2, before anything listens), bind the proxy and admin sockets,
 start the runtime (routing table, primary client, canary pools), then serve the proxy and
 the admin app on one event loop (uvloop when installed), each from its own batched accept
-loop (sidecar/serve/listener.py) into hypercorn's connection handling. SIGTERM/SIGINT: the proxy stops accepting, idle keep-alive connections close,
+loop (sidecar/serve/listener.py) into hypercorn's connection handling; with `--server
+uvicorn` (or `server uvicorn` in the files) the proxy's into uvicorn's instead
+(sidecar/serve/host_uvicorn_listener.py). SIGTERM/SIGINT: the proxy stops accepting, idle keep-alive connections close,
 in-flight requests get up to `--grace` seconds (hypercorn's `graceful_timeout`); every
 HTTP/1.1 response finished meanwhile carries `Connection: close` and HTTP/2 connections get
 GOAWAY at once (sidecar/serve/host_protocol.py); requests still running when the grace runs out
