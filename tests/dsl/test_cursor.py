@@ -20,7 +20,7 @@ def accepts(text: str) -> set[str]:
 @pytest.mark.parametrize(
     ("text", "present", "absent"),
     [
-        ("", {"listen", "canary", "mirror", "exclude", "primary"}, {"server", "to"}),
+        ("", {"listen", "canary", "mirror", "exclude", "primary", "server"}, {"workers", "to"}),
         ("primary http://a:1 { ", {"timeout", "idle_timeout", "}"}, {"workers"}),
         ("canary a { ", {"server", "workers", "compare", "pause", "}"}, {"status", "listen"}),
         ("canary a { compare { ", {"status", "body", "baseline"}, {"server"}),

@@ -47,6 +47,8 @@ ENTRIES: tuple[Entry, ...] = (
           meaning="Where diff records of compared canaries go besides `GET /diffs`: a JSON-lines file (rotated at 64 MiB) or standard error."),
     Entry(rule="request_id", keyword="request_id", syntax='request_id "Header"', where="top level", anchor="request_id",
           meaning="The header that carries a request id: kept when the client sends one, generated otherwise, and the same on the primary's and the canaries' copies."),
+    Entry(rule="host_server", keyword="server", syntax="server hypercorn | server uvicorn", where="top level", anchor="server",
+          meaning="The HTTP server hosting the proxy listener: `hypercorn` (default; HTTP/1.1 and HTTP/2) or `uvicorn` (HTTP/1.1 only, several times the throughput). `serve --server` overrides it."),
     # --- canaries
     Entry(rule="canary", keyword="canary", syntax="canary NAME { ... }", where="top level", anchor="canaries",
           meaning="A named destination for shadow copies, with its own bounded worker pool, queue and connection pool. Needs at least one `server`."),
