@@ -20,7 +20,6 @@ clients get 503 if nothing was sent; counted in `HostState.cut`), close the rest
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -33,11 +32,6 @@ from sidecar.serve.host_http import HostState
 from sidecar.serve.host_uvicorn import protocol_class
 from sidecar.serve.listener import Listener
 
-log = logging.getLogger("sidecar.listener")
-
-# A TLS client has this long to finish its handshake (asyncio's default is 60 s: a client
-# that connects and stays silent should not hold a descriptor that long).
-TLS_HANDSHAKE_TIMEOUT_S = 10.0
 # While draining, how often to look whether the last connections have closed (uvicorn's
 # own server polls every 100 ms; lingering connections close by their own timers).
 DRAIN_POLL_S = 0.05
@@ -97,21 +91,7 @@ class UvicornListener(Listener):
             conn.shutdown()
 
     async def _serve_connection(self, conn: socket.socket) -> None:
-        try:
-            if self._ssl is None:
-                await self._loop.connect_accepted_socket(self._factory, sock=conn)
-            else:  # returns once the handshake is done
-                await self._loop.connect_accepted_socket(
-                    self._factory,
-                    sock=conn,
-                    ssl=self._ssl,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
-                )
-        except (OSError, TimeoutError) as exc:
-            # A failed handshake (plain HTTP on the TLS port, an unknown CA at the client).
-            if self._ssl is not None:
-                log.debug("TLS handshake with a client failed: %s", exc)
-            conn.close()
+        await self._connect(conn, self._factory)
 
     async def _drain(self, grace_s: float) -> int:
         """Wait up to `grace_s` for requests and connections; returns how many requests

@@ -165,12 +165,25 @@ class Listener:
         loop = self._loop
         reader = asyncio.StreamReader(limit=STREAM_LIMIT_BYTES, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport = await self._connect(conn, lambda: protocol)
+        if transport is None:
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        # sidecar's connection class for a config marked by server.hypercorn_config (prompt
+        # close on EOF, lingering close, strict parsing, draining); hypercorn's otherwise.
+        await connection(self._app, loop, self._config, self._context, {}, reader, writer)
+
+    async def _connect(
+        self, conn: socket.socket, factory: Callable[[], asyncio.BaseProtocol]
+    ) -> asyncio.Transport | None:
+        """`conn`'s transport to a `factory()` protocol (after the TLS handshake on a TLS
+        listener); None when it failed (the socket is closed)."""
         try:
             if self._ssl is None:
-                transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
+                transport, _ = await self._loop.connect_accepted_socket(factory, sock=conn)
             else:  # returns once the handshake is done
-                transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol,
+                transport, _ = await self._loop.connect_accepted_socket(
+                    factory,
                     sock=conn,
                     ssl=self._ssl,
                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
@@ -180,11 +193,8 @@ class Listener:
             if self._ssl is not None:
                 log.debug("TLS handshake with a client failed: %s", exc)
             conn.close()
-            return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        # sidecar's connection class for a config marked by server.hypercorn_config (prompt
-        # close on EOF, lingering close, strict parsing, draining); hypercorn's otherwise.
-        await connection(self._app, loop, self._config, self._context, {}, reader, writer)
+            return None
+        return transport
 
     # --- shutdown ----------------------------------------------------------------------
 

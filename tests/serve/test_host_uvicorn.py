@@ -6,8 +6,11 @@ both servers share is tested by the modules run under the `host` fixture."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import socket
+import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,13 +20,18 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import wsproto
+import wsproto.events as ws_events
 
+from sidecar.serve.host_http import HostState
 from sidecar.serve.host_uvicorn import crlf_head
+from sidecar.serve.host_uvicorn_listener import UvicornListener
 from tests.serve.test_strict_parsing import REFUSED_BODIES, REFUSED_HEADS
 from tests.support.primary import PrimaryApp
 from tests.support.raw_http import exchange, status_line
 from tests.support.serve import ServeProcess, metric, serve_proxy, sidecar_command
 from tests.support.servers import serve_asgi, wait_until
+from tests.support.tls import Pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -191,7 +199,6 @@ async def test_rules_json_names_the_default_server(tmp_path: Path) -> None:
 async def test_every_status_line_has_a_reason_phrase() -> None:
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-    from sidecar.serve.host_http import HostState
     from sidecar.serve.host_uvicorn import protocol_class
 
     protocol_class(HostState(count_refusals=False), max_requests=1)
@@ -200,36 +207,42 @@ async def test_every_status_line_has_a_reason_phrase() -> None:
     assert STATUS_LINE[599] == b"HTTP/1.1 599 Server Error\r\n"
 
 
-async def test_a_client_that_sends_nothing_is_closed_after_the_idle_timeout() -> None:
-    """uvicorn arms its keep-alive timer only after a response: a silent client used to
-    hold its connection forever. A 0.2 s timeout on an in-process listener."""
-    import socket as socket_module
-
-    from sidecar.serve.host_http import HostState
-    from sidecar.serve.host_uvicorn_listener import UvicornListener
-
-    sock = socket_module.socket()
+@contextlib.asynccontextmanager
+async def in_process(
+    app: Any, *, keep_alive_s: float = 5.0, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    """A UvicornListener in this loop on a free loopback port (yielded); stopped after,
+    and it must stop cleanly (0 requests cut off)."""
+    sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(8)
-    port = sock.getsockname()[1]
+    port: int = sock.getsockname()[1]
     listener = UvicornListener(
-        PrimaryApp(),
+        app,
         sock,
         grace_s=1,
-        keep_alive_s=0.2,
+        keep_alive_s=keep_alive_s,
         max_requests=100,
         host=HostState(count_refusals=False),
+        ssl_context=ssl_context,
     )
     stop = asyncio.Event()
     served = asyncio.create_task(listener.serve(stop.wait))
     try:
+        yield port
+    finally:
+        stop.set()
+        assert await served == 0
+
+
+async def test_a_client_that_sends_nothing_is_closed_after_the_idle_timeout() -> None:
+    """uvicorn arms its keep-alive timer only after a response: a silent client used to
+    hold its connection forever. A 0.2 s timeout on an in-process listener."""
+    async with in_process(PrimaryApp(), keep_alive_s=0.2) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /echo/x HTTP/1.1\r\n")  # a head that never completes
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy
         writer.close()
-    finally:
-        stop.set()
-        assert await served == 0
 
 
 async def _ws_echo(scope: dict[str, object], receive: Any, send: Any) -> None:
@@ -246,33 +259,10 @@ async def _ws_echo(scope: dict[str, object], receive: Any, send: Any) -> None:
 
 async def test_websocket_upgrade_is_handed_to_an_asgi_websocket_app() -> None:
     """uvicorn's wsproto protocol takes over the upgraded connection from ours."""
-    import socket as socket_module
-
-    import wsproto
-    import wsproto.events as ws_events
-
-    from sidecar.serve.host_http import HostState
-    from sidecar.serve.host_uvicorn_listener import UvicornListener
-
-    sock = socket_module.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    port = sock.getsockname()[1]
-    listener = UvicornListener(
-        _ws_echo,
-        sock,
-        grace_s=1,
-        keep_alive_s=5,
-        max_requests=100,
-        host=HostState(count_refusals=False),
-    )
-    stop = asyncio.Event()
-    served = asyncio.create_task(listener.serve(stop.wait))
     client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(client.send(ws_events.Request(host="a", target="/ws")))
-        got: list[object] = []
+    got: list[object] = []
+    async with in_process(_ws_echo) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
         async def until(kind: type) -> None:
             async with asyncio.timeout(5):
@@ -280,57 +270,26 @@ async def test_websocket_upgrade_is_handed_to_an_asgi_websocket_app() -> None:
                     client.receive_data(await reader.read(4096))
                     got.extend(client.events())
 
-        await until(ws_events.AcceptConnection)
-        writer.write(client.send(ws_events.TextMessage(data="hi")))
-        await until(ws_events.TextMessage)
-        assert [e.data for e in got if isinstance(e, ws_events.TextMessage)] == ["echo hi"]
-    finally:
-        writer.close()
-        stop.set()
-        assert await served == 0
+        try:
+            writer.write(client.send(ws_events.Request(host="a", target="/ws")))
+            await until(ws_events.AcceptConnection)
+            writer.write(client.send(ws_events.TextMessage(data="hi")))
+            await until(ws_events.TextMessage)
+        finally:
+            writer.close()
+    assert [e.data for e in got if isinstance(e, ws_events.TextMessage)] == ["echo hi"]
 
 
 async def test_tls_is_served_over_http11_whatever_the_client_offers(tmp_path: Path) -> None:
     """`listen ADDR { cert key }` under uvicorn: the handshake picks http/1.1 even for a
-    client that offers h2 first."""
-    import socket as socket_module
-    import ssl
-
-    from sidecar.serve.host_http import HostState
-    from sidecar.serve.host_uvicorn_listener import UvicornListener
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    server_ctx.set_alpn_protocols(["h2", "http/1.1"])  # as hypercorn's listener offers
-    sock = socket_module.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    port = sock.getsockname()[1]
-    listener = UvicornListener(
-        PrimaryApp(),
-        sock,
-        grace_s=1,
-        keep_alive_s=5,
-        max_requests=100,
-        host=HostState(count_refusals=False),
-        ssl_context=server_ctx,
-    )
-    stop = asyncio.Event()
-    served = asyncio.create_task(listener.serve(stop.wait))
-    client_ctx = ssl.create_default_context(cafile=str(cert))
+    client that offers h2 first (hypercorn's listener offers both)."""
+    pki = Pki(tmp_path)
+    cert, key = pki.leaf("proxy", "127.0.0.1")
+    server_ctx = pki.server_context(cert, key)
+    server_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    client_ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
     client_ctx.set_alpn_protocols(["h2", "http/1.1"])
-    try:
+    async with in_process(PrimaryApp(), ssl_context=server_ctx) as port:
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", port, ssl=client_ctx, server_hostname="127.0.0.1"
         )
@@ -338,8 +297,24 @@ async def test_tls_is_served_over_http11_whatever_the_client_offers(tmp_path: Pa
         writer.write(b"GET /echo/tls HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         reply = await asyncio.wait_for(reader.read(), 5)
         writer.close()
-        assert status_line(reply) == b"HTTP/1.1 200 OK", reply[:300]
-        assert b'"/echo/tls"' in reply
-    finally:
-        stop.set()
-        assert await served == 0
+    assert status_line(reply) == b"HTTP/1.1 200 OK", reply[:300]
+    assert b'"/echo/tls"' in reply
+
+
+async def test_serve_with_a_listen_certificate_says_http11_only(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    pki.leaf("proxy", "127.0.0.1")
+    async with serve_asgi(PrimaryApp()) as url:
+        rules = (
+            'listen 127.0.0.1:1 { cert "proxy.pem" key "proxy.key" }\n'
+            f"primary {url}\nserver uvicorn\n"
+        )
+        async with serve_proxy(tmp_path, rules) as proxy:
+            https = proxy.url.replace("http://", "https://")
+            client_ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+            async with httpx.AsyncClient(verify=client_ctx, http2=True, timeout=5) as client:
+                r = await client.get(f"{https}/echo/tls")
+    assert r.status_code == 200 and r.http_version == "HTTP/1.1"
+    echoed = {k.lower(): v for k, v in r.json()["headers"]}
+    assert echoed["x-forwarded-proto"] == "https"
+    assert " (http/1.1 only) on uvicorn -> primary " in proxy.log()
