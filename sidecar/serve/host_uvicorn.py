@@ -28,7 +28,11 @@ they change, to match the hypercorn layer (sidecar/serve/host_protocol.py):
 - When the grace runs out, a request still running is counted (`HostState.cut`) and its
   client gets 503 with a text body if its response had not started (uvicorn logs a
   traceback and answers 500).
-- `Upgrade: websocket` is handed to uvicorn's wsproto protocol; any other `Upgrade` (h2c)
+- `Upgrade: websocket` is handed to uvicorn's wsproto protocol (`UvicornWSProtocol`: a
+  connection lost without a close frame is reported to the app as 1006, as hypercorn
+  does, not uvicorn's 1005; draining leaves sessions to the proxy, which closes them
+  with 1001 when the grace ends, where uvicorn's `shutdown()` sends 1012 at once; no
+  server pings, as with hypercorn); any other `Upgrade` (h2c)
   is served as a plain HTTP/1.1 request and the connection closed after it (llhttp stops
   parsing after an upgrade request; uvicorn would log a WARNING per request and leave the
   connection stuck).
@@ -56,6 +60,7 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 from sidecar.http import framing
 from sidecar.serve.host_http import REFUSALS, HostState, reason_phrase
@@ -456,3 +461,15 @@ def protocol_class(host: HostState, *, max_requests: int) -> type[UvicornProtoco
         (UvicornProtocol,),
         {"host": host, "max_requests": max_requests},
     )
+
+
+class UvicornWSProtocol(WSProtocol):
+    """uvicorn's wsproto WebSocket protocol, reporting a lost connection as 1006."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # uvicorn says 1005 (no status) for a session lost without a close frame after the
+        # handshake; RFC 6455 section 7.1.5 calls that 1006, and the proxy tells the primary
+        # 1001 for it. uvicorn picks 1006 when `response_started` (a refused handshake), so
+        # setting it here, where the connection is gone, changes only that code.
+        self.response_started = True
+        super().connection_lost(exc)

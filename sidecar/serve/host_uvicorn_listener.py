@@ -29,7 +29,7 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.server import ServerState
 
 from sidecar.serve.host_http import HostState
-from sidecar.serve.host_uvicorn import protocol_class
+from sidecar.serve.host_uvicorn import UvicornProtocol, UvicornWSProtocol, protocol_class
 from sidecar.serve.listener import Listener
 
 # While draining, how often to look whether the last connections have closed (uvicorn's
@@ -63,7 +63,8 @@ class UvicornListener(Listener):
         config = UvicornConfig(
             app,
             http="httptools",
-            ws="wsproto",
+            ws=UvicornWSProtocol,
+            ws_ping_interval=None,  # no server pings, as under hypercorn
             loop="none",
             lifespan="off",
             log_config=None,
@@ -86,9 +87,11 @@ class UvicornListener(Listener):
         return len(self._state.connections)
 
     async def _terminate(self) -> None:
-        """Idle connections close; busy ones answer with `Connection: close`."""
+        """Idle connections close; busy ones answer with `Connection: close`. WebSocket
+        sessions go on: the proxy closes them with 1001 when the grace ends."""
         for conn in list(self._state.connections):
-            conn.shutdown()
+            if isinstance(conn, UvicornProtocol):
+                conn.shutdown()
 
     async def _serve_connection(self, conn: socket.socket) -> None:
         await self._connect(conn, self._factory)
