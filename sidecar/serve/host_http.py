@@ -277,6 +277,12 @@ class H2Protocol(StockH2Protocol):
             return
         await super().handle(event)
         if isinstance(event, Closed):
+            # hypercorn's send task stops on Closed without releasing the streams' buffers:
+            # a response write waiting for room in a full one (a client that had stopped
+            # granting window, then left) waited for good, and the proxy held the exchange
+            # and its primary connection until idle_timeout. Closed buffers refuse writes.
+            for buffer in list(self.stream_buffers.values()):
+                await buffer.close()
             watch = self._drain_watch
             if watch is not None and watch is not asyncio.current_task():
                 watch.cancel()

@@ -200,3 +200,26 @@ async def test_h2_bodies_without_a_length(env: Env) -> None:
     posted = json.loads(h2c.body(post))
     assert posted["length"] == 3
     assert dict(posted["headers"]).get("transfer-encoding") == "chunked"
+
+
+async def test_client_gone_while_its_flow_control_window_is_full(env: Env) -> None:
+    """curl --limit-rate --max-time over HTTP/2: the client stops granting window, then
+    closes. hypercorn's send task ends on the close, leaving the proxy's next write to the
+    stream's full buffer blocked for good: the exchange (and its primary connection) was
+    held until the primary's idle_timeout cut it, logged as a stalled primary. The
+    request must end as soon as the client is gone."""
+    name = "sidecar_request_duration_seconds_count"
+    before = metric(await env.proxy.metrics(), name)
+    async with H2Conn.open(env.proxy.url) as h2c:
+        sid = await h2c.request("GET", "/download?n=8388608")
+        # The head, then no more reading: no WINDOW_UPDATE after the first 64 KiB.
+        await h2c.events_until(
+            lambda e: isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid
+        )
+    assert h2c.status(sid) == 200
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S  # far below the primary's idle_timeout (60 s)
+    while metric(await env.proxy.metrics(), name) == before:
+        assert loop.time() < deadline, "the request outlived its client"
+        await asyncio.sleep(0.05)
+    assert "stalled" not in env.proxy.log()
