@@ -88,6 +88,11 @@ LINGER_IDLE_S = 1.0
 # here). Over a network the time bound binds first (1 Gbit/s moves ~600 MB in 5 s); on
 # loopback this caps the CPU one client can make us spend at about half a second.
 LINGER_MAX_BYTES = 1024 * 1024 * 1024
+# When the grace ran out, a connection's close may wait this long for what is buffered
+# toward the client (the 503 of a cut request) to go out, then it is aborted. A TLS close
+# otherwise waits for the client to read everything buffered, up to the TLS shutdown
+# timeout (30 s): a client that stopped reading held the process's exit that long.
+CUT_CLOSE_S = 1.0
 # hypercorn's read size per call (its MAX_RECV).
 READ_BYTES = tcp_server.MAX_RECV
 
@@ -169,6 +174,7 @@ class SidecarTCPServer(_StockTCPServer):
         self._linger_deadline = 0.0
         self._linger_read = 0
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._cut = False  # the grace ran out: the close is bounded by CUT_CLOSE_S
 
     async def run(self) -> None:
         # hypercorn's TCPServer.run, with our ProtocolWrapper and the counting app.
@@ -205,6 +211,7 @@ class SidecarTCPServer(_StockTCPServer):
                     # The grace ran out: the app tasks are cancelled next and must not
                     # restart the idle timer in the task group being torn down.
                     self._closing = True
+                    self._cut = True
                     raise
         except OSError:
             pass
@@ -273,7 +280,18 @@ class SidecarTCPServer(_StockTCPServer):
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
-        await super()._close()
+        transport = self.writer.transport
+        abort = self.loop.call_later(CUT_CLOSE_S, transport.abort) if self._cut else None
+        try:
+            await super()._close()
+        except TimeoutError:
+            # TLS: the client did not take our close within the TLS shutdown timeout
+            # (it stopped reading). Raised out of wait_closed(), which hypercorn does
+            # not expect: a traceback, from the idle timer's task, for a routine event.
+            transport.abort()
+        finally:
+            if abort is not None:
+                abort.cancel()
 
 
 # --- protocols ----------------------------------------------------------------------------

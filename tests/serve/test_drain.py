@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tests.support.primary import PrimaryApp
 from tests.support.raw_http import H2Conn, host_port, read_to_eof, status_line
 from tests.support.serve import serve_proxy
 from tests.support.servers import serve_asgi, wait_until
+from tests.support.tls import Pki
 
 SLOW_S = 1.0  # the primary's answer time for a request in flight at SIGTERM
 GRACE_S = "10"  # ample: these requests finish within it
@@ -146,3 +148,33 @@ async def test_http2_grace_running_out_answers_503_and_exits_promptly(
         assert h2c.status(sid) == 503
         assert await proxy.wait_exit(timeout=5) == 0
         assert "grace of 0.5s ran out: 1 requests cut off" in proxy.log()
+
+
+async def test_tls_client_that_stopped_reading_does_not_hold_the_exit(
+    tmp_path: Path, primary: tuple[PrimaryApp, str]
+) -> None:
+    """A TLS client in the middle of a large download that stopped reading (curl
+    --limit-rate): when the grace ran out, closing its connection waited for TLS's close
+    to get through, up to the TLS shutdown timeout (30 s), so `--grace 0.5` took over
+    30 s, and the timeout surfaced as a traceback ('SSL shutdown timed out')."""
+    _app, url = primary
+    pki = Pki(tmp_path)
+    pki.leaf("proxy", "127.0.0.1")
+    rules = f'listen 127.0.0.1:1 {{ cert "proxy.pem" key "proxy.key" }}\nprimary {url}\n'
+    async with serve_proxy(tmp_path, rules, "--grace", "0.5") as proxy:
+        ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+        ctx.set_alpn_protocols(["http/1.1"])
+        reader, writer = await asyncio.open_connection(
+            *host_port(proxy.url), ssl=ctx, server_hostname="127.0.0.1"
+        )
+        try:
+            writer.write(b"GET /download?n=268435456 HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert status_line(head) == b"HTTP/1.1 200 OK"
+            # From here on nothing is read: the proxy's buffers toward us fill up.
+            proxy.proc.send_signal(signal.SIGTERM)
+            assert await proxy.wait_exit(timeout=5) == 0
+        finally:
+            writer.transport.abort()
+        assert "grace of 0.5s ran out: 1 requests cut off" in proxy.log()
+        assert "Traceback" not in proxy.log(), proxy.log()
