@@ -50,6 +50,7 @@ where one exists:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from ssl import SSLError
 from typing import Any
 
@@ -223,6 +224,12 @@ class SidecarTCPServer(_StockTCPServer):
             await self._close_gracefully()
         elif isinstance(event, Updated) and self._closing:
             return  # no idle timer for a connection that is closing
+        elif isinstance(event, RawData) and self._cut:
+            # The grace ran out: the last frames (503s, RST_STREAM, GOAWAY) are written
+            # without waiting for room: an HTTP/2 client that stopped reading kept the
+            # cancelled streams, and the exit, waiting in drain(). _close bounds the rest.
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.writer.write(event.data)
         else:
             await super().protocol_send(event)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import pytest
 
 from tests.support.primary import PrimaryApp
@@ -178,3 +179,30 @@ async def test_tls_client_that_stopped_reading_does_not_hold_the_exit(
             writer.transport.abort()
         assert "grace of 0.5s ran out: 1 requests cut off" in proxy.log()
         assert "Traceback" not in proxy.log(), proxy.log()
+
+
+async def test_http2_client_that_stopped_reading_does_not_hold_the_exit(
+    tmp_path: Path, primary: tuple[PrimaryApp, str]
+) -> None:
+    """Three `curl --http2 --limit-rate 50k` downloads at SIGTERM: `--grace 2` took 17 s.
+    When the grace ran out, the cut streams' last frames (and the final GOAWAY) waited to
+    drain into a connection whose client was not reading."""
+    _app, url = primary
+    rules = f"primary {url}\n"
+    async with (
+        serve_proxy(tmp_path, rules, "--grace", "0.5") as proxy,
+        H2Conn.open(proxy.url) as h2c,
+    ):
+        # curl's windows (32 MiB a stream, more for the connection): what stops the
+        # proxy is the socket's buffers, not flow control.
+        h2c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**25})
+        h2c.conn.increment_flow_control_window(2**30)
+        await h2c.flush()
+        sids = [await h2c.request("GET", "/download?n=268435456") for _ in range(3)]
+        await h2c.events_until(
+            lambda e: isinstance(e, h2.events.ResponseReceived) and e.stream_id == sids[-1]
+        )
+        # From here on nothing is read (nor any window granted).
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert await proxy.wait_exit(timeout=5) == 0
+        assert "grace of 0.5s ran out: 3 requests cut off" in proxy.log(), proxy.log()
