@@ -22,6 +22,7 @@ from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.h2 import H2Protocol as StockH2Protocol
 from hypercorn.protocol.h11 import H11Protocol as StockH11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
+from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.utils import filter_pseudo_headers
 from hyperframe.frame import GoAwayFrame
 
@@ -296,6 +297,18 @@ class H2Protocol(StockH2Protocol):
             if isinstance(event, Response):
                 await self._answer_cut(event.stream_id)
             return
+        if isinstance(event, StreamClosed) and isinstance(
+            self.streams.get(event.stream_id), WSStream
+        ):
+            # A WebSocket over HTTP/2 that the client closed: hypercorn answers the close
+            # frame but never ends the stream (no END_STREAM, its buffer kept for the
+            # connection's life), so each such session held one of the connection's
+            # streams. Ending the buffer makes the send task write the answer, then end.
+            buffer = self.stream_buffers.get(event.stream_id)
+            if buffer is not None:
+                buffer.set_complete()
+                self.priority.unblock(event.stream_id)
+                await self.has_data.set()
         if isinstance(event, StreamClosed) and self._goaway_last is not None:
             # hypercorn's, but its final GOAWAY must not name a higher stream than ours.
             await self._close_stream(event.stream_id)

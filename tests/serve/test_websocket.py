@@ -366,6 +366,17 @@ async def test_websocket_over_http2(tmp_path: Path, primary: WSPrimary, host: st
         h2c.conn.send_data(sid, ws.send(CloseConnection(code=4003, reason="h2 bye")))
         await h2c.flush()
         await wait_until(lambda: (4003, "h2 bye") in primary.closes, what="the close over h2")
+        # The close answered, then the stream ended. hypercorn left a stream the client
+        # closed open for good (no END_STREAM, its buffer kept): a client waiting for the
+        # end hung, and each such session held one of the connection's 100 streams.
+        got = await h2c.events_until(
+            lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == sid
+        )
+        for event in got:
+            if isinstance(event, h2.events.DataReceived):
+                ws.receive_data(event.data)
+        answers = [e for e in ws.events() if isinstance(e, CloseConnection)]
+        assert [a.code for a in answers] == [4003]
     target, headers = primary.handshakes[0]
     assert target == "/echo?over=h2"
     assert (b"x-forwarded-host", b"proxy.test") in headers  # :authority became the Host
