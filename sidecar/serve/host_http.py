@@ -7,6 +7,7 @@ the listener's `HostState` and the refusal counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -25,6 +26,7 @@ from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.utils import filter_pseudo_headers
 from hyperframe.frame import GoAwayFrame
+from priority.priority import MissingStreamError
 
 from sidecar.http import framing
 from sidecar.serve import metrics as serve_metrics
@@ -309,6 +311,10 @@ class H2Protocol(StockH2Protocol):
                 buffer.set_complete()
                 self.priority.unblock(event.stream_id)
                 await self.has_data.set()
+        if isinstance(event, StreamClosed) and isinstance(
+            self.streams.get(event.stream_id), HTTPStream
+        ):
+            await self._reset_unfinished(event.stream_id)
         if isinstance(event, StreamClosed) and self._goaway_last is not None:
             # hypercorn's, but its final GOAWAY must not name a higher stream than ours.
             await self._close_stream(event.stream_id)
@@ -322,6 +328,22 @@ class H2Protocol(StockH2Protocol):
             await self.send(Updated(idle=idle))
             return
         await super().stream_send(event)
+
+    async def _reset_unfinished(self, stream_id: int) -> None:
+        """RST_STREAM(INTERNAL_ERROR) for a response that ends without its end (the primary
+        broke off mid-body): HTTP/2's way to say "cut", as closing the connection is
+        HTTP/1.1's. hypercorn left such a stream open, and the client waited for the
+        keep-alive timeout (75 s) to learn the response would not finish."""
+        buffer = self.stream_buffers.get(stream_id)
+        if buffer is None or buffer._complete:  # hypercorn's StreamBuffer: set by EndBody
+            return
+        await buffer.close()  # a write waiting for room returns
+        del self.stream_buffers[stream_id]
+        with contextlib.suppress(MissingStreamError):
+            self.priority.remove_stream(stream_id)
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.INTERNAL_ERROR)
+        await self._flush()
 
     def _cut(self, stream_id: int) -> bool:
         stream = self.streams.get(stream_id)

@@ -20,6 +20,7 @@ import h2.events
 import pytest
 import pytest_asyncio
 
+from tests.support.faults import FaultServer
 from tests.support.primary import PrimaryApp
 from tests.support.raw_http import H2Conn, curl
 from tests.support.serve import ServeProcess, metric, serve_proxy
@@ -223,3 +224,32 @@ async def test_client_gone_while_its_flow_control_window_is_full(env: Env) -> No
         assert loop.time() < deadline, "the request outlived its client"
         await asyncio.sleep(0.05)
     assert "stalled" not in env.proxy.log()
+
+
+async def test_a_response_the_primary_broke_off_resets_its_stream(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """curl --http2 through a primary that closed mid-body: over HTTP/1.1 the client sees
+    the connection close at once; over HTTP/2 the stream was left open, so curl waited for
+    the keep-alive timeout (75 s) and h2load counted every request on the connection as
+    errored. Now RST_STREAM(INTERNAL_ERROR) on that stream; the connection goes on."""
+    async with FaultServer(by_path=True) as primary:
+        rules = f"primary {primary.url}\n"
+        async with (
+            serve_proxy(tmp_path_factory.mktemp("h2-broken"), rules) as proxy,
+            H2Conn.open(proxy.url) as h2c,
+        ):
+            sid = await h2c.request("GET", "/truncated_cl/x")
+            got = await h2c.events_until(
+                lambda e: (
+                    isinstance(e, (h2.events.StreamReset, h2.events.StreamEnded))
+                    and e.stream_id == sid
+                ),
+                timeout=WAIT_S,
+            )
+            assert isinstance(got[-1], h2.events.StreamReset)
+            assert got[-1].error_code == h2.errors.ErrorCodes.INTERNAL_ERROR
+            assert h2c.status(sid) == 200 and 0 < len(h2c.body(sid)) < 100000
+            after = await h2c.request("GET", "/answer/y")
+            await h2c.events_until(_ended(after), timeout=WAIT_S)
+            assert h2c.status(after) == 200
