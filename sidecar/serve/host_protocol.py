@@ -218,6 +218,20 @@ class SidecarTCPServer(_StockTCPServer):
             pass
         finally:
             await self._close()
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop the finished connection's links to its streams, protocol and task group.
+
+        hypercorn's connection objects (this server, the protocol and its `send`, the task
+        group, h2's state machine) refer to each other in cycles that only a full collection
+        frees, and that collection is rare (see tune_gc). Without these links the transport
+        and its TLS objects and buffers (tens of KB a connection, mostly outside Python's
+        heap) are freed by reference counting as the connection ends: RSS grew ~30 MB per
+        500 short HTTP/2-over-TLS connections while they waited in the cycle.
+        """
+        for name in ("reader", "writer", "protocol", "_task_group", "idle_task"):
+            self.__dict__.pop(name, None)
 
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, Closed):
