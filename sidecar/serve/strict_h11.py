@@ -64,8 +64,15 @@ class StrictConnection(h11.Connection):
     """`h11.Connection(h11.SERVER)` with the strict readers described above."""
 
     def __init__(self, max_incomplete_event_size: int) -> None:
-        self.stray_bytes = 0  # dropped after a request that ends the connection
+        # Not a bound method: h11 keeps its reader on the connection, and a reader holding
+        # the connection would make every closing connection a reference cycle.
+        self._stray = _StrayDropper()
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+
+    @property
+    def stray_bytes(self) -> int:
+        """Dropped after a request that ends the connection."""
+        return self._stray.dropped
 
     @property
     def unread_bytes(self) -> int:
@@ -84,19 +91,27 @@ class StrictConnection(h11.Connection):
         if state is IDLE:
             return read_request
         if state is MUST_CLOSE or state is CLOSED:
-            return self._drop_stray
+            return self._stray
         reader = super()._get_io_object(role, event, io_dict)
         if state is SEND_BODY and isinstance(reader, ChunkedReader):
             return StrictChunkedReader()
         return reader
 
-    def _drop_stray(self, buf: ReceiveBuffer) -> None:
+
+class _StrayDropper:
+    """The reader after a request that ends the connection: drops and counts what follows."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def __call__(self, buf: ReceiveBuffer) -> None:
         # Consumed, not left in the buffer: h11 would otherwise count it against its
         # incomplete-event limit and answer 431.
         extracted = buf.maybe_extract_at_most(len(buf))
         if extracted is not None:
-            self.stray_bytes += len(extracted)
-        return None
+            self.dropped += len(extracted)
 
 
 def read_request(buf: ReceiveBuffer) -> h11.Request | None:

@@ -21,7 +21,7 @@ import h2.events
 import pytest
 
 from sidecar.http.tls import server_context
-from sidecar.serve import host_http, host_protocol
+from sidecar.serve import host_http, host_protocol, strict_h11
 from sidecar.serve.listener import Listener
 from sidecar.serve.sockets import hypercorn_config
 from tests.support.tls import Pki
@@ -112,6 +112,50 @@ async def test_closed_http2_over_tls_connections_are_not_left_in_cycles(
             if isinstance(o, (host_protocol.SidecarTCPServer, host_http.H2Protocol))
             or type(o).__name__ == "SSLObject"
             or (isinstance(o, h2.connection.H2Connection) and not o.config.client_side)
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
+
+
+async def _one_closing_http11_request(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()  # until the server's close
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_closed_http11_connections_are_not_left_in_cycles(no_collection: None) -> None:
+    """A request that ends its connection switches h11 to the stray-byte reader, which
+    once was a bound method of the connection: a cycle per closing connection."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    listen = Listener(_hello, hypercorn_config(grace_s=1.0, proxy=True), sock)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(listen.serve(stop.wait))
+    try:
+        for _ in range(CONNECTIONS):
+            assert (await _one_closing_http11_request(port)).startswith(b"HTTP/1.1 200 ")
+        deadline = asyncio.get_running_loop().time() + DEADLINE_S
+        while listen.connections:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, DEADLINE_S)
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        left = [
+            type(o).__name__
+            for o in gc.garbage
+            if isinstance(o, (host_protocol.SidecarTCPServer, strict_h11.StrictConnection))
         ]
     finally:
         gc.set_debug(0)
