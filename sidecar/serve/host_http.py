@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from itertools import chain
@@ -100,6 +101,11 @@ class H11Protocol(StockH11Protocol):
         super().__init__(*args)
         self.host: HostState = getattr(self.config, MARK_ATTR)
         self.connection = StrictConnection(self.config.h11_max_incomplete_size)
+        # Writes `bytes` to the transport now (no await); set by the TCP layer. Without it
+        # a response head is written at once instead of held (see _hold).
+        self.write_now: Callable[[bytes], None] | None = None
+        self._held = b""  # a response head not written yet
+        self._flush_handle: asyncio.Handle | None = None
 
     def wants_linger(self) -> bool:
         conn = self.connection
@@ -118,6 +124,7 @@ class H11Protocol(StockH11Protocol):
     async def handle(self, event: Any) -> None:
         if isinstance(event, Closed):
             # The client's FIN (or a failed write): close our side now, idle or not.
+            await self._flush_held()
             await self._close_stream()
             await self.send(Closed())
         else:
@@ -126,8 +133,62 @@ class H11Protocol(StockH11Protocol):
     async def stream_send(self, event: Any) -> None:
         if isinstance(event, Response) and event.status_code >= 200:
             await self._send_response(event)
+        elif isinstance(event, (Body, EndBody)):
+            await super().stream_send(event)  # through _send_h11_event: after the held head
         else:
+            await self._flush_held()
             await super().stream_send(event)
+
+    # --- the response head and its body in one write -------------------------------------
+    #
+    # hypercorn writes a response head, then each body message, then h11's (empty for a
+    # Content-Length) end: a small response cost two writes, two system calls, and two
+    # segments for the client to wake up for. The head is held instead until the body's
+    # first message, which the app sends in the same step when it has it (the proxy's
+    # small responses), else until the end of the current loop iteration (call_soon), so a
+    # head is never delayed behind a body that is not there yet (a stream).
+
+    async def _send_h11_event(self, event: Any) -> None:
+        # hypercorn's, with the held head in front.
+        try:
+            data = self.connection.send(event) or b""
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            data = b""
+        held = self._held
+        if held:
+            self._held = b""
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            data = held + data if data else held
+        if data:
+            await self.send(RawData(data=data))
+
+    async def _hold(self, data: bytes) -> None:
+        """A response head: written with the body's first message, or at the end of this
+        loop iteration, whichever comes first."""
+        if self.write_now is None or self._held:
+            await self.send(RawData(data=self._held + data))
+            self._held = b""
+            return
+        self._held = data
+        self._flush_handle = asyncio.get_running_loop().call_soon(self._write_held)
+
+    def _write_held(self) -> None:
+        self._flush_handle = None
+        held, self._held = self._held, b""
+        if held and self.write_now is not None:
+            self.write_now(held)
+
+    async def _flush_held(self) -> None:
+        if self._held:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            held, self._held = self._held, b""
+            await self.send(RawData(data=held))
 
     async def _send_response(self, event: Response) -> None:
         status = event.status_code
@@ -142,11 +203,16 @@ class H11Protocol(StockH11Protocol):
             or self.keep_alive_requests >= self.config.keep_alive_max_requests
         ) and not any(name.lower() == b"connection" for name, _ in headers):
             headers.append(_CLOSE)
-        await self._send_h11_event(
-            h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
-        )
-        if body:
-            await self._send_h11_event(h11.Data(data=body))
+        response = h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+        try:
+            data = self.connection.send(response) or b""
+            if body:
+                data += self.connection.send(h11.Data(data=body)) or b""
+        except h11.LocalProtocolError:  # hypercorn's _send_h11_event: sends nothing then
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        await self._hold(data)
 
     def _cut(self) -> bool:
         stream = self.stream

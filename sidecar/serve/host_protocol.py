@@ -42,6 +42,13 @@ where one exists:
   found).
 - A client's WebSocket close code and reason reach the app (hypercorn reports 1006):
   sidecar/serve/host_ws.py, installed with the rest by `install()`.
+- Less work per request (issue 20; bench/README.md has what each bought): the keep-alive
+  idle timer is one `call_at` timer per connection that re-arms itself only when it fires
+  (hypercorn cancels, awaits and re-creates an idle task, with its lock and its
+  `wait_for`, twice per request), draining closes idle connections through one watcher
+  task per connection, writes skip hypercorn's send lock (the transport keeps the order of
+  `write()` calls; asyncio's `drain()` takes several waiters), and reads skip `wait_for`
+  when there is no read timeout (hypercorn's default).
 - When `graceful_timeout` (--grace) runs out, requests still running are counted in
   `HostState.cut` for server.py's log line, and an HTTP/1.1 client whose response had not
   started gets 503 with a text body instead of hypercorn's empty 500.
@@ -51,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from ssl import SSLError
 from typing import Any
 
@@ -176,6 +184,10 @@ class SidecarTCPServer(_StockTCPServer):
         self._linger_read = 0
         self._linger_timer: asyncio.TimerHandle | None = None
         self._cut = False  # the grace ran out: the close is bounded by CUT_CLOSE_S
+        # The keep-alive clock: idle since (loop time), None while a request is active.
+        self._idle_since: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._drain_watch: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         # hypercorn's TCPServer.run, with our ProtocolWrapper and the counting app.
@@ -203,9 +215,11 @@ class SidecarTCPServer(_StockTCPServer):
                     server,
                     self.protocol_send,
                     alpn_protocol,
+                    write_now=self._write_now,
                 )
                 await self.protocol.initiate()
-                await self.idle_task.restart(task_group, self._idle_timeout)
+                self._became_idle()
+                self._drain_watch = self.loop.create_task(self._watch_drain())
                 try:
                     await self._read_data()
                 except asyncio.CancelledError:
@@ -234,24 +248,103 @@ class SidecarTCPServer(_StockTCPServer):
             self.__dict__.pop(name, None)
 
     async def protocol_send(self, event: Any) -> None:
-        if isinstance(event, Closed):
+        if type(event) is RawData:
+            # hypercorn's, without its send lock: writes reach the transport in call order
+            # anyway, and concurrent drain() calls are fine (each waits for the buffer).
+            data = event.data
+            if not data:
+                return  # h11's end of a Content-Length body: nothing to write
+            writer = self.writer
+            if self._cut:
+                # The grace ran out: the last frames (503s, RST_STREAM, GOAWAY) are written
+                # without waiting for room: an HTTP/2 client that stopped reading kept the
+                # cancelled streams, and the exit, waiting in drain(). _close bounds the rest.
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    writer.write(data)
+                return
+            try:
+                writer.write(data)
+                await writer.drain()
+            except (ConnectionError, RuntimeError):
+                await self.protocol.handle(Closed())
+        elif isinstance(event, Updated):
+            if self._closing:
+                return  # no idle timer for a connection that is closing
+            if event.idle:
+                self._became_idle()
+            else:
+                self._idle_since = None
+        elif isinstance(event, Closed):
             await self._close_gracefully()
-        elif isinstance(event, Updated) and self._closing:
-            return  # no idle timer for a connection that is closing
-        elif isinstance(event, RawData) and self._cut:
-            # The grace ran out: the last frames (503s, RST_STREAM, GOAWAY) are written
-            # without waiting for room: an HTTP/2 client that stopped reading kept the
-            # cancelled streams, and the exit, waiting in drain(). _close bounds the rest.
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                self.writer.write(event.data)
         else:
             await super().protocol_send(event)
 
+    def _write_now(self, data: bytes) -> None:
+        """A write that cannot wait (a held response head, host_http.py): a failure shows
+        at the next write or read."""
+        if self._closing:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.writer.write(data)
+
+    # --- the keep-alive idle timer and draining ------------------------------------------
+
+    def _became_idle(self) -> None:
+        """No request active from now on: close after `keep_alive_timeout` of it (at once
+        while draining). The timer is armed once and re-armed only when it fires early."""
+        if self.context.terminated.is_set():
+            self._close_soon()
+            return
+        now = self.loop.time()
+        self._idle_since = now
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_at(
+                now + self.config.keep_alive_timeout, self._idle_timer_fired
+            )
+
+    def _idle_timer_fired(self) -> None:
+        self._idle_timer = None
+        since = self._idle_since
+        if since is None or self._closing:
+            return  # busy: the next _became_idle() arms it again
+        deadline = since + self.config.keep_alive_timeout
+        if self.loop.time() >= deadline:
+            self._close_soon()
+        else:  # a request came and went meanwhile: wait for the rest of its idle time
+            self._idle_timer = self.loop.call_at(deadline, self._idle_timer_fired)
+
+    async def _watch_drain(self) -> None:
+        """hypercorn's idle task also waits for `context.terminated`: an idle connection
+        closes as soon as draining starts (a busy one after its response)."""
+        await self.context.terminated.wait()
+        if self._idle_since is not None:
+            self._close_soon()
+
+    def _close_soon(self) -> None:
+        if self._closing:
+            return
+        self._idle_since = None
+        group = self._task_group._task_group
+        group.create_task(self._initiate_server_close())
+
+    def _stop_timers(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        watch = self._drain_watch
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
+        self._drain_watch = None
+
     async def _read_data(self) -> None:
         reader = self.reader
+        timeout = self.config.read_timeout
         while not reader.at_eof():
             try:
-                data = await asyncio.wait_for(reader.read(READ_BYTES), self.config.read_timeout)
+                if timeout is None:
+                    data = await reader.read(READ_BYTES)
+                else:
+                    data = await asyncio.wait_for(reader.read(READ_BYTES), timeout)
             except (ConnectionError, OSError, TimeoutError, SSLError):
                 break
             if self._lingering:
@@ -283,7 +376,7 @@ class SidecarTCPServer(_StockTCPServer):
         self._lingering = True
         self._linger_deadline = self.loop.time() + LINGER_TOTAL_S
         self._linger_timer = self.loop.call_later(LINGER_IDLE_S, self.writer.close)
-        await self.idle_task.stop()
+        self._stop_timers()
 
     def _keep_lingering(self, size: int) -> bool:
         """After `size` more bytes read while lingering: go on reading?"""
@@ -298,6 +391,7 @@ class SidecarTCPServer(_StockTCPServer):
 
     async def _close(self) -> None:
         self._closing = True
+        self._stop_timers()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -335,6 +429,8 @@ class ProtocolWrapper(StockProtocolWrapper):
         server: Any,
         send: Any,
         alpn_protocol: str | None = None,
+        *,
+        write_now: Callable[[bytes], None] | None = None,
     ) -> None:
         # Not super().__init__: it would build hypercorn's protocol only to drop it.
         self.app = app
@@ -346,10 +442,11 @@ class ProtocolWrapper(StockProtocolWrapper):
         self.server = server
         self.send = send
         self.state = state
+        self.write_now = write_now
         self.protocol = self._make(H2Protocol if alpn_protocol == "h2" else H11Protocol)
 
     def _make(self, cls: type[H11Protocol] | type[H2Protocol]) -> H11Protocol | H2Protocol:
-        return cls(
+        protocol = cls(
             self.app,
             self.config,
             self.context,
@@ -360,6 +457,9 @@ class ProtocolWrapper(StockProtocolWrapper):
             self.server,
             self.send,
         )
+        if isinstance(protocol, H11Protocol):
+            protocol.write_now = self.write_now
+        return protocol
 
     async def handle(self, event: Any) -> None:
         try:
