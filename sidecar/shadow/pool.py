@@ -258,6 +258,24 @@ class CanaryPool:
             return Outcome.DROPPED_FULL
         return None
 
+    def settled_at_once(self, rule: str | None) -> bool:
+        """Call right after `refusal()` returned None, before building a `Job`: True when
+        every server is in its connect back-off, so the tee was counted as dispatched and
+        failed ("connect", no attempt, no kind) here, as `dispatch` would settle it, without
+        a `Job` or `ClientRequest` (a dead canary's tee under load: issue 20). False when
+        it must be dispatched: a server may be up, or a `pause` is configured (its probe
+        and its failure count need the job)."""
+        loop = self._loop
+        assert loop is not None
+        if self._pause is not None or loop.time() >= self._down_until:
+            return False
+        if self._bucket is not None:
+            self._bucket.take()
+        self.backoff_skips += 1
+        self.record(Outcome.DISPATCHED, rule)
+        self.record(Outcome.FAILED, rule, error=ERR_CONNECT)
+        return True
+
     def dispatch(self, job: Job) -> Outcome:
         """Admit `job` (call right after `refusal()` returned None): hand it to an idle
         worker or queue it; with every server in its connect back-off it fails at once."""

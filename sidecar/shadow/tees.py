@@ -13,7 +13,8 @@ the primary receives (no copies), kept only up to the largest pending `max_body`
 `max_body` the body has now outgrown (the pending list is sorted by `max_body`, so this is
 a pop from the front); past the largest cap nothing more is kept. `finish()` admits every
 remaining tee (a body of exactly `max_body` bytes is mirrored) through the pools'
-synchronous `refusal`/`dispatch`; a tee the pool refuses (full, rate) builds no `Job`, and
+synchronous `refusal`/`dispatch`; a tee the pool refuses (full, rate) builds no `Job`, nor
+does one to a canary whose every server is in its connect back-off (`settled_at_once`), and
 a bodiless request whose every tee is refused builds no `ClientRequest` either. `abort()`
 ends them as `dropped_aborted`; `unread()` (library: the app answered without reading the
 whole body and the server will not hand over the rest) admits them when what was received
@@ -94,6 +95,8 @@ class RequestTees:
                 if refused is not None:
                     _drop(pool, refused, rule, rv)
                     continue
+                if rv is None and pool.settled_at_once(rule):
+                    continue  # a dead canary in its back-off: counted, nothing built
                 if request is None:
                     request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
                 job = Job(request, None, rule)
@@ -140,6 +143,8 @@ class RequestTees:
         for _, pool, rule in pending:
             refused = pool.refusal()
             if refused is None:
+                if rv is None and pool.settled_at_once(rule):
+                    continue
                 job = Job(request, body, rule)
                 if rv is not None:
                     job.rendezvous = joins(rv, pool.name)

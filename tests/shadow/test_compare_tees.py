@@ -23,7 +23,8 @@ SERVER = (ServerSpec(endpoint=Endpoint.parse("http://127.0.0.1:9")),)
 
 
 class FakePool:
-    """What `RequestTees` uses of a `CanaryPool`: spec, name, refusal, dispatch, record."""
+    """What `RequestTees` uses of a `CanaryPool`: spec, name, refusal, settled_at_once,
+    dispatch, record."""
 
     def __init__(self, name: str, compare: CompareSpec | None = None, **spec: Any) -> None:
         self.spec = CanarySpec(name=name, servers=SERVER, compare=compare, **spec)
@@ -34,6 +35,9 @@ class FakePool:
 
     def refusal(self) -> Outcome | None:
         return self.refuse
+
+    def settled_at_once(self, rule: str | None) -> bool:
+        return False  # never in a connect back-off
 
     def dispatch(self, job: Job) -> Outcome:
         self.jobs.append(job)
