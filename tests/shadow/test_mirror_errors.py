@@ -34,8 +34,10 @@ from sidecar.model.config import CanarySpec, ServerSpec
 from sidecar.model.endpoint import Endpoint
 from sidecar.shadow import balance as pool_module
 from sidecar.shadow import errors as mirror_errors
+from sidecar.shadow import tees as tees_module
 from sidecar.shadow.errors import ThrottledLog, classify
 from sidecar.shadow.pool import CanaryPool
+from sidecar.shadow.tees import RequestTees
 from sidecar.shadow.types import ClientRequest, Job, MirrorInfo, Outcome
 from tests.support.engine import admit
 from tests.support.faults import FaultServer
@@ -302,6 +304,30 @@ async def test_throttled_log_summarizes_per_key_and_relogs_after_quiet(
         assert caplog.records[-1].getMessage() == "first v2 connect back"
         tl.flush()
     assert len(caplog.records) == 4
+
+
+async def test_tees_in_the_backoff_are_settled_before_a_job_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RequestTees.begin (the proxy's way in) settles a tee to a canary in its connect
+    back-off without building a Job or a ClientRequest, counted exactly as dispatch() would
+    count it (issue 20); with no tee left pending, begin returns None."""
+    monkeypatch.setattr(pool_module, "CONNECT_BACKOFF_S", LONG_BACKOFF_S)
+    pool, seen = await fail_one(f"http://127.0.0.1:{closed_port()}")
+    built: list[object] = []
+    monkeypatch.setattr(tees_module, "ClientRequest", lambda *a: built.append(a))
+    for _ in range(3):
+        tees = RequestTees.begin([(pool, "r")], "GET", b"/", b"", [], None, "http", 0)
+        assert tees is None
+    assert built == []
+    assert pool.stats().dispatched == 4 and pool.stats().failed == 4
+    assert pool.backoff_skips == 3
+    assert [(i.outcome, i.error, i.error_kind) for i in seen.infos[-6:]] == [
+        (Outcome.DISPATCHED, None, None),
+        (Outcome.FAILED, "connect", None),
+    ] * 3
+    assert seen.all_errors() == {"connect": 1}  # the one attempt; skips are no attempts
+    await pool.aclose()
 
 
 async def test_connect_summary_tells_attempts_from_backoff_skips(
