@@ -74,6 +74,7 @@ from sidecar.serve.upload import Upload, UploadAborted
 from sidecar.serve.websocket import Sessions
 from sidecar.shadow.compare.primary import PrimaryCapture
 from sidecar.shadow.errors import TLS, classify
+from sidecar.shadow.metrics import fast_inc
 from sidecar.shadow.tees import RequestTees
 
 log = logging.getLogger("sidecar.proxy")
@@ -100,12 +101,12 @@ class _Metrics:
     def __init__(self) -> None:
 
         # Index = status // 100, clamped to 1..5 (h11 never hands us another status).
-        children = [serve_metrics.primary_requests(f"{n}xx") for n in range(1, 6)]
+        children = [fast_inc(serve_metrics.primary_requests(f"{n}xx")) for n in range(1, 6)]
         self.by_class = (children[0], *children)
         self.duration = serve_metrics.primary_duration()
 
     def record(self, status: int, started: float) -> None:
-        self.by_class[max(1, min(status // 100, 5))].inc()
+        self.by_class[max(1, min(status // 100, 5))](1)
         self.duration.observe(time.perf_counter() - started)
 
 

@@ -21,6 +21,7 @@ process has the canary paused).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -35,6 +36,15 @@ from sidecar.shadow.types import Outcome
 
 # Round trips of shadow requests: fast local canaries up to the 10s default deadline.
 MIRROR_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def fast_inc(child: Any) -> Callable[[float], None]:
+    """`child.inc` without its per-call checks: the bound `inc` of the child's value (a
+    labelled counter's child is always observable, and the amount is always positive
+    here). Three Python calls fewer per count, on the request path (issue 20); falls back
+    to `child.inc` should prometheus-client's private `_value` ever change."""
+    inc = getattr(getattr(child, "_value", None), "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
 
 
 def code_class(status: int) -> str:
@@ -125,7 +135,8 @@ class Metrics:
         )
         # (counter, canary, rule, label) -> child; one dict for the four compare series.
         self._compare_children: dict[tuple[Counter, str, str | None, str], Any] = {}
-        self._outcome_children: dict[tuple[str, str | None, Outcome], Any] = {}
+        # (canary, rule, outcome) -> the child's fast_inc.
+        self._outcome_children: dict[tuple[str, str | None, Outcome], Callable[[float], None]] = {}
         self._completed_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._error_children: dict[tuple[str, str], Any] = {}
         self._pools: dict[str, CanaryPool] = {}
@@ -134,11 +145,11 @@ class Metrics:
 
     def observe(self, info: MirrorInfo) -> None:
         key = (info.canary, info.rule, info.outcome)
-        child = self._outcome_children.get(key)
-        if child is None:
+        inc = self._outcome_children.get(key)
+        if inc is None:
             child = self.mirror_requests.labels(info.canary, info.rule or "", info.outcome.value)
-            self._outcome_children[key] = child
-        child.inc()
+            inc = self._outcome_children[key] = fast_inc(child)
+        inc(1)
         if info.outcome is Outcome.COMPLETED:
             hundreds = (info.status or 0) // 100
             ckey = (info.canary, hundreds)
