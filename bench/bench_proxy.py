@@ -806,9 +806,8 @@ def table(results: list[Result], paired: list[Pair], hellos: list[str]) -> str:
     ]
 
     def target(name: str, px: str, value: float, goal: str, ok: bool, cpu: float) -> None:
-        lines.append(
-            f"| {name} | {px} | {value:.2f} | {_f(cpu)} | {goal} | {'yes' if ok else 'NO'} |"
-        )
+        met = "-" if goal == "-" else "yes" if ok else "NO"
+        lines.append(f"| {name} | {px} | {value:.2f} | {_f(cpu)} | {goal} | {met} |")
 
     nan = float("nan")
     for px in proxies:
