@@ -734,6 +734,12 @@ def summarize(paired: list[Pair]) -> dict[tuple[str, str], PairSummary]:
     return out
 
 
+def pair_medians(paired: list[Pair]) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(proxy, scenario) -> (req/s ratio, p99 ratio, CPU-implied ratio): the medians of
+    `summarize` as bench_compare.py reads them."""
+    return {k: (v.rps_ratio, v.p99_ratio, v.cpu_ratio) for k, v in summarize(paired).items()}
+
+
 RATIO_SENTENCE = (
     "A ratio is the median, over the pairs, of (the scenario's run / the reference run "
     "right next to it); the reference columns are the medians of those same reference "
