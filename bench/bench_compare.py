@@ -318,18 +318,7 @@ def measure(
                     else:
                         r = keep(load(lab, px, scenario, seconds))
                         base = keep(load(lab, ref, NO_COMPARE, seconds))
-                    paired.append(
-                        bp.Pair(
-                            "sidecar",
-                            scenario,
-                            r.rps,
-                            base.rps,
-                            r.p99_ms,
-                            base.p99_ms,
-                            r.cpu_us_per_req,
-                            base.cpu_us_per_req,
-                        )
-                    )
+                    paired.append(bp.Pair.of("sidecar", scenario, r, base))
                 settled[scenario] = settle(px, COMPARE_BLOCKS[scenario] != "")
                 print(f"  settled: {settled[scenario]}", file=sys.stderr)
             finally:

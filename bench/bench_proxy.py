@@ -582,6 +582,20 @@ class Pair:
     cpu_us: float | None
     ref_cpu_us: float | None
 
+    @classmethod
+    def of(cls, proxy: str, scenario: str, r: Result, base: Result) -> Pair:
+        """A scenario's run `r` next to its reference's run `base`."""
+        return cls(
+            proxy,
+            scenario,
+            r.rps,
+            base.rps,
+            r.p99_ms,
+            base.p99_ms,
+            r.cpu_us_per_req,
+            base.cpu_us_per_req,
+        )
+
     @property
     def rps_ratio(self) -> float:
         return self.rps / self.ref_rps
@@ -650,18 +664,7 @@ def measure(
                             else:
                                 r = keep(load(lab, px, who, sc, canary, post, seconds))
                                 base = keep(load(lab, ref, proxy, NO_MIRROR, None, False, seconds))
-                            paired.append(
-                                Pair(
-                                    proxy,
-                                    sc,
-                                    r.rps,
-                                    base.rps,
-                                    r.p99_ms,
-                                    base.p99_ms,
-                                    r.cpu_us_per_req,
-                                    base.cpu_us_per_req,
-                                )
-                            )
+                            paired.append(Pair.of(proxy, sc, r, base))
                     finally:
                         lab.stop(px.proc)
             finally:
