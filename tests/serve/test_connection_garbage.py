@@ -13,7 +13,7 @@ import asyncio
 import gc
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import h2.connection
@@ -74,27 +74,31 @@ def no_collection() -> Iterator[None]:
     gc.enable()
 
 
-async def test_closed_http2_over_tls_connections_are_not_left_in_cycles(
-    tmp_path: Path, no_collection: None
-) -> None:
-    pki = Pki(tmp_path)
-    chain, key = pki.leaf("proxy", "127.0.0.1")
-    client = ssl.create_default_context(cafile=str(pki.ca_pem))
-    client.set_alpn_protocols(["h2"])
+def _listening_socket() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)
+    return sock
+
+
+async def _garbage_after(
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext | None,
+    one_connection: Callable[[int], Awaitable[None]],
+    watched: Callable[[object], bool],
+) -> list[str]:
+    """Serve CONNECTIONS connections made by `one_connection(port)` one after the other,
+    wait until the server has closed them all, then list the `watched` objects that only
+    the collector could free."""
     port = sock.getsockname()[1]
     config = hypercorn_config(grace_s=1.0, proxy=True)
-    listen = Listener(
-        _hello, config, sock, ssl_context=server_context(cert=str(chain), key=str(key))
-    )
+    listen = Listener(_hello, config, sock, ssl_context=ssl_context)
     stop = asyncio.Event()
     serving = asyncio.create_task(listen.serve(stop.wait))
     try:
         for _ in range(CONNECTIONS):
-            assert await _one_h2_request(port, client) == 200
+            await one_connection(port)
         # Every server side has seen its client's close once none is served any more.
         deadline = asyncio.get_running_loop().time() + DEADLINE_S
         while listen.connections:
@@ -106,17 +110,32 @@ async def test_closed_http2_over_tls_connections_are_not_left_in_cycles(
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()
-        left = [
-            type(o).__name__
-            for o in gc.garbage
-            if isinstance(o, (host_protocol.SidecarTCPServer, host_http.H2Protocol))
-            or type(o).__name__ == "SSLObject"
-            or (isinstance(o, h2.connection.H2Connection) and not o.config.client_side)
-        ]
+        return [type(o).__name__ for o in gc.garbage if watched(o)]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
-    assert left == []
+
+
+async def test_closed_http2_over_tls_connections_are_not_left_in_cycles(
+    tmp_path: Path, no_collection: None
+) -> None:
+    pki = Pki(tmp_path)
+    chain, key = pki.leaf("proxy", "127.0.0.1")
+    client = ssl.create_default_context(cafile=str(pki.ca_pem))
+    client.set_alpn_protocols(["h2"])
+
+    async def one(port: int) -> None:
+        assert await _one_h2_request(port, client) == 200
+
+    def server_side(o: object) -> bool:
+        return (
+            isinstance(o, (host_protocol.SidecarTCPServer, host_http.H2Protocol))
+            or type(o).__name__ == "SSLObject"
+            or (isinstance(o, h2.connection.H2Connection) and not o.config.client_side)
+        )
+
+    tls = server_context(cert=str(chain), key=str(key))
+    assert await _garbage_after(_listening_socket(), tls, one, server_side) == []
 
 
 async def _one_closing_http11_request(port: int) -> bytes:
@@ -131,33 +150,11 @@ async def _one_closing_http11_request(port: int) -> bytes:
 async def test_closed_http11_connections_are_not_left_in_cycles(no_collection: None) -> None:
     """A request that ends its connection switches h11 to the stray-byte reader, which
     once was a bound method of the connection: a cycle per closing connection."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    port = sock.getsockname()[1]
-    listen = Listener(_hello, hypercorn_config(grace_s=1.0, proxy=True), sock)
-    stop = asyncio.Event()
-    serving = asyncio.create_task(listen.serve(stop.wait))
-    try:
-        for _ in range(CONNECTIONS):
-            assert (await _one_closing_http11_request(port)).startswith(b"HTTP/1.1 200 ")
-        deadline = asyncio.get_running_loop().time() + DEADLINE_S
-        while listen.connections:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await asyncio.wait_for(serving, DEADLINE_S)
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        left = [
-            type(o).__name__
-            for o in gc.garbage
-            if isinstance(o, (host_protocol.SidecarTCPServer, strict_h11.StrictConnection))
-        ]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    assert left == []
+
+    async def one(port: int) -> None:
+        assert (await _one_closing_http11_request(port)).startswith(b"HTTP/1.1 200 ")
+
+    def server_side(o: object) -> bool:
+        return isinstance(o, (host_protocol.SidecarTCPServer, strict_h11.StrictConnection))
+
+    assert await _garbage_after(_listening_socket(), None, one, server_side) == []
