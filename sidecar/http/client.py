@@ -271,7 +271,7 @@ class ConnectionPool:
         idle = self._idle
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = idle[-1].loop.time()  # (not get_running_loop(): a getpid call on 3.11)
         while idle:
             conn = idle.pop()
             if now - conn.idle_since < self._idle_timeout_s and not conn.is_stale:
@@ -294,7 +294,7 @@ class ConnectionPool:
 
     def _release(self, conn: Connection, *, reuse: bool) -> None:
         if reuse and not self._closed and conn.reusable:
-            loop = asyncio.get_running_loop()
+            loop = conn.loop
             conn.start_next_cycle(loop.time())
             self._idle.append(conn)
             if self._reaper is None:

@@ -319,6 +319,12 @@ class Connection(asyncio.Protocol):
             and not self.is_stale
         )
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the connection lives on (cheaper than asking asyncio for it: on Python
+        3.11 `get_running_loop()` makes a getpid system call each time)."""
+        return self._loop
+
     def start_next_cycle(self, now: float) -> None:
         self.idle_since = now
 

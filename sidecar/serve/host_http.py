@@ -106,6 +106,8 @@ class H11Protocol(StockH11Protocol):
         self.write_now: Callable[[bytes], None] | None = None
         self._held = b""  # a response head not written yet
         self._flush_handle: asyncio.Handle | None = None
+        # Once per connection: on Python 3.11 get_running_loop() makes a getpid system call.
+        self._loop = asyncio.get_running_loop()
 
     def wants_linger(self) -> bool:
         conn = self.connection
@@ -174,7 +176,7 @@ class H11Protocol(StockH11Protocol):
             self._held = b""
             return
         self._held = data
-        self._flush_handle = asyncio.get_running_loop().call_soon(self._write_held)
+        self._flush_handle = self._loop.call_soon(self._write_held)
 
     def _write_held(self) -> None:
         self._flush_handle = None
