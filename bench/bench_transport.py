@@ -29,21 +29,19 @@ import json
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+import bench_proxy as bp  # the lab helpers: free ports, readiness, outcome counts
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 WRK_CONNECTIONS = 32
 H2LOAD_CLIENTS = 32
 H2LOAD_STREAMS = 10
-READY_TIMEOUT_S = 15.0
 WARMUP_S = 2
 
 NGINX = """
@@ -84,37 +82,6 @@ mirror all {{
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready after {READY_TIMEOUT_S}s")
-
-
-def outcomes(admin: int) -> dict[str, int]:
-    """sidecar_mirror_requests_total by outcome, from the admin /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, int] = {}
-    pattern = r'^sidecar_mirror_requests_total\{[^}]*outcome="(\w+)"[^}]*\}\s+([\d.e+]+)$'
-    for m in re.finditer(pattern, text, re.M):
-        out[m.group(1)] = out.get(m.group(1), 0) + int(float(m.group(2)))
-    return out
-
-
 def wrk(url: str, seconds: int) -> float:
     argv = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
@@ -146,7 +113,7 @@ def h2load(url: str, seconds: int) -> float:
 
 class Sidecar:
     def __init__(self, workdir: Path, name: str, primary: int, canary: str, tls: str) -> None:
-        self.port, self.admin = free_port(), free_port()
+        self.port, self.admin = bp.free_port(), bp.free_port()
         rules = workdir / f"{name}.mirror"
         rules.write_text(
             RULES.format(port=self.port, admin=self.admin, primary=primary, canary=canary, tls=tls)
@@ -157,7 +124,7 @@ class Sidecar:
             stdout=self.log,
             stderr=self.log,
         )
-        wait_http(f"http://127.0.0.1:{self.admin}/readyz", self.proc)
+        bp.wait_http(f"http://127.0.0.1:{self.admin}/readyz", self.proc)
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def stop(self) -> None:
@@ -190,7 +157,7 @@ def main() -> int:
     leaf = ca.issue_cert("127.0.0.1")
     (workdir / "canary.pem").write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(str(workdir / "canary.key"))
-    ports = {"primary": free_port(), "plain": free_port(), "tls": free_port()}
+    ports = {"primary": bp.free_port(), "plain": bp.free_port(), "tls": bp.free_port()}
     (workdir / "nginx.conf").write_text(NGINX.format(dir=workdir, **ports))
     nginx = subprocess.Popen(
         ["nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
@@ -198,7 +165,7 @@ def main() -> int:
     )
     sidecars: list[Sidecar] = []
     try:
-        wait_http(f"http://127.0.0.1:{ports['primary']}/", nginx)
+        bp.wait_http(f"http://127.0.0.1:{ports['primary']}/", nginx)
         plain = Sidecar(
             workdir, "plain", ports["primary"], f"http://127.0.0.1:{ports['plain']}", ""
         )
@@ -226,9 +193,9 @@ def main() -> int:
                 order.reverse()
             got = {}
             for name, s in order:
-                before = outcomes(s.admin)
+                before = bp.mirror_outcomes(s.admin)
                 got[name] = wrk(s.url, args.seconds)
-                for k, v in outcomes(s.admin).items():
+                for k, v in bp.mirror_outcomes(s.admin).items():
                     tees[name][k] = tees[name].get(k, 0) + v - before.get(k, 0)
             rps["plain"].append(got["plain"])
             rps["https"].append(got["https"])
