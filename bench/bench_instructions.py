@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_instructions.py                     # no mirror
     .venv/bin/python bench/bench_instructions.py --canary dead       # a dead canary
     .venv/bin/python bench/bench_instructions.py --tree /tmp/before  # another source tree
+    .venv/bin/python bench/bench_instructions.py --keep /tmp/cg.out  # then callgrind_annotate
 
 bench_proxy.py's lab (one nginx as the upstream and canaries) with sidecar (the same rules,
 canary `workers 32 queue 1024`) run under `valgrind --tool=callgrind`. After a warm-up of
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -38,6 +40,7 @@ def main() -> int:
     ap.add_argument("--canary", choices=["fast", "slow", "blackhole", "dead"], default=None)
     ap.add_argument("-n", type=int, default=1000, help="requests counted")
     ap.add_argument("--tree", help="a source tree holding sidecar/ and grammar/ (PYTHONPATH)")
+    ap.add_argument("--keep", help="copy the counted dump here (for callgrind_annotate)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sidecar-callgrind-") as tmp:
         lab = bp.Lab(Path(tmp))
@@ -90,6 +93,8 @@ def main() -> int:
         for dump in Path(tmp).glob("callgrind.out*"):
             for line in dump.read_text(errors="replace").splitlines():
                 if line.startswith("summary:") and dump.name != "callgrind.out":
+                    if int(line.split()[1]) > total and args.keep:
+                        shutil.copyfile(dump, args.keep)
                     total = max(total, int(line.split()[1]))
     if not total:
         raise SystemExit("no callgrind dump with a summary was found")

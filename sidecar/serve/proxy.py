@@ -48,7 +48,8 @@ each chunk after it was sent, the end; a 502/504 of our own is `failed()`. Reque
 a compared tee allocate none of it.
 
 Nothing here awaits a canary: the tees only ever call synchronous pool admission.
-Hot-path rules: no per-request logging, metric children resolved once (`_Metrics`),
+Hot-path rules: no per-request logging, the primary's metrics counted in plain ints
+(`serve_metrics.primary()`, folded in at scrape time),
 no copies of body chunks.
 """
 
@@ -74,7 +75,6 @@ from sidecar.serve.upload import Upload, UploadAborted
 from sidecar.serve.websocket import Sessions
 from sidecar.shadow.compare.primary import PrimaryCapture
 from sidecar.shadow.errors import TLS, classify
-from sidecar.shadow.metrics import fast_inc
 from sidecar.shadow.tees import RequestTees
 
 log = logging.getLogger("sidecar.proxy")
@@ -93,29 +93,12 @@ _REQUEST_ID_BYTES = 16
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
-class _Metrics:
-    """The primary's metric children, resolved once (labels() costs a lock and a dict)."""
-
-    __slots__ = ("by_class", "duration")
-
-    def __init__(self) -> None:
-
-        # Index = status // 100, clamped to 1..5 (h11 never hands us another status).
-        children = [fast_inc(serve_metrics.primary_requests(f"{n}xx")) for n in range(1, 6)]
-        self.by_class = (children[0], *children)
-        self.duration = serve_metrics.primary_duration()
-
-    def record(self, status: int, started: float) -> None:
-        self.by_class[max(1, min(status // 100, 5))](1)
-        self.duration.observe(time.perf_counter() - started)
-
-
 class ProxyApp:
     """The ASGI application hypercorn serves on the proxy listener."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.metrics = _Metrics()
+        self.metrics = serve_metrics.primary()
         self.websockets = Sessions(self._log_error)
         self._last_error_log = 0.0
         self._suppressed = 0

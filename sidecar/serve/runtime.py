@@ -49,6 +49,7 @@ from sidecar.serve.diff_store import DiffStore
 from sidecar.shadow import metrics as shadow_metrics
 from sidecar.shadow.balance import tls_context
 from sidecar.shadow.compare.rendezvous import Report
+from sidecar.shadow.folding import folding_supported
 from sidecar.shadow.pool import CanaryPool
 
 log = logging.getLogger("sidecar.runtime")
@@ -194,7 +195,7 @@ class Runtime:
         for name, spec in table.canaries.items():
             pool = kept.get(name)
             if pool is None or not _same_spec(pool.spec, spec):
-                pool = CanaryPool(spec, observe=shadow_metrics.observe)
+                pool = _pool(spec)
                 pool.start()
                 shadow_metrics.track_pool(pool)
             pools[name] = pool
@@ -237,6 +238,15 @@ class Runtime:
         if primary is not None:
             with contextlib.suppress(Exception):
                 await primary.aclose()
+
+
+def _pool(spec: CanarySpec) -> CanaryPool:
+    """A canary's pool, its outcome counts folded into the metrics at scrape time (no
+    metrics call per tee on the request path) unless under multiprocess metrics (--workers),
+    where every outcome is counted as it happens."""
+    if folding_supported():
+        return CanaryPool(spec, observe=shadow_metrics.observe_details, observe_outcomes=False)
+    return CanaryPool(spec, observe=shadow_metrics.observe)
 
 
 def _same_spec(a: CanarySpec, b: CanarySpec) -> bool:

@@ -7,8 +7,15 @@ children, so the hot path is a dict lookup and an `inc()`. The proxy's own serie
 are `sidecar.serve.metrics`; library users import these through `sidecar.prom`.
 
     observe(info, registry=None)       the ready `observe` hook for Mirror / CanaryPool
+    observe_details(info)              the hook for a pool whose outcome counts are folded
     track_pool(pool) / untrack_pool(pool)
                                        feed sidecar_mirror_queue_depth / _busy_workers
+
+Outcome counts of a pool built with `observe_outcomes=False` (the proxy's) are not pushed per
+tee: `track_pool` registers a fold that adds the pool's own counts (`counts_by_rule`) to
+sidecar_mirror_requests_total whenever it is collected (`sidecar.shadow.folding`), and
+`untrack_pool` folds them one last time. Its `observe` is then `observe_details`: durations,
+responses and error kinds, never the outcome count twice.
 
 Gauges for queue depth, busy workers and the pause read the pools at scrape time (`set_function`, no
 hot-path cost) in a single process. Under prometheus-client's multiprocess mode
@@ -26,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from sidecar.shadow.folding import Fold, FoldedCounter
+
 if TYPE_CHECKING:
     from sidecar.shadow.compare.rendezvous import CompareResult
     from sidecar.shadow.pool import CanaryPool
@@ -33,6 +42,8 @@ if TYPE_CHECKING:
 
 from sidecar.shadow.errors import ERROR_KINDS
 from sidecar.shadow.types import Outcome
+
+_OUTCOMES = tuple(Outcome)  # the order of `CanaryPool.counts_by_rule`'s counts
 
 # Round trips of shadow requests: fast local canaries up to the 10s default deadline.
 MIRROR_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -61,7 +72,7 @@ class Metrics:
         self.registry = registry
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         r = registry
-        self.mirror_requests = Counter(
+        self.mirror_requests = FoldedCounter(
             "sidecar_mirror_requests",
             "Tees by canary, rule and outcome.",
             ["canary", "rule", "outcome"],
@@ -140,16 +151,16 @@ class Metrics:
         self._completed_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._error_children: dict[tuple[str, str], Any] = {}
         self._pools: dict[str, CanaryPool] = {}
+        self._folds: dict[int, Fold] = {}  # id(pool) -> its fold (pools counting their own)
 
     # --- the observe hook ----------------------------------------------------------------
 
     def observe(self, info: MirrorInfo) -> None:
-        key = (info.canary, info.rule, info.outcome)
-        inc = self._outcome_children.get(key)
-        if inc is None:
-            child = self.mirror_requests.labels(info.canary, info.rule or "", info.outcome.value)
-            inc = self._outcome_children[key] = fast_inc(child)
-        inc(1)
+        self._outcome_inc(info.canary, info.rule, info.outcome)(1)
+        self.observe_details(info)
+
+    def observe_details(self, info: MirrorInfo) -> None:
+        """All of `observe` but the outcome count (for a pool whose counts are folded)."""
         if info.outcome is Outcome.COMPLETED:
             hundreds = (info.status or 0) // 100
             ckey = (info.canary, hundreds)
@@ -176,12 +187,25 @@ class Metrics:
                 self.busy_workers.labels(info.canary).set(pool.busy_workers)
                 self.paused.labels(info.canary).set(1 if pool.paused else 0)
 
+    def _outcome_inc(
+        self, canary: str, rule: str | None, outcome: Outcome
+    ) -> Callable[[float], None]:
+        key = (canary, rule, outcome)
+        inc = self._outcome_children.get(key)
+        if inc is None:
+            child = self.mirror_requests.labels(canary, rule or "", outcome.value)
+            inc = self._outcome_children[key] = fast_inc(child)
+        return inc
+
     # --- pools ---------------------------------------------------------------------------
 
     def track_pool(self, pool: CanaryPool) -> None:
         """Report this pool's queue depth, busy workers and pause (the latest pool of a name
-        wins)."""
+        wins); and its outcome counts, when it keeps them itself (`observe_outcomes=False`)."""
         self._pools[pool.name] = pool
+        if not pool.observes_outcomes and id(pool) not in self._folds:
+            fold = self._folds[id(pool)] = self._pool_fold(pool)
+            self.mirror_requests.before_collect(fold)
         for kind in ERROR_KINDS:  # every kind's series exists (at 0) so rate() sees the first
             self.mirror_errors.labels(pool.name, kind)
         if self.multiprocess:
@@ -202,7 +226,12 @@ class Metrics:
             self._compare_child(self.compare_differences, canary, rule, kind)
 
     def untrack_pool(self, pool: CanaryPool) -> None:
-        """Stop reporting a retired pool (unless a newer pool of that name took over)."""
+        """Stop reporting a retired pool (unless a newer pool of that name took over); its
+        outcome counts are folded one last time (the counters keep them)."""
+        fold = self._folds.pop(id(pool), None)
+        if fold is not None:
+            fold()
+            self.mirror_requests.forget(fold)
         if self._pools.get(pool.name) is not pool:
             return
         del self._pools[pool.name]
@@ -211,6 +240,22 @@ class Metrics:
                 gauge.labels(pool.name).set(0)
             else:
                 gauge.remove(pool.name)
+
+    def _pool_fold(self, pool: CanaryPool) -> Fold:
+        """Adds what `pool` counted since the last call to sidecar_mirror_requests_total."""
+        folded: dict[str | None, list[int]] = {}
+
+        def fold() -> None:
+            for rule, counts in pool.counts_by_rule().items():
+                done = folded.get(rule)
+                if done is None:
+                    done = folded[rule] = [0] * len(counts)
+                for i, n in enumerate(counts):
+                    if n != done[i]:
+                        self._outcome_inc(pool.name, rule, _OUTCOMES[i])(n - done[i])
+                        done[i] = n
+
+        return fold
 
     # --- comparisons ---------------------------------------------------------------------
 
@@ -249,6 +294,12 @@ def metrics(registry: CollectorRegistry | None = None) -> Metrics:
 def observe(info: MirrorInfo, registry: CollectorRegistry | None = None) -> None:
     """The ready `observe` hook: records `info` into the default registry (or `registry`)."""
     (_default or _default_metrics() if registry is None else metrics(registry)).observe(info)
+
+
+def observe_details(info: MirrorInfo) -> None:
+    """The `observe` hook of a pool built with `observe_outcomes=False` and tracked with
+    `track_pool` (its outcome counts are folded): the rest, into the default registry."""
+    (_default or _default_metrics()).observe_details(info)
 
 
 _default: Metrics | None = None

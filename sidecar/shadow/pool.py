@@ -45,8 +45,11 @@ TCP connections: only `workers` jobs run at once. With one server its pool holds
 server can never push the total above `workers`. With more servers than workers each
 request uses a throw-away pool closed right after it (correct, just slower).
 
-Counters are plain ints bumped before `observe` is called; `observe` errors are logged
-(the first with its traceback, then a count per `SUMMARY_INTERVAL_S`), never re-counted.
+Counters are plain ints (a count per outcome, by rule) bumped before `observe` is called;
+`observe` errors are logged (the first with its traceback, then a count per
+`SUMMARY_INTERVAL_S`), never re-counted. With `observe_outcomes=False` (the proxy) an
+outcome without details (dispatched, a drop, a failure with no error kind) is only counted:
+no `observe` call on the request path; the metrics fold the counts in when scraped.
 Once settled, dispatched == completed + failed + panicked, also across `aclose()`: abandoned
 jobs end as `failed` ("abandoned at shutdown").
 
@@ -109,6 +112,8 @@ from sidecar.shadow.types import (
 log = logging.getLogger("sidecar.mirror")
 
 
+# Where each outcome's count sits in a rule's counts (`CanaryPool.counts_by_rule`).
+_OUTCOME_INDEX = {outcome: i for i, outcome in enumerate(Outcome)}
 # Distinct (rule, outcome, error, kind) infos kept for reuse; panics carry free-form errors.
 _PLAIN_INFOS_MAX = 1024
 
@@ -121,11 +126,20 @@ class CanaryPool:
     """One canary's bounded queue and workers (see the module docstring)."""
 
     def __init__(
-        self, spec: CanarySpec, *, observe: Observe | None = None, chain: Chain | None = None
+        self,
+        spec: CanarySpec,
+        *,
+        observe: Observe | None = None,
+        chain: Chain | None = None,
+        observe_outcomes: bool = True,
     ) -> None:
+        """`observe_outcomes=False`: `observe` sees only the outcomes that carry details (a
+        status, an error kind); the count of every outcome is read from `counts_by_rule()`
+        instead (the proxy folds it into Prometheus when scraped: `sidecar.shadow.metrics`)."""
         self.spec = spec
         self.name = spec.name
         self._observe = observe
+        self.observes_outcomes = observe_outcomes
         self._template = ShadowTemplate.compile(spec)
         self._jobs: deque[Job] = deque()
         self._idle: deque[asyncio.Future[Job]] = deque()
@@ -134,7 +148,8 @@ class CanaryPool:
         self._bucket: TokenBucket | None = None
         self._closing = False
         self._running = 0  # jobs taken by a worker and not yet settled
-        self._counts: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        # Outcomes by rule: rule -> a count per Outcome, in Outcome's order.
+        self._by_rule: dict[str | None, list[int]] = {}
         self._plain_infos: dict[
             tuple[str | None, Outcome, str | None, ErrorKind | None], MirrorInfo
         ] = {}
@@ -339,9 +354,14 @@ class CanaryPool:
         """Count one outcome and report it to `observe` (errors there are logged only, the
         first with its traceback, then counted and summarized: a broken hook would otherwise
         log a traceback per outcome)."""
-        self._counts[outcome] += 1
+        counts = self._by_rule.get(rule)
+        if counts is None:
+            counts = self._by_rule[rule] = [0] * len(_OUTCOME_INDEX)
+        counts[_OUTCOME_INDEX[outcome]] += 1
         observe = self._observe
         if observe is not None:
+            if status is None and kind is None and not self.observes_outcomes:
+                return outcome  # no details, and the count is folded from `_by_rule`
             if status is None and duration is None and outcome is not Outcome.PANICKED:
                 # Drops, `dispatched` and failures (fixed reasons) repeat: one info per kind.
                 ikey = (rule, outcome, error, kind)
@@ -363,8 +383,12 @@ class CanaryPool:
     # --- metrics -----------------------------------------------------------------------
 
     def stats(self) -> Stats:
-        c = self._counts
-        return Stats(*(c[o] for o in Outcome))
+        return Stats(*(sum(c[i] for c in self._by_rule.values()) for i in _OUTCOME_INDEX.values()))
+
+    def counts_by_rule(self) -> dict[str | None, list[int]]:
+        """Outcome counts by rule (a count per `Outcome`, in its order), live: read them,
+        do not change them."""
+        return self._by_rule
 
     def error_stats(self) -> dict[ErrorKind, int]:
         """Failed attempts by error kind (back-off skips are in `backoff_skips`)."""
