@@ -273,15 +273,19 @@ class CanaryPool:
             return Outcome.DROPPED_FULL
         return None
 
-    def settled_at_once(self, rule: str | None) -> bool:
-        """Call right after `refusal()` returned None, before building a `Job`: True when
-        every server is in its connect back-off, so the tee was counted as dispatched and
-        failed ("connect", no attempt, no kind) here, as `dispatch` would settle it, without
-        a `Job` or `ClientRequest` (a dead canary's tee under load: issue 20). False when
-        it must be dispatched: a server may be up, or a `pause` is configured (its probe
-        and its failure count need the job)."""
+    def ended_at_once(self, rule: str | None) -> bool:
+        """For a tee nobody compares, before its `Job` is built: True when it ended right
+        here, counted: refused (the drop `refusal()` names), or failed at once because every
+        server is in its connect back-off (dispatched and failed, "connect", no attempt, no
+        kind: a dead canary's tee under load builds no `Job` nor request copy). False: build
+        the job and `dispatch()` it. With a `pause` configured a back-off settles nothing
+        here (its probe and its failure count need the job)."""
+        refused = self.refusal()
+        if refused is not None:
+            self.record(refused, rule)
+            return True
         loop = self._loop
-        assert loop is not None
+        assert loop is not None  # refusal() started the pool
         if self._pause is not None or loop.time() >= self._down_until:
             return False
         if self._bucket is not None:

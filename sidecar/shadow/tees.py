@@ -13,8 +13,9 @@ the primary receives (no copies), kept only up to the largest pending `max_body`
 `max_body` the body has now outgrown (the pending list is sorted by `max_body`, so this is
 a pop from the front); past the largest cap nothing more is kept. `finish()` admits every
 remaining tee (a body of exactly `max_body` bytes is mirrored) through the pools'
-synchronous `refusal`/`dispatch`; a tee the pool refuses (full, rate) builds no `Job`, nor
-does one to a canary whose every server is in its connect back-off (`settled_at_once`), and
+synchronous `ended_at_once`/`dispatch` (`refusal`/`dispatch` for a compared tee); a tee the
+pool refuses (full, rate) builds no `Job`, nor does one to a canary whose every server is in
+its connect back-off (`ended_at_once`), and
 a bodiless request whose every tee is refused builds no `ClientRequest` either. `abort()`
 ends them as `dropped_aborted`; `unread()` (library: the app answered without reading the
 whole body and the server will not hand over the rest) admits them when what was received
@@ -91,12 +92,14 @@ class RequestTees:
         for pool, rule in targets:
             spec = pool.spec
             if not spec.body or content_length == 0:
-                refused = pool.refusal()
-                if refused is not None:
-                    _drop(pool, refused, rule, rv)
-                    continue
-                if rv is None and pool.settled_at_once(rule):
-                    continue  # a dead canary in its back-off: counted, nothing built
+                if rv is None:
+                    if pool.ended_at_once(rule):
+                        continue  # refused, or a dead canary in its back-off: counted
+                else:
+                    refused = pool.refusal()
+                    if refused is not None:
+                        _drop(pool, refused, rule, rv)
+                        continue
                 if request is None:
                     request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
                 job = Job(request, None, rule)
@@ -141,16 +144,18 @@ class RequestTees:
         body = self._body if self._body.length else None
         rv = self.rendezvous
         for _, pool, rule in pending:
-            refused = pool.refusal()
-            if refused is None:
-                if rv is None and pool.settled_at_once(rule):
+            if rv is None:
+                if pool.ended_at_once(rule):
                     continue
-                job = Job(request, body, rule)
-                if rv is not None:
-                    job.rendezvous = joins(rv, pool.name)
-                pool.dispatch(job)
             else:
-                _drop(pool, refused, rule, rv)
+                refused = pool.refusal()
+                if refused is not None:
+                    _drop(pool, refused, rule, rv)
+                    continue
+            job = Job(request, body, rule)
+            if rv is not None:
+                job.rendezvous = joins(rv, pool.name)
+            pool.dispatch(job)
 
     def unread(self) -> None:
         """The body will not be read to its end (see the module docstring): admit the tees
@@ -169,6 +174,23 @@ class RequestTees:
         self._body.chunks.clear()
         for _, pool, rule in pending:
             _drop(pool, Outcome.DROPPED_ABORTED, rule, self.rendezvous)
+
+
+def dispatch_bodiless(
+    admitted: Sequence[tuple[CanaryPool, str | None]],
+    method: str,
+    raw_path: bytes,
+    query_string: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    client: str | None,
+    scheme: str,
+) -> None:
+    """The tees of a bodiless request that nothing compares, each past its pool's
+    `ended_at_once()`: one request copy shared by a `Job` per tee (the proxy's lean way in;
+    `RequestTees.begin` does the same for such a request)."""
+    request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
+    for pool, rule in admitted:
+        pool.dispatch(Job(request, None, rule))
 
 
 def _drop(pool: CanaryPool, outcome: Outcome, rule: str | None, rv: Rendezvous | None) -> None:

@@ -23,7 +23,7 @@ SERVER = (ServerSpec(endpoint=Endpoint.parse("http://127.0.0.1:9")),)
 
 
 class FakePool:
-    """What `RequestTees` uses of a `CanaryPool`: spec, name, refusal, settled_at_once,
+    """What `RequestTees` uses of a `CanaryPool`: spec, name, refusal, ended_at_once,
     dispatch, record."""
 
     def __init__(self, name: str, compare: CompareSpec | None = None, **spec: Any) -> None:
@@ -36,8 +36,11 @@ class FakePool:
     def refusal(self) -> Outcome | None:
         return self.refuse
 
-    def settled_at_once(self, rule: str | None) -> bool:
-        return False  # never in a connect back-off
+    def ended_at_once(self, rule: str | None) -> bool:
+        if self.refuse is None:
+            return False  # never in a connect back-off
+        self.record(self.refuse, rule)
+        return True
 
     def dispatch(self, job: Job) -> Outcome:
         self.jobs.append(job)
