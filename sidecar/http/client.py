@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 from sidecar.http.connection import (
     ClientError,
@@ -156,10 +156,12 @@ class ConnectionPool:
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         ssl_context: ssl.SSLContext | None = None,
         server_name: str | None = None,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
         """`ssl_context` is for https endpoints only; the default verifies against system CAs.
         `server_name`: the SNI sent and the name checked, instead of the endpoint's host.
-        Pass one context for all pools of a server: building one loads the trust store."""
+        Pass one context for all pools of a server: building one loads the trust store.
+        `on_connect`: called after each new connection is open (TLS included)."""
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.endpoint = endpoint
@@ -178,6 +180,7 @@ class ConnectionPool:
         if endpoint.scheme == "https":
             self._ssl = ssl_context or client_context()
         self._closed = False
+        self._on_connect = on_connect
 
     @property
     def open_connections(self) -> int:
@@ -290,6 +293,8 @@ class ConnectionPool:
             conn.close(abort=True)
             raise ClientError("connection pool is closed", reason="closed")
         self._conns.add(conn)
+        if self._on_connect is not None:
+            self._on_connect()
         return conn
 
     def _release(self, conn: Connection, *, reuse: bool) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import math
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sidecar.http.client import ConnectError, ConnectionPool
 from sidecar.http.tls import client_context
@@ -19,7 +19,10 @@ from sidecar.shadow.types import ShadowRequest
 # A server whose connect failed is not tried again for a short window, during which its
 # tees end at once as `failed` ("connect"): a dead canary then costs an admission and a
 # counter per tee instead of a connect attempt each (nginx: max_fails / fail_timeout). The
-# window doubles while connects keep failing, up to the maximum; a success resets it.
+# window doubles while connects keep failing, up to the maximum; a success resets it. When
+# the window ends, ONE tee tries the server (a circuit breaker's half-open state): until
+# that trial ends the server stays skipped, so a dead canary under load costs one connect
+# attempt per window, not one per tee that arrives before the first attempt fails.
 CONNECT_BACKOFF_S = 0.05
 CONNECT_BACKOFF_MAX_S = 1.0
 
@@ -75,12 +78,14 @@ class Server:
     """One server of a canary: its connection pool (made on first use) and back-off."""
 
     __slots__ = (
+        "_on_window",
         "backoff",
         "down_until",
         "endpoint",
         "ephemeral_open",
         "host",
         "max_connections",
+        "on_trial",
         "pool",
         "server_name",
         "ssl_context",
@@ -93,8 +98,10 @@ class Server:
         *,
         ssl_context: ssl.SSLContext | None = None,
         server_name: str | None = None,
+        on_window: Callable[[], None] | None = None,
     ) -> None:
-        """`ssl_context`/`server_name`: for an https endpoint (see ConnectionPool)."""
+        """`ssl_context`/`server_name`: for an https endpoint (see ConnectionPool);
+        `on_window`: called whenever `down_until` changes (the pool's aggregate)."""
         self.endpoint = endpoint
         self.ssl_context = ssl_context
         self.server_name = server_name
@@ -103,6 +110,8 @@ class Server:
         self.pool: ConnectionPool | None = None
         self.down_until = 0.0  # loop time until which this server is not tried (refused)
         self.backoff = 0.0  # the current window; 0: the last connect succeeded
+        self.on_trial = False  # a send is trying the server after its window (down_until inf)
+        self._on_window = on_window
         self.ephemeral_open = 0  # throw-away pools' connections (more servers than workers)
 
     @property
@@ -113,7 +122,12 @@ class Server:
     async def send(self, request: ShadowRequest, capture: Capture | None = None) -> int | None:
         """Send with this server's pool (or a throw-away one) and read the response to the
         end (into `capture` when given); a refused connect starts or extends the back-off,
-        any answer resets it."""
+        any answer resets it. The first send after a window is the trial (see
+        CONNECT_BACKOFF_S): the server is skipped until it ends."""
+        trial = self.backoff > 0.0 and not self.on_trial
+        if trial:
+            self.on_trial = True
+            self._window(math.inf)
         try:
             if self.max_connections is None:
                 pool = self._new_pool(1)
@@ -128,10 +142,30 @@ class Server:
                     self.pool = self._new_pool(self.max_connections)
                 status = await _exchange(self.pool, request, capture)
         except ConnectError:
+            if trial and self.on_trial:
+                self.on_trial = False
+                self.down_until = 0.0  # the trial's window is over: a new, longer one
             self.refused(asyncio.get_running_loop().time())
             raise
-        self.backoff = 0.0
+        except BaseException:
+            if trial and self.on_trial:  # cut before it connected (its deadline): try again
+                self.on_trial = False
+                self._window(0.0)
+            raise
+        self._connected()
         return status
+
+    def _connected(self) -> None:
+        """The server took a connection (or answered on one): no back-off, no trial."""
+        self.backoff = 0.0
+        if self.on_trial:
+            self.on_trial = False
+            self._window(0.0)
+
+    def _window(self, until: float) -> None:
+        self.down_until = until
+        if self._on_window is not None:
+            self._on_window()
 
     def _new_pool(self, max_connections: int) -> ConnectionPool:
         return ConnectionPool(
@@ -139,6 +173,7 @@ class Server:
             max_connections=max_connections,
             ssl_context=self.ssl_context,
             server_name=self.server_name,
+            on_connect=self._connected,
         )
 
     async def aclose(self) -> None:
@@ -152,7 +187,7 @@ class Server:
         if now < self.down_until:
             return  # one of several concurrent attempts: the window is already set
         self.backoff = min(self.backoff * 2, CONNECT_BACKOFF_MAX_S) or CONNECT_BACKOFF_S
-        self.down_until = now + self.backoff
+        self._window(now + self.backoff)
 
 
 async def _exchange(

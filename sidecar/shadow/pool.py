@@ -188,6 +188,7 @@ class CanaryPool:
                     None if shares is None else shares[i],
                     ssl_context=context,
                     server_name=server_name,
+                    on_window=self._servers_changed,
                 )
                 for i, s in enumerate(spec.servers)
             ]
@@ -576,11 +577,12 @@ class CanaryPool:
             canary=self.name,
             rule=job.rule,
         )
-        try:
-            return await server.send(request, capture)
-        except ConnectError:
-            self._down_until = min(s.down_until for s in self._servers)
-            raise
+        return await server.send(request, capture)
+
+    def _servers_changed(self) -> None:
+        """A server's back-off window changed: every server is skipped until the earliest
+        end of theirs."""
+        self._down_until = min(s.down_until for s in self._servers)
 
     def _pick(self, probe: bool = False) -> Transport:
         """The next server by weighted round-robin, skipping any in its connect back-off;

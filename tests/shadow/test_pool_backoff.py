@@ -112,3 +112,63 @@ async def test_refusing_server_is_skipped_for_the_others() -> None:
         live.close()
         await live.wait_closed()
         dead.close()
+
+
+async def test_after_its_window_one_trial_tries_a_dead_server_not_every_tee() -> None:
+    sock = bound_not_listening()
+    wide = CanarySpec(
+        name="c",
+        servers=spec(sock.getsockname()[1]).servers,
+        workers=8,
+        queue=64,
+        timeout_s=5.0,
+    )
+    pool = CanaryPool(wide)
+    loop = asyncio.get_running_loop()
+    try:
+        admit(pool, job())
+        await wait_until(lambda: pool.stats().failed == 1)
+        server = pool._servers[0]
+        await wait_until(lambda: loop.time() >= server.down_until, what="the window's end")
+        # Eight tees arrive before any of them reaches the server: the first is the trial,
+        # the other seven are skipped while it runs (before: eight connect attempts).
+        for _ in range(8):
+            assert admit(pool, job()) is Outcome.DISPATCHED
+        await wait_until(lambda: pool.stats().failed == 9)
+        assert pool.error_stats()["connect"] == 2
+        assert pool.backoff_skips == 7
+        assert server.backoff == 2 * CONNECT_BACKOFF_S and not server.on_trial
+    finally:
+        await pool.aclose()
+        sock.close()
+
+
+async def test_a_trial_that_connects_ends_the_back_off_before_any_answer() -> None:
+    sock = bound_not_listening()
+    pool = CanaryPool(spec(sock.getsockname()[1]))
+    loop = asyncio.get_running_loop()
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepted, read, never answered
+
+    try:
+        admit(pool, job())
+        await wait_until(lambda: pool.stats().failed == 1)
+        server = pool._servers[0]
+        sock.listen()
+        up = await asyncio.start_server(never_answer, sock=sock)
+        await wait_until(lambda: loop.time() >= server.down_until, what="the window's end")
+        admit(pool, job())  # the trial: it connects, and no answer ever comes
+        await wait_until(lambda: len(held) == 1, what="the trial's connection")
+        await wait_until(lambda: server.backoff == 0.0 and not server.on_trial)
+        admit(pool, job())  # tried too, not skipped as if the server were still refusing
+        await wait_until(lambda: len(held) == 2, what="a second connection")
+        assert pool.backoff_skips == 0
+        assert pool.busy_workers == 2
+        up.close()
+    finally:
+        await pool.aclose()
+        sock.close()
+        for writer in held:
+            writer.close()
