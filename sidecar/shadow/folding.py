@@ -79,6 +79,27 @@ class FoldedHistogram(_Folds, Histogram):
         return super().collect()
 
 
+class CountFold:
+    """One counter child's count, bumped on the hot path (`inc()`: an addition, no lock);
+    `fold()` adds what changed since the last fold to the child."""
+
+    __slots__ = ("_child", "_folded", "n")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.n = 0
+        self._folded = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.n += amount
+
+    def fold(self) -> None:
+        n = self.n
+        if n != self._folded:
+            self._child.inc(n - self._folded)
+            self._folded = n
+
+
 class HistogramFold:
     """Samples of one (unlabelled or child) histogram counted per bucket on the hot path:
     `observe(v)` is a bisect and two additions; `fold()` adds what changed since the last

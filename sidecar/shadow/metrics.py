@@ -15,7 +15,9 @@ Outcome counts of a pool built with `observe_outcomes=False` (the proxy's) are n
 tee: `track_pool` registers a fold that adds the pool's own counts (`counts_by_rule`) to
 sidecar_mirror_requests_total whenever it is collected (`sidecar.shadow.folding`), and
 `untrack_pool` folds them one last time. Its `observe` is then `observe_details`: durations,
-responses and error kinds, never the outcome count twice.
+responses and error kinds, never the outcome count twice. A completed tee's duration and
+response class are likewise counted in plain ints and folded in when collected, for every
+`observe` user; under multiprocess metrics everything is pushed as it happens.
 
 Gauges for queue depth, busy workers and the pause read the pools at scrape time (`set_function`, no
 hot-path cost) in a single process. Under prometheus-client's multiprocess mode
@@ -31,9 +33,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from sidecar.shadow.folding import Fold, FoldedCounter
+from sidecar.shadow.folding import CountFold, Fold, FoldedCounter, FoldedHistogram, HistogramFold
 
 if TYPE_CHECKING:
     from sidecar.shadow.compare.rendezvous import CompareResult
@@ -78,14 +80,14 @@ class Metrics:
             ["canary", "rule", "outcome"],
             registry=r,
         )
-        self.mirror_duration = Histogram(
+        self.mirror_duration = FoldedHistogram(
             "sidecar_mirror_duration_seconds",
             "Round trip of completed shadow requests.",
             ["canary"],
             buckets=MIRROR_DURATION_BUCKETS_S,
             registry=r,
         )
-        self.mirror_responses = Counter(
+        self.mirror_responses = FoldedCounter(
             "sidecar_mirror_responses",
             "Canary responses by status class.",
             ["canary", "code"],
@@ -166,11 +168,9 @@ class Metrics:
             ckey = (info.canary, hundreds)
             pair = self._completed_children.get(ckey)
             if pair is None:
-                pair = (
-                    self.mirror_duration.labels(info.canary),
-                    self.mirror_responses.labels(info.canary, code_class(info.status or 0)),
+                pair = self._completed_children[ckey] = self._completed_pair(
+                    info.canary, code_class(info.status or 0)
                 )
-                self._completed_children[ckey] = pair
             if info.duration is not None:
                 pair[0].observe(info.duration)
             pair[1].inc()
@@ -186,6 +186,20 @@ class Metrics:
                 self.queue_depth.labels(info.canary).set(pool.queue_depth)
                 self.busy_workers.labels(info.canary).set(pool.busy_workers)
                 self.paused.labels(info.canary).set(1 if pool.paused else 0)
+
+    def _completed_pair(self, canary: str, code: str) -> tuple[Any, Any]:
+        """What one completed tee of `canary` answering `code` bumps: its duration (an
+        `observe`) and its response count (an `inc`); folded in at scrape time in a single
+        process (no prometheus-client call per mirror), the children themselves under
+        multiprocess metrics."""
+        duration = self.mirror_duration.labels(canary)
+        responses = self.mirror_responses.labels(canary, code)
+        if self.multiprocess or not HistogramFold.supported(duration, MIRROR_DURATION_BUCKETS_S):
+            return duration, responses
+        hist, count = HistogramFold(duration, MIRROR_DURATION_BUCKETS_S), CountFold(responses)
+        self.mirror_duration.before_collect(hist.fold)
+        self.mirror_responses.before_collect(count.fold)
+        return hist, count
 
     def _outcome_inc(
         self, canary: str, rule: str | None, outcome: Outcome
