@@ -24,7 +24,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -83,15 +82,7 @@ def count(lab: bp.Lab, tmp: Path, canary: str | None, n: int, tree: str | None) 
     if tree:
         env["PYTHONPATH"] = str(Path(tree).resolve())
     proc = lab.spawn([bp.PY, "-c", PROFILER, "serve", str(rules)], cwd=tmp, env=env)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5):
-                break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("sidecar serve did not get ready") from None
-            time.sleep(0.2)
+    bp.wait_http(f"http://127.0.0.1:{admin}/readyz", proc, timeout_s=READY_TIMEOUT_S)
     url = f"http://127.0.0.1:{port}/api/items"
     h2load = ["h2load", "--h1", "-t1", f"-c{CONNECTIONS}"]
     subprocess.run([*h2load, "-n", str(WARMUP_REQUESTS), url], check=True, capture_output=True)

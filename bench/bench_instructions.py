@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import bench_proxy as bp
@@ -65,15 +64,7 @@ def main() -> int:
             argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
             argv += [bp.PY, "-c", bp.SIDECAR_MAIN, "serve", str(rules)]
             proc = lab.spawn(argv, cwd=tmp, env=env)
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise SystemExit("sidecar serve did not get ready under valgrind") from None
-                    time.sleep(1)
+            bp.wait_http(f"http://127.0.0.1:{admin}/readyz", proc, timeout_s=READY_TIMEOUT_S)
             url = f"http://127.0.0.1:{port}/api/items"
             h2load = ["h2load", "--h1", "-t1", f"-c{CONNECTIONS}"]
             run = subprocess.run

@@ -379,8 +379,8 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {READY_TIMEOUT_S}s")
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
@@ -391,7 +391,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
                     return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready after {READY_TIMEOUT_S}s")
+    raise RuntimeError(f"{url} not ready after {timeout_s}s")
 
 
 def mirror_outcomes(admin: int | None) -> dict[str, int]:
