@@ -253,6 +253,13 @@ class UvicornProtocol(HttpToolsProtocol):
             self._linger_timer.cancel()
             self._linger_timer = None
         super().connection_lost(exc)
+        # The cycle's `close` is a method of this protocol, which holds the cycle transport:
+        # a reference cycle that only the collector (rarely run under `serve`) would free,
+        # with the transport, its socket and, under TLS, the SSL objects. Nothing is left to
+        # close once the connection is lost.
+        if self._cycle_transport is not None:
+            self._cycle_transport.close = _nothing
+        self._unset_keepalive_if_required()
 
     def eof_received(self) -> None:
         # The client's FIN: the transport closes now (prompt close), lingering or not.

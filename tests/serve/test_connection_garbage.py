@@ -10,6 +10,7 @@ the collector's garbage can be inspected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import ssl
@@ -21,7 +22,9 @@ import h2.events
 import pytest
 
 from sidecar.http.tls import server_context
-from sidecar.serve import host_http, host_protocol, strict_h11
+from sidecar.serve import host_http, host_protocol, host_uvicorn, strict_h11
+from sidecar.serve.host_uvicorn import HostState
+from sidecar.serve.host_uvicorn_listener import UvicornListener
 from sidecar.serve.listener import Listener
 from sidecar.serve.sockets import hypercorn_config
 from tests.support.tls import Pki
@@ -82,18 +85,32 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
+def _hypercorn(sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> Listener:
+    config = hypercorn_config(grace_s=1.0, proxy=True)
+    return Listener(_hello, config, sock, ssl_context=ssl_context)
+
+
+def _uvicorn(sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> Listener:
+    return UvicornListener(
+        _hello,
+        sock,
+        grace_s=1.0,
+        keep_alive_s=5.0,
+        max_requests=100,
+        host=HostState(count_refusals=False),
+        ssl_context=ssl_context,
+    )
+
+
 async def _garbage_after(
-    sock: socket.socket,
-    ssl_context: ssl.SSLContext | None,
+    listen: Listener,
+    port: int,
     one_connection: Callable[[int], Awaitable[None]],
     watched: Callable[[object], bool],
 ) -> list[str]:
     """Serve CONNECTIONS connections made by `one_connection(port)` one after the other,
     wait until the server has closed them all, then list the `watched` objects that only
     the collector could free."""
-    port = sock.getsockname()[1]
-    config = hypercorn_config(grace_s=1.0, proxy=True)
-    listen = Listener(_hello, config, sock, ssl_context=ssl_context)
     stop = asyncio.Event()
     serving = asyncio.create_task(listen.serve(stop.wait))
     try:
@@ -135,7 +152,9 @@ async def test_closed_http2_over_tls_connections_are_not_left_in_cycles(
         )
 
     tls = server_context(cert=str(chain), key=str(key))
-    assert await _garbage_after(_listening_socket(), tls, one, server_side) == []
+    sock = _listening_socket()
+    port = sock.getsockname()[1]
+    assert await _garbage_after(_hypercorn(sock, tls), port, one, server_side) == []
 
 
 async def _one_closing_http11_request(port: int) -> bytes:
@@ -157,4 +176,43 @@ async def test_closed_http11_connections_are_not_left_in_cycles(no_collection: N
     def server_side(o: object) -> bool:
         return isinstance(o, (host_protocol.SidecarTCPServer, strict_h11.StrictConnection))
 
-    assert await _garbage_after(_listening_socket(), None, one, server_side) == []
+    sock = _listening_socket()
+    port = sock.getsockname()[1]
+    assert await _garbage_after(_hypercorn(sock), port, one, server_side) == []
+
+
+async def _one_keep_alive_request(port: int, ctx: ssl.SSLContext | None) -> bytes:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1" if ctx else None
+    )
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    answer = await reader.readuntil(b"hello\n")
+    writer.close()  # the client ends the kept-alive connection
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return answer
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_closed_connections_under_uvicorn_are_not_left_in_cycles(
+    tls: bool, tmp_path: Path, no_collection: None
+) -> None:
+    """uvicorn's protocol held the request cycle's transport wrapper, whose `close` was a
+    method of the protocol: every connection (its transport, socket and SSL objects) waited
+    for a full collection."""
+    server_tls = client = None
+    if tls:
+        pki = Pki(tmp_path)
+        chain, key = pki.leaf("proxy", "127.0.0.1")
+        server_tls = server_context(cert=str(chain), key=str(key))
+        client = ssl.create_default_context(cafile=str(pki.ca_pem))
+
+    async def one(port: int) -> None:
+        assert (await _one_keep_alive_request(port, client)).startswith(b"HTTP/1.1 200 ")
+
+    def server_side(o: object) -> bool:
+        return isinstance(o, (host_uvicorn.UvicornProtocol, host_uvicorn.RequestResponseCycle))
+
+    sock = _listening_socket()
+    port = sock.getsockname()[1]
+    assert await _garbage_after(_uvicorn(sock, server_tls), port, one, server_side) == []
