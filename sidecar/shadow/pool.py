@@ -68,6 +68,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from typing import Any
 
 from sidecar.http.client import ClientError, ConnectError
 from sidecar.http.headers import Headers
@@ -450,6 +451,8 @@ class CanaryPool:
     async def _worker(self) -> None:
         loop = self._loop
         assert loop is not None
+        task = asyncio.current_task()  # once: on 3.11 each call is a getpid system call
+        assert task is not None
         jobs = self._jobs
         while True:
             if jobs:
@@ -469,9 +472,11 @@ class CanaryPool:
                     if waiter.done() and not waiter.cancelled():
                         self._settle(Outcome.FAILED, waiter.result(), error=ERR_ABANDONED)
                     raise
-            await self._run(job, loop)
+            await self._run(job, loop, task)
 
-    async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+    async def _run(
+        self, job: Job, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]
+    ) -> None:
         if loop.time() >= job.deadline:
             self._settle(Outcome.FAILED, job, error=ERR_EXPIRED, kind=TIMEOUT, cause=ERR_EXPIRED)
             return
@@ -479,8 +484,6 @@ class CanaryPool:
         capture = self._capture(job)
         # The deadline as asyncio.timeout_at does it (a timer that cancels this task, told
         # apart from a shutdown by the task's cancel count), at half its cost per job.
-        task = asyncio.current_task()
-        assert task is not None
         cancelling = task.cancelling()
         expired = _Expired(task)
         timer = loop.call_at(job.deadline, expired.fire)
