@@ -26,6 +26,7 @@ nothing is folded there: callers count eagerly instead (`folding_supported()`).
 from __future__ import annotations
 
 import os
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -34,6 +35,12 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.metrics_core import Metric
 
 Fold = Callable[[], None]
+
+# Held while folds run: a fold reads its last folded value, adds the difference and stores
+# the new value, so two collections at once (prometheus-client's HTTP server answers each
+# scrape on its own thread) would add the same difference twice. The counting itself takes
+# no lock: a fold only reads the counts, which only grow.
+FOLD_LOCK = threading.Lock()
 
 
 def folding_supported() -> bool:
@@ -59,8 +66,9 @@ class _Folds:
             folds.remove(fold)
 
     def _run_folds(self) -> None:
-        for fold in list(self.__dict__.get("_folds", ())):
-            fold()
+        with FOLD_LOCK:
+            for fold in list(self.__dict__.get("_folds", ())):
+                fold()
 
 
 class FoldedCounter(_Folds, Counter):
@@ -93,7 +101,7 @@ class CountFold:
     def inc(self, amount: int = 1) -> None:
         self.n += amount
 
-    def fold(self) -> None:
+    def fold(self) -> None:  # call under FOLD_LOCK
         n = self.n
         if n != self._folded:
             self._child.inc(n - self._folded)
@@ -134,16 +142,16 @@ class HistogramFold:
         self.sum += value
 
     def fold(self) -> None:
+        # The sum first: `observe` adds to it after the count, so a sample counted here has
+        # its value in the sum by the next fold at the latest (call under FOLD_LOCK).
+        total = self.sum
         counts, folded = self.counts, self._folded
         buckets = self._target._buckets
-        changed = False
         for i, n in enumerate(counts):
             delta = n - folded[i]
             if delta:
                 buckets[i].inc(delta)
                 folded[i] = n
-                changed = True
-        if changed:
-            total = self.sum
+        if total != self._folded_sum:
             self._target._sum.inc(total - self._folded_sum)
             self._folded_sum = total

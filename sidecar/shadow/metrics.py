@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from sidecar.shadow.folding import CountFold, Fold, FoldedCounter, FoldedHistogram, HistogramFold
+from sidecar.shadow.folding import (
+    FOLD_LOCK,
+    CountFold,
+    Fold,
+    FoldedCounter,
+    FoldedHistogram,
+    HistogramFold,
+)
 
 if TYPE_CHECKING:
     from sidecar.shadow.compare.rendezvous import CompareResult
@@ -244,7 +251,8 @@ class Metrics:
         outcome counts are folded one last time (the counters keep them)."""
         fold = self._folds.pop(id(pool), None)
         if fold is not None:
-            fold()
+            with FOLD_LOCK:
+                fold()
             self.mirror_requests.forget(fold)
         if self._pools.get(pool.name) is not pool:
             return
@@ -260,7 +268,7 @@ class Metrics:
         folded: dict[str | None, list[int]] = {}
 
         def fold() -> None:
-            for rule, counts in pool.counts_by_rule().items():
+            for rule, counts in list(pool.counts_by_rule().items()):
                 done = folded.get(rule)
                 if done is None:
                     done = folded[rule] = [0] * len(counts)

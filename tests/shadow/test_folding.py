@@ -3,12 +3,14 @@ same events pushed one by one (sidecar.shadow.folding, the pools, the primary's 
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from sidecar import prom
 from sidecar.model.config import CanarySpec, ServerSpec
@@ -19,6 +21,7 @@ from sidecar.shadow.pool import CanaryPool
 from sidecar.shadow.types import MirrorInfo, Outcome
 
 BOUNDS = (0.005, 0.01, 0.1, 1.0, 10.0)
+N_OBSERVED = 50_000
 
 
 def samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -170,3 +173,36 @@ def test_the_primary_counts_read_the_same_folded_or_pushed(
     assert value(reg, "sidecar_request_duration_seconds_bucket", le="0.025") == 0
     assert value(reg, "sidecar_request_duration_seconds_bucket", le="0.1") == 7
     assert 7 * 0.05 <= value(reg, "sidecar_request_duration_seconds_sum") < 7 * 1.0
+
+
+def test_scrapes_on_two_threads_at_once_fold_each_count_once() -> None:
+    """prometheus-client's HTTP server answers each scrape on its own thread: two folds at
+    once used to add the same difference twice (a library's `observe` user; `serve`
+    scrapes on its event loop)."""
+    reg = CollectorRegistry()
+    m = prom.Metrics(reg)
+    info = MirrorInfo(Outcome.COMPLETED, status=200, duration=0.01, canary="c")
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            generate_latest(reg)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # many thread switches, inside folds too
+    scrapers = [threading.Thread(target=scrape) for _ in range(2)]
+    try:
+        for t in scrapers:
+            t.start()
+        for _ in range(N_OBSERVED):
+            m.observe(info)
+    finally:
+        done.set()
+        for t in scrapers:
+            t.join()
+        sys.setswitchinterval(switch)
+    assert value(reg, "sidecar_mirror_responses_total", canary="c", code="2xx") == N_OBSERVED
+    assert value(reg, "sidecar_mirror_duration_seconds_count", canary="c") == N_OBSERVED
+    assert value(reg, "sidecar_mirror_duration_seconds_sum", canary="c") == pytest.approx(
+        N_OBSERVED * 0.01
+    )
