@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from sidecar.shadow.folding import (
+    CountFold,
     FoldedCounter,
     FoldedHistogram,
     HistogramFold,
@@ -50,23 +51,16 @@ class _FoldedPrimary:
     __slots__ = ("by_class", "duration")
 
     def __init__(self, m: ProxyMetrics) -> None:
-        self.by_class = [0] * 6  # index: status // 100, clamped to 1..5 (0 unused)
+        # Index: status // 100, clamped to 1..5 (h11 never hands us another status).
+        children = [CountFold(m.requests.labels(f"{n}xx")) for n in range(1, 6)]
+        self.by_class = (children[0], *children)
         self.duration = HistogramFold(m.request_duration, PRIMARY_DURATION_BUCKETS_S)
-        folded = [0] * 6
-        children: list[Any] = [None, *(m.requests.labels(f"{n}xx") for n in range(1, 6))]
-
-        def fold_requests() -> None:
-            for n in range(1, 6):
-                delta = self.by_class[n] - folded[n]
-                if delta:
-                    children[n].inc(delta)
-                    folded[n] += delta
-
-        m.requests.before_collect(fold_requests)
+        for child in children:
+            m.requests.before_collect(child.fold)
         m.request_duration.before_collect(self.duration.fold)
 
     def record(self, status: int, started: float) -> None:
-        self.by_class[max(1, min(status // 100, 5))] += 1
+        self.by_class[max(1, min(status // 100, 5))].n += 1
         self.duration.observe(time.perf_counter() - started)
 
 

@@ -9,10 +9,8 @@ One call per request (`ProxyApp.__call__`), all on the request's own task:
 2. `framing.inspect()` refuses what must not be forwarded (CL + TE, conflicting lengths,
    an oversized head, CONNECT, a bad target) with a 4xx before anything is forwarded or
    mirrored, and tells the body's framing: a length, none, or chunked.
-3. `RequestView` is built once and `table.decide(view)` names the tees (pure). A bodiless
-   request that nothing compares (most tees) has each tee refused, settled (a dead canary in
-   its back-off) or dispatched right here (`CanaryPool.ended_at_once`, `dispatch_bodiless`).
-   Otherwise `RequestTees.begin()` admits what it can at once (`body off`, no body, a known
+3. `RequestView` is built once and `table.decide(view)` names the tees (pure). When there
+   are any, `RequestTees.begin()` admits what it can at once (`body off`, no body, a known
    length over a cap) and keeps the rest pending on the body.
 4. The body: when the first `http.request` message is the whole body (the common case for
    small bodies; hypercorn's empty closing message is taken at once when the first one
@@ -77,8 +75,7 @@ from sidecar.serve.upload import Upload, UploadAborted
 from sidecar.serve.websocket import Sessions
 from sidecar.shadow.compare.primary import PrimaryCapture
 from sidecar.shadow.errors import TLS, classify
-from sidecar.shadow.pool import CanaryPool
-from sidecar.shadow.tees import RequestTees, dispatch_bodiless
+from sidecar.shadow.tees import RequestTees
 
 log = logging.getLogger("sidecar.proxy")
 
@@ -158,32 +155,18 @@ class ProxyApp:
         tees: RequestTees | None = None
         if chosen:
             pools = snap.canary_pools
-            if framed == framing.NO_BODY and snap.compare_report is None:
-                # Most tees, decided in place: a bodiless request nobody compares. A tee
-                # refused, or to a dead canary in its back-off, ends here, counted (issue 20:
-                # through RequestTees.begin it cost ~8 us of CPU per request more).
-                admitted: list[tuple[CanaryPool, str | None]] | None = None
-                for t in chosen:
-                    pool = pools[t.canary]
-                    if not pool.ended_at_once(t.rule):
-                        if admitted is None:
-                            admitted = []
-                        admitted.append((pool, t.rule))
-                if admitted is not None:
-                    dispatch_bodiless(admitted, method, raw_path, query, headers, client, scheme)
-            else:
-                tees = RequestTees.begin(
-                    [(pools[t.canary], t.rule) for t in chosen],
-                    method,
-                    raw_path,
-                    query,
-                    headers,
-                    client,
-                    scheme,
-                    None if framed == framing.CHUNKED else framed,
-                    report=snap.compare_report,
-                    request_id=request_id,
-                )
+            tees = RequestTees.begin(
+                [(pools[t.canary], t.rule) for t in chosen],
+                method,
+                raw_path,
+                query,
+                headers,
+                client,
+                scheme,
+                None if framed == framing.CHUNKED else framed,
+                report=snap.compare_report,
+                request_id=request_id,
+            )
         capture: PrimaryCapture | None = None
         if tees is not None and tees.rendezvous is not None:
             capture = PrimaryCapture(tees.rendezvous)

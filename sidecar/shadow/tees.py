@@ -176,23 +176,6 @@ class RequestTees:
             _drop(pool, Outcome.DROPPED_ABORTED, rule, self.rendezvous)
 
 
-def dispatch_bodiless(
-    admitted: Sequence[tuple[CanaryPool, str | None]],
-    method: str,
-    raw_path: bytes,
-    query_string: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
-    client: str | None,
-    scheme: str,
-) -> None:
-    """The tees of a bodiless request that nothing compares, each past its pool's
-    `ended_at_once()`: one request copy shared by a `Job` per tee (the proxy's lean way in;
-    `RequestTees.begin` does the same for such a request)."""
-    request = ClientRequest(method, raw_path, query_string, headers, client, scheme)
-    for pool, rule in admitted:
-        pool.dispatch(Job(request, None, rule))
-
-
 def _drop(pool: CanaryPool, outcome: Outcome, rule: str | None, rv: Rendezvous | None) -> None:
     """A tee that never reaches a worker: counted, and (when compared) arrived with nothing."""
     pool.record(outcome, rule)

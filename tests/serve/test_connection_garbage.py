@@ -27,6 +27,7 @@ from sidecar.serve.host_uvicorn import HostState
 from sidecar.serve.host_uvicorn_listener import UvicornListener
 from sidecar.serve.listener import Listener
 from sidecar.serve.sockets import hypercorn_config
+from tests.support.servers import listening_socket
 from tests.support.tls import Pki
 
 CONNECTIONS = 20
@@ -75,14 +76,6 @@ def no_collection() -> Iterator[None]:
     gc.disable()
     yield
     gc.enable()
-
-
-def _listening_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 def _hypercorn(sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> Listener:
@@ -152,7 +145,7 @@ async def test_closed_http2_over_tls_connections_are_not_left_in_cycles(
         )
 
     tls = server_context(cert=str(chain), key=str(key))
-    sock = _listening_socket()
+    sock = listening_socket()
     port = sock.getsockname()[1]
     assert await _garbage_after(_hypercorn(sock, tls), port, one, server_side) == []
 
@@ -176,7 +169,7 @@ async def test_closed_http11_connections_are_not_left_in_cycles(no_collection: N
     def server_side(o: object) -> bool:
         return isinstance(o, (host_protocol.SidecarTCPServer, strict_h11.StrictConnection))
 
-    sock = _listening_socket()
+    sock = listening_socket()
     port = sock.getsockname()[1]
     assert await _garbage_after(_hypercorn(sock), port, one, server_side) == []
 
@@ -213,6 +206,6 @@ async def test_closed_connections_under_uvicorn_are_not_left_in_cycles(
     def server_side(o: object) -> bool:
         return isinstance(o, (host_uvicorn.UvicornProtocol, host_uvicorn.RequestResponseCycle))
 
-    sock = _listening_socket()
+    sock = listening_socket()
     port = sock.getsockname()[1]
     assert await _garbage_after(_uvicorn(sock, server_tls), port, one, server_side) == []

@@ -18,6 +18,7 @@ from hypercorn.config import Config as HyperConfig
 from sidecar.serve import listener
 from sidecar.serve.listener import Listener
 from tests.support.serve import free_port
+from tests.support.servers import listening_socket
 
 DEADLINE_S = 10.0
 
@@ -44,14 +45,6 @@ class _Hello:
         await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
 
 
-def _listening_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 def _config(grace_s: float = 5.0) -> HyperConfig:
     hc = HyperConfig()
     hc.graceful_timeout = grace_s
@@ -62,7 +55,7 @@ def _config(grace_s: float = 5.0) -> HyperConfig:
 
 class _Served:
     def __init__(self, grace_s: float) -> None:
-        sock = _listening_socket()
+        sock = listening_socket(1024)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.app = _Hello()
         self.stop = asyncio.Event()
@@ -83,7 +76,7 @@ async def _serving(grace_s: float) -> AsyncIterator[_Served]:
 
 async def test_one_readiness_accepts_a_whole_batch() -> None:
     """uvloop's own accept path takes one connection per loop iteration; ours a batch."""
-    sock = _listening_socket()
+    sock = listening_socket(1024)
     port = sock.getsockname()[1]
     served = Listener(_Hello(), _config(), sock)
     clients = []

@@ -275,3 +275,12 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
         shutdown.set()
         await task
         sock.detach()  # hypercorn adopted the descriptor and closed it
+
+
+def listening_socket(backlog: int = 128) -> socket.socket:
+    """A non-blocking socket listening on a free loopback port, for a listener to serve."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
